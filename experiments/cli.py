@@ -1,0 +1,123 @@
+"""The `pdlab` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from experiments.delay import delay_output
+from experiments.imports import read_any
+from experiments.metrics import Window, score
+from experiments.runformat import RunFormatError, validate, write_run
+from experiments.show import print_summaries
+from router.slo import SLO
+
+SLO_FLAGS = {  # flag -> (SLO field, help)
+    "--ttft": ("ttft", "TTFT deadline in seconds (ttft_tbt, ttft_tpot; fluidity and Andes first-token deadline)"),
+    "--tbt": ("tbt", "TBT deadline in seconds (ttft_tbt; fluidity per-token deadline)"),
+    "--tpot": ("tpot", "TPOT deadline in seconds (ttft_tpot)"),
+    "--e2e": ("e2e", "end-to-end deadline in seconds (e2e)"),
+    "--slo-v": ("v", "seconds per token the user reads (smooth; idle latency). 0.1 = 10 tokens/s"),
+    "--slo-l": ("l", "idle seconds the user tolerates (smooth; step f)"),
+    "--alpha": ("alpha", "weight of the idle penalty in benefit = n - alpha*f(idle)"),
+    "--f": ("f", "idle penalty f: tokens, seconds, fraction or step"),
+    "--l-max": ("l_max", "idle seconds that lose the whole request under f=fraction"),
+}
+
+
+def _slo(args: argparse.Namespace, meta: dict) -> SLO:
+    given = dict(meta.get("slo") or {})
+    known = set(SLO.__dataclass_fields__)
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"run.json, key 'slo': unknown parameters {unknown}; expected some of {sorted(known)}")
+    for flag, (field, _) in SLO_FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            given[field] = value
+    return SLO(**given)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    run = read_any(args.run)
+    slo = _slo(args, run.meta)
+    window = Window(args.warmup, args.cooldown)
+    table, summary = score(run, slo, window)
+    summaries = {"run": summary}
+    if args.delay_output is not None:
+        summaries["output delayed"] = score(validate(delay_output(run, args.delay_output)), slo, window)[1]
+    if args.per_request:
+        Path(args.per_request).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.per_request, index=False)
+    if args.json:
+        out = summary if len(summaries) == 1 else summaries
+        print(json.dumps(out, indent=2))
+    else:
+        print_summaries(summaries)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    run = read_any(args.source)
+    path = write_run(run, args.out)
+    print(f"wrote run {path} ({len(run.requests)} requests, {len(run.tokens)} tokens)")
+    return 0
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from experiments.quickstart import quickstart
+
+    return quickstart(Path(args.out))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="pdlab", description="A testbed for disaggregated LLM serving.")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    metrics = commands.add_parser("metrics", help="score a run: classic SLOs, smooth goodput, peer metrics")
+    metrics.add_argument("run", help="a run folder, a .jsonl of token timelines or a `vllm bench serve` .json result")
+    for flag, (field, text) in SLO_FLAGS.items():
+        kind = str if field == "f" else _seconds
+        metrics.add_argument(flag, type=kind, default=None, help=f"{text} (default {getattr(SLO(), field)})")
+    metrics.add_argument("--warmup", type=_seconds, default=0.0, help="leave out requests arriving in the first SECONDS")
+    metrics.add_argument("--cooldown", type=_seconds, default=0.0, help="leave out requests arriving in the last SECONDS")
+    metrics.add_argument("--delay-output", type=_seconds, metavar="TBT",
+                         help="also score the run with the output-delay trick at one token per TBT seconds")
+    metrics.add_argument("--json", action="store_true", help="print the summary as JSON")
+    metrics.add_argument("--per-request", metavar="FILE.csv", help="write the per-request table")
+    metrics.set_defaults(handler=_metrics)
+
+    imports = commands.add_parser("import", help="turn a .jsonl of timelines or a vllm bench result into a run folder")
+    imports.add_argument("source")
+    imports.add_argument("out")
+    imports.set_defaults(handler=_import)
+
+    quick = commands.add_parser("quickstart", help="the quickstart experiment")
+    quick.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
+    quick.set_defaults(handler=_quickstart)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (RunFormatError, ValueError, FileNotFoundError) as exc:
+        print(f"pdlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

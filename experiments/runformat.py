@@ -1,0 +1,230 @@
+"""The run format: one folder per run with the `requests`, `tokens` and `events`
+tables and `run.json` (docs/run-format.md). Written as Parquet, read from Parquet
+or CSV, validated on both paths with errors that name the table, row and column.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+STATUSES = ("finished", "aborted", "rejected", "unfinished")
+REQUEST_COLUMNS = {"request_id": "id", "arrival_s": "float", "prompt_tokens": "int", "output_tokens": "int", "status": "status"}
+TOKEN_COLUMNS = {"request_id": "id", "index": "int", "time_s": "float"}
+EVENT_COLUMNS = {"time_s": "float", "kind": "str", "request_id": "id?"}
+TABLES = ("requests", "tokens", "events")
+
+
+class RunFormatError(ValueError):
+    """A run folder or table that does not follow the run format."""
+
+
+@dataclass
+class Run:
+    requests: pd.DataFrame
+    tokens: pd.DataFrame
+    events: pd.DataFrame = field(default_factory=lambda: empty_events())
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def end_s(self) -> float | None:
+        end = self.meta.get("end_s")
+        return None if end is None else float(end)
+
+
+def empty_events() -> pd.DataFrame:
+    return pd.DataFrame({"time_s": pd.Series(dtype="float64"), "kind": pd.Series(dtype="str"),
+                         "request_id": pd.Series(dtype="object")})
+
+
+def _fail(table: str, row: int | None, column: str, message: str) -> RunFormatError:
+    where = f"{table}" + (f" row {row + 1}" if row is not None else "") + f", column {column!r}"
+    return RunFormatError(f"{where}: {message}")
+
+
+def _check_column(table: str, df: pd.DataFrame, column: str, kind: str) -> pd.Series:
+    if column not in df.columns:
+        raise _fail(table, None, column, f"missing (the table has {list(df.columns)})")
+    values = df[column]
+    optional = kind.endswith("?")
+    kind = kind.rstrip("?")
+    missing = values.isna().to_numpy()
+    if missing.any() and not optional:
+        raise _fail(table, int(np.argmax(missing)), column, "missing value (NaN or empty)")
+    if kind in ("float", "int"):
+        numeric = pd.to_numeric(values, errors="coerce")
+        bad = numeric.isna().to_numpy() & ~missing
+        if bad.any() or not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_object_dtype(values)):
+            row = int(np.argmax(bad)) if bad.any() else 0
+            raise _fail(table, row, column, f"expected a number, got {values.iloc[row]!r}")
+        array = numeric.to_numpy(dtype=np.float64)
+        if not np.isfinite(array).all():
+            row = int(np.argmax(~np.isfinite(array)))
+            raise _fail(table, row, column, f"expected a finite number, got {array[row]!r}")
+        if kind == "int":
+            if (array != np.round(array)).any() or (array < 0).any():
+                row = int(np.argmax((array != np.round(array)) | (array < 0)))
+                raise _fail(table, row, column, f"expected a whole number >= 0, got {array[row]!r}")
+            return pd.Series(array.astype(np.int64), index=df.index, name=column)
+        return pd.Series(array, index=df.index, name=column)
+    if kind == "status":
+        bad = ~values.isin(STATUSES).to_numpy()
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise _fail(table, row, column, f"expected one of {list(STATUSES)}, got {values.iloc[row]!r}")
+        return values.astype(str)
+    if kind == "id":
+        if pd.api.types.is_float_dtype(values):
+            array = values.to_numpy()
+            whole = np.isnan(array) | (array == np.round(array))
+            if not whole.all():
+                row = int(np.argmax(~whole))
+                raise _fail(table, row, column, f"expected an integer or string id, got {array[row]!r}")
+            return values.astype("Int64") if optional else values.astype(np.int64)
+        return values
+    return values.astype(str)
+
+
+def _normalise(table: str, df: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    df = df.reset_index(drop=True)
+    checked = {name: _check_column(table, df, name, kind) for name, kind in columns.items()}
+    extra = [c for c in df.columns if c not in columns]
+    return pd.DataFrame({**checked, **{c: df[c] for c in extra}})
+
+
+def _same_id_type(ids: pd.Series, other: pd.Series) -> pd.Series:
+    if pd.api.types.is_integer_dtype(ids) and not pd.api.types.is_integer_dtype(other):
+        return other.astype(str)
+    if not pd.api.types.is_integer_dtype(ids):
+        return other.astype(str)
+    return other
+
+
+def validate(run: Run) -> Run:
+    """Check every table and return a run with normalised dtypes."""
+    requests = _normalise("requests", run.requests, REQUEST_COLUMNS)
+    tokens = _normalise("tokens", run.tokens, TOKEN_COLUMNS)
+    events = _normalise("events", run.events, EVENT_COLUMNS)
+    if not pd.api.types.is_integer_dtype(requests["request_id"]):
+        requests["request_id"] = requests["request_id"].astype(str)
+    tokens["request_id"] = _same_id_type(requests["request_id"], tokens["request_id"])
+    duplicated = requests["request_id"].duplicated().to_numpy()
+    if duplicated.any():
+        row = int(np.argmax(duplicated))
+        raise _fail("requests", row, "request_id", f"duplicate id {requests['request_id'].iloc[row]!r}")
+    tokens, _ = _sorted_tokens(requests, tokens)
+    meta = dict(run.meta)
+    end = meta.get("end_s")
+    if end is not None and (isinstance(end, bool) or not isinstance(end, (int, float)) or not np.isfinite(end)):
+        raise RunFormatError(f"run.json, key 'end_s': expected a finite number of seconds, got {end!r}")
+    return Run(requests, tokens, events, meta)
+
+
+def _positions(requests: pd.DataFrame, tokens: pd.DataFrame) -> np.ndarray:
+    ids, wanted = requests["request_id"], tokens["request_id"]
+    if pd.api.types.is_integer_dtype(ids) and len(ids) and pd.api.types.is_integer_dtype(wanted):
+        first = int(ids.iloc[0])
+        if (ids.to_numpy() == np.arange(first, first + len(ids))).all():
+            position = wanted.to_numpy() - first
+            position[(position < 0) | (position >= len(ids))] = -1
+            return position
+    return pd.Index(ids).get_indexer(wanted)
+
+
+def _sorted_tokens(requests: pd.DataFrame, tokens: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Tokens in requests order then index order, checked; with each one's request position."""
+    position = _positions(requests, tokens)
+    if (position < 0).any():
+        row = int(np.argmax(position < 0))
+        raise _fail("tokens", row, "request_id", f"id {tokens['request_id'].iloc[row]!r} is not in requests")
+    index = tokens["index"].to_numpy()
+    in_order = len(index) < 2 or bool(np.all((position[1:] > position[:-1])
+                                             | ((position[1:] == position[:-1]) & (index[1:] > index[:-1]))))
+    order = np.arange(len(index)) if in_order else np.lexsort((index, position))
+    pos, idx = (position, index) if in_order else (position[order], index[order])
+    counts = np.bincount(pos, minlength=len(requests))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    expected = np.arange(len(idx)) - np.repeat(starts, counts) + 1
+    wrong = idx != expected
+    if wrong.any():
+        k = int(np.argmax(wrong))
+        row, rid = int(order[k]), requests["request_id"].iloc[pos[k]]
+        problem = "duplicate" if k > 0 and pos[k - 1] == pos[k] and idx[k - 1] == idx[k] else "out of sequence"
+        raise _fail("tokens", row, "index", f"{problem} index {idx[k]} for request {rid!r}: "
+                    f"expected indices 1..n with none missing, next expected {expected[k]}")
+    output = requests["output_tokens"].to_numpy()
+    mismatch = output != counts
+    if mismatch.any():
+        row = int(np.argmax(mismatch))
+        raise _fail("requests", row, "output_tokens", f"says {output[row]} but tokens has {counts[row]} rows "
+                    f"for request {requests['request_id'].iloc[row]!r}")
+    sorted_tokens = tokens if in_order else tokens.iloc[order].reset_index(drop=True)
+    times = sorted_tokens["time_s"].to_numpy()
+    early = times < requests["arrival_s"].to_numpy()[pos]
+    if early.any():
+        k = int(np.argmax(early))
+        raise _fail("tokens", int(order[k]), "time_s", f"token at {times[k]!r} s is before its request "
+                    f"{requests['request_id'].iloc[pos[k]]!r} arrived")
+    backwards = (np.diff(times) < 0) & (pos[1:] == pos[:-1])
+    if backwards.any():
+        k = int(np.argmax(backwards)) + 1
+        raise _fail("tokens", int(order[k]), "time_s", f"token {idx[k]} of request "
+                    f"{requests['request_id'].iloc[pos[k]]!r} is received before token {idx[k] - 1}")
+    return sorted_tokens, pos
+
+
+def _read_table(folder: Path, name: str, required: bool) -> pd.DataFrame | None:
+    for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
+        path = folder / f"{name}{suffix}"
+        if path.exists():
+            try:
+                return reader(path)
+            except Exception as exc:
+                raise RunFormatError(f"{path}: cannot be read as {suffix[1:]}: {exc}") from None
+    if required:
+        raise RunFormatError(f"{folder}: no {name}.parquet or {name}.csv")
+    return None
+
+
+def read_run(path: str | os.PathLike) -> Run:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise RunFormatError(f"{folder}: not a run folder (expected a directory with requests and tokens tables)")
+    meta = {}
+    meta_path = folder / "run.json"
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise RunFormatError(f"{meta_path}: not valid JSON: {exc}") from None
+        if not isinstance(meta, dict):
+            raise RunFormatError(f"{meta_path}: expected a JSON object")
+    requests = _read_table(folder, "requests", required=True)
+    tokens = _read_table(folder, "tokens", required=True)
+    events = _read_table(folder, "events", required=False)
+    return validate(Run(requests, tokens, empty_events() if events is None else events, meta))
+
+
+def write_run(run: Run, path: str | os.PathLike) -> Path:
+    """Validate, then write all tables at once: a failure leaves no half-written folder."""
+    run = validate(run)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for name in TABLES:
+            getattr(run, name).to_parquet(staging / f"{name}.parquet", index=False)
+        (staging / "run.json").write_text(json.dumps(run.meta, indent=2, sort_keys=True, default=str) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target

@@ -1,0 +1,74 @@
+"""The online form of the SLO math: one request's scheme status, idle latency, slack
+and benefit, updated in O(1) per delivered chunk, for routers deciding live.
+
+Times are absolute (the run's clock); the tracker subtracts the arrival itself.
+"""
+from __future__ import annotations
+
+import math
+
+from router.slo import SLO, TOLERANCE_S, benefit
+
+
+class RequestTracker:
+    __slots__ = ("slo", "arrival", "n", "first", "last", "display", "lateness", "max_gap")
+
+    def __init__(self, arrival: float, slo: SLO) -> None:
+        self.slo = slo
+        self.arrival = arrival
+        self.n = 0
+        self.first = math.nan
+        self.last = math.nan
+        self.display = 0.0
+        self.lateness = 0.0
+        self.max_gap = 0.0
+
+    def add_tokens(self, time: float, count: int = 1) -> None:
+        """Record `count` tokens received together at absolute `time`."""
+        if count <= 0:
+            return
+        t = time - self.arrival
+        v = self.slo.v
+        if self.n == 0:
+            self.first = t
+        else:
+            self.max_gap = max(self.max_gap, t - self.last)
+        self.lateness = max(self.lateness, t - v * (self.n + 1))
+        self.display = max(t + v * (count - 1), self.display + v * count)
+        self.n += count
+        self.last = t
+
+    def idle_latency(self, now: float | None = None, finished: bool = True) -> float:
+        """Idle latency so far; an unfinished request also waits for its next token until `now`."""
+        if finished:
+            return self.lateness
+        pending = (now - self.arrival) - self.slo.v * (self.n + 1)
+        return max(self.lateness, pending)
+
+    def slack(self, now: float) -> float:
+        """Seconds of delivered text the user still has to read at `now`."""
+        return max(0.0, self.display + self.slo.v - (now - self.arrival))
+
+    def smooth_deadline(self, index: int) -> float:
+        """Absolute deadline of token `index` (1-based) under the `smooth` scheme."""
+        return self.arrival + self.slo.l + self.slo.v * index
+
+    def meets(self, scheme: str, finished: bool = True) -> bool:
+        if not finished:
+            return False
+        if self.n == 0:
+            return True
+        slo, eps = self.slo, TOLERANCE_S
+        if scheme == "ttft_tbt":
+            return self.first <= slo.ttft + eps and self.max_gap <= slo.tbt + eps
+        if scheme == "ttft_tpot":
+            tpot = (self.last - self.first) / (self.n - 1) if self.n > 1 else 0.0
+            return self.first <= slo.ttft + eps and tpot <= slo.tpot + eps
+        if scheme == "e2e":
+            return self.last <= slo.e2e + eps
+        if scheme == "smooth":
+            return self.lateness <= slo.l + eps
+        raise ValueError(f"scheme: expected one of ttft_tbt, ttft_tpot, e2e, smooth, got {scheme!r}")
+
+    def benefit(self, now: float | None = None, finished: bool = True) -> float:
+        return float(benefit(self.n, self.idle_latency(now, finished), finished, self.slo))
