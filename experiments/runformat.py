@@ -43,6 +43,10 @@ def empty_events() -> pd.DataFrame:
                          "request_id": pd.Series(dtype="object")})
 
 
+def _py(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _fail(table: str, row: int | None, column: str, message: str) -> RunFormatError:
     where = f"{table}" + (f" row {row + 1}" if row is not None else "") + f", column {column!r}"
     return RunFormatError(f"{where}: {message}")
@@ -62,22 +66,22 @@ def _check_column(table: str, df: pd.DataFrame, column: str, kind: str) -> pd.Se
         bad = numeric.isna().to_numpy() & ~missing
         if bad.any() or not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_object_dtype(values)):
             row = int(np.argmax(bad)) if bad.any() else 0
-            raise _fail(table, row, column, f"expected a number, got {values.iloc[row]!r}")
+            raise _fail(table, row, column, f"expected a number, got {_py(values.iloc[row])!r}")
         array = numeric.to_numpy(dtype=np.float64)
         if not np.isfinite(array).all():
             row = int(np.argmax(~np.isfinite(array)))
-            raise _fail(table, row, column, f"expected a finite number, got {array[row]!r}")
+            raise _fail(table, row, column, f"expected a finite number, got {_py(array[row])!r}")
         if kind == "int":
             if (array != np.round(array)).any() or (array < 0).any():
                 row = int(np.argmax((array != np.round(array)) | (array < 0)))
-                raise _fail(table, row, column, f"expected a whole number >= 0, got {array[row]!r}")
+                raise _fail(table, row, column, f"expected a whole number >= 0, got {_py(array[row])!r}")
             return pd.Series(array.astype(np.int64), index=df.index, name=column)
         return pd.Series(array, index=df.index, name=column)
     if kind == "status":
         bad = ~values.isin(STATUSES).to_numpy()
         if bad.any():
             row = int(np.argmax(bad))
-            raise _fail(table, row, column, f"expected one of {list(STATUSES)}, got {values.iloc[row]!r}")
+            raise _fail(table, row, column, f"expected one of {list(STATUSES)}, got {_py(values.iloc[row])!r}")
         return values.astype(str)
     if kind == "id":
         if pd.api.types.is_float_dtype(values):
@@ -85,7 +89,7 @@ def _check_column(table: str, df: pd.DataFrame, column: str, kind: str) -> pd.Se
             whole = np.isnan(array) | (array == np.round(array))
             if not whole.all():
                 row = int(np.argmax(~whole))
-                raise _fail(table, row, column, f"expected an integer or string id, got {array[row]!r}")
+                raise _fail(table, row, column, f"expected an integer or string id, got {_py(array[row])!r}")
             return values.astype("Int64") if optional else values.astype(np.int64)
         return values
     return values.astype(str)
@@ -107,7 +111,8 @@ def _same_id_type(ids: pd.Series, other: pd.Series) -> pd.Series:
 
 
 def validate(run: Run) -> Run:
-    """Check every table and return a run with normalised dtypes."""
+    """Check every table; return the run with normalised dtypes, requests in
+    (arrival, id) order and tokens in that order then by index."""
     requests = _normalise("requests", run.requests, REQUEST_COLUMNS)
     tokens = _normalise("tokens", run.tokens, TOKEN_COLUMNS)
     events = _normalise("events", run.events, EVENT_COLUMNS)
@@ -117,12 +122,15 @@ def validate(run: Run) -> Run:
     duplicated = requests["request_id"].duplicated().to_numpy()
     if duplicated.any():
         row = int(np.argmax(duplicated))
-        raise _fail("requests", row, "request_id", f"duplicate id {requests['request_id'].iloc[row]!r}")
+        raise _fail("requests", row, "request_id", f"duplicate id {_py(requests['request_id'].iloc[row])!r}")
+    arrival = requests["arrival_s"].to_numpy()
+    if len(arrival) > 1 and not (np.diff(arrival) > 0).all():
+        requests = requests.sort_values(["arrival_s", "request_id"], kind="stable").reset_index(drop=True)
     tokens, _ = _sorted_tokens(requests, tokens)
     meta = dict(run.meta)
     end = meta.get("end_s")
     if end is not None and (isinstance(end, bool) or not isinstance(end, (int, float)) or not np.isfinite(end)):
-        raise RunFormatError(f"run.json, key 'end_s': expected a finite number of seconds, got {end!r}")
+        raise RunFormatError(f"run.json, key 'end_s': expected a finite number of seconds, got {_py(end)!r}")
     return Run(requests, tokens, events, meta)
 
 
@@ -142,7 +150,7 @@ def _sorted_tokens(requests: pd.DataFrame, tokens: pd.DataFrame) -> tuple[pd.Dat
     position = _positions(requests, tokens)
     if (position < 0).any():
         row = int(np.argmax(position < 0))
-        raise _fail("tokens", row, "request_id", f"id {tokens['request_id'].iloc[row]!r} is not in requests")
+        raise _fail("tokens", row, "request_id", f"id {_py(tokens['request_id'].iloc[row])!r} is not in requests")
     index = tokens["index"].to_numpy()
     in_order = len(index) < 2 or bool(np.all((position[1:] > position[:-1])
                                              | ((position[1:] == position[:-1]) & (index[1:] > index[:-1]))))
@@ -156,26 +164,26 @@ def _sorted_tokens(requests: pd.DataFrame, tokens: pd.DataFrame) -> tuple[pd.Dat
         k = int(np.argmax(wrong))
         row, rid = int(order[k]), requests["request_id"].iloc[pos[k]]
         problem = "duplicate" if k > 0 and pos[k - 1] == pos[k] and idx[k - 1] == idx[k] else "out of sequence"
-        raise _fail("tokens", row, "index", f"{problem} index {idx[k]} for request {rid!r}: "
-                    f"expected indices 1..n with none missing, next expected {expected[k]}")
+        raise _fail("tokens", row, "index", f"{problem} index {_py(idx[k])} for request {_py(rid)!r}: "
+                    f"expected indices 1..n with none missing, next expected {_py(expected[k])}")
     output = requests["output_tokens"].to_numpy()
     mismatch = output != counts
     if mismatch.any():
         row = int(np.argmax(mismatch))
-        raise _fail("requests", row, "output_tokens", f"says {output[row]} but tokens has {counts[row]} rows "
-                    f"for request {requests['request_id'].iloc[row]!r}")
+        raise _fail("requests", row, "output_tokens", f"says {_py(output[row])} but tokens has {_py(counts[row])} rows "
+                    f"for request {_py(requests['request_id'].iloc[row])!r}")
     sorted_tokens = tokens if in_order else tokens.iloc[order].reset_index(drop=True)
     times = sorted_tokens["time_s"].to_numpy()
     early = times < requests["arrival_s"].to_numpy()[pos]
     if early.any():
         k = int(np.argmax(early))
-        raise _fail("tokens", int(order[k]), "time_s", f"token at {times[k]!r} s is before its request "
-                    f"{requests['request_id'].iloc[pos[k]]!r} arrived")
+        raise _fail("tokens", int(order[k]), "time_s", f"token at {_py(times[k])!r} s is before its request "
+                    f"{_py(requests['request_id'].iloc[pos[k]])!r} arrived")
     backwards = (np.diff(times) < 0) & (pos[1:] == pos[:-1])
     if backwards.any():
         k = int(np.argmax(backwards)) + 1
-        raise _fail("tokens", int(order[k]), "time_s", f"token {idx[k]} of request "
-                    f"{requests['request_id'].iloc[pos[k]]!r} is received before token {idx[k] - 1}")
+        raise _fail("tokens", int(order[k]), "time_s", f"token {_py(idx[k])} of request "
+                    f"{_py(requests['request_id'].iloc[pos[k]])!r} is received before token {_py(idx[k] - 1)}")
     return sorted_tokens, pos
 
 

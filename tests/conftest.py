@@ -1,0 +1,49 @@
+"""Shared helpers: build small run folders by hand, and call the `pdlab` command."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from experiments.cli import main
+
+
+def make_run(folder, streams, *, end_s=None, statuses=None, arrivals=None, fmt="csv"):
+    """`streams`: one list of token times (seconds since the run's start) per request."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrivals = arrivals or [0.0] * len(streams)
+    statuses = statuses or ["finished"] * len(streams)
+    requests = pd.DataFrame({"request_id": range(len(streams)), "arrival_s": arrivals,
+                             "prompt_tokens": [10] * len(streams), "output_tokens": [len(s) for s in streams],
+                             "status": statuses})
+    rows = [(r, i + 1, t) for r, stream in enumerate(streams) for i, t in enumerate(stream)]
+    tokens = pd.DataFrame(rows, columns=["request_id", "index", "time_s"])
+    if fmt == "csv":
+        requests.to_csv(folder / "requests.csv", index=False)
+        tokens.to_csv(folder / "tokens.csv", index=False)
+    else:
+        requests.to_parquet(folder / "requests.parquet", index=False)
+        tokens.to_parquet(folder / "tokens.parquet", index=False)
+    if end_s is not None:
+        (folder / "run.json").write_text(json.dumps({"end_s": end_s}))
+    return folder
+
+
+@pytest.fixture
+def pdlab(capsys):
+    """Run `pdlab ARGS...`; return (exit code, stdout, stderr)."""
+    def run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+@pytest.fixture
+def pdlab_json(pdlab):
+    def run(*args):
+        code, out, err = pdlab("metrics", *args, "--json")
+        assert code == 0, err
+        return json.loads(out)
+    return run
