@@ -38,9 +38,9 @@ def fluidity_index(tl: Timelines, d_p: float, d_d: float, finished: np.ndarray, 
         before[tl.offsets[:-1][n > 0]] = -np.inf
     anchor = np.maximum(before, w0)
     late = w > anchor + TOLERANCE_S
-    misses_per_token = np.where(late, 1.0 + _floor((w - anchor) / d_d), 0.0)
-    missed = np.bincount(request, weights=misses_per_token, minlength=len(tl))
-    on_time = np.bincount(request, weights=~late, minlength=len(tl))
+    misses = 1.0 + _floor((w[late] - anchor[late]) / d_d)
+    missed = np.bincount(request[late], weights=misses, minlength=len(tl))
+    on_time = n - np.bincount(request[late], minlength=len(tl))
 
     last_anchor = np.maximum(tl.segment_max(w, empty=-np.inf), w0)
     pending = waited - d_d * (n + 1)
@@ -51,40 +51,34 @@ def fluidity_index(tl: Timelines, d_p: float, d_d: float, finished: np.ndarray, 
         return np.where(total > 0, 1.0 - missed / total, 1.0)
 
 
-def _lag_integral(x: np.ndarray, level: np.ndarray, start: float, target: np.ndarray, speed: float) -> np.ndarray:
-    """Integral over [0, x] of max(0, min(target, speed*(u - start)) - level) du."""
-    p = start + level / speed
-    q = start + target / speed
-    height = np.maximum(target - level, 0.0)
-    ramp = 0.5 * speed * np.clip(x - p, 0.0, np.maximum(q - p, 0.0)) ** 2
-    flat = height * np.maximum(x - np.maximum(q, p), 0.0)
-    return np.where(level < target, ramp + flat, 0.0)
-
-
 def andes_qoe(tl: Timelines, ttft: float, speed: float, finished: np.ndarray, waited: np.ndarray) -> np.ndarray:
-    """1 - (area by which the delivered-token curve lags the expected one) /
-    (area under the expected curve), capped at 1. The expected curve is
-    `min(n, speed*(t - ttft))`; it is read until the last token or the end of
-    the expected curve, whichever is later. An unfinished request expects one
-    more token than it got and is read until the end of the run."""
+    """1 - (area by which the delivered-token curve A lags the expected curve E) /
+    (area under E), capped at 1. `E(t) = min(m, speed*(t - ttft))` with `m` the
+    tokens delivered (one more for an unfinished request, which still waits);
+    the areas run until the last token or the end of E, whichever is later, or,
+    for an unfinished request, until the end of the run.
+
+    Since both curves rise, 1 - lag/area(E) = area(min(E, A)) / area(E), and
+    area(min(E, A)) sums, over each delivered token k, the time both curves
+    stay above the levels y in [k-1, k): `H - max(ttft + y/speed, t_k)`.
+    """
     n = tl.counts
     target = np.where(finished, n, n + 1).astype(np.float64)
     horizon = np.where(finished, np.fmax(np.nan_to_num(tl.last(), nan=0.0), ttft + target / speed), waited)
-    starts_per_request = n + 1
-    request = np.repeat(np.arange(len(tl)), starts_per_request)
-    level = np.arange(len(request)) - np.repeat(np.cumsum(starts_per_request) - starts_per_request, starts_per_request)
-    token_slot = np.ones(len(request), dtype=bool)
-    token_slot[np.cumsum(starts_per_request) - starts_per_request] = False
-    begin = np.zeros(len(request))
-    begin[token_slot] = tl.times
-    end = np.empty(len(request))
-    end[:-1] = begin[1:]
-    end[np.cumsum(starts_per_request) - 1] = horizon
-    end = np.maximum(end, begin)
-    wanted = target[request]
-    lag_parts = _lag_integral(end, level, ttft, wanted, speed) - _lag_integral(begin, level, ttft, wanted, speed)
-    lag = np.bincount(request, weights=lag_parts, minlength=len(tl))
-    expected = _lag_integral(horizon, np.zeros(len(tl)), ttft, target, speed)
+    expected = _area_below_ramp(horizon - ttft, 0.0, target, speed)
+    h = np.repeat(horizon, n) - ttft
+    t = tl.times - ttft
+    k = tl.token_index().astype(np.float64)
+    knee = np.clip(speed * t, k - 1.0, k)
+    flat = np.maximum(h - t, 0.0) * (knee - (k - 1.0))
+    both = flat + _area_below_ramp(h, knee, k, speed)
+    shared = np.bincount(tl.request_of_token(), weights=both, minlength=len(tl))
     with np.errstate(invalid="ignore", divide="ignore"):
-        qoe = np.where(expected > 0, 1.0 - lag / expected, 1.0)
+        qoe = np.where(expected > 0, shared / expected, 1.0)
     return np.minimum(qoe, 1.0)
+
+
+def _area_below_ramp(h, low, high, speed):
+    """Integral over levels y in [low, high] of max(0, h - y/speed)."""
+    top = np.clip(speed * h, low, high)
+    return np.maximum(h * (top - low) - (top * top - low * low) / (2.0 * speed), 0.0)

@@ -52,6 +52,33 @@ def _fail(table: str, row: int | None, column: str, message: str) -> RunFormatEr
     return RunFormatError(f"{where}: {message}")
 
 
+def _numbers(table: str, column: str, values: pd.Series, whole: bool) -> pd.Series:
+    if pd.api.types.is_bool_dtype(values) or not (pd.api.types.is_numeric_dtype(values)
+                                                  or pd.api.types.is_object_dtype(values)
+                                                  or pd.api.types.is_string_dtype(values)):
+        raise _fail(table, 0, column, f"expected a number, got {_py(values.iloc[0])!r} ({values.dtype})")
+    if not pd.api.types.is_numeric_dtype(values):
+        numeric = pd.to_numeric(values, errors="coerce")
+        bad = numeric.isna().to_numpy()
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise _fail(table, row, column, f"expected a number, got {_py(values.iloc[row])!r}")
+        values = numeric
+    array = values.to_numpy()
+    if pd.api.types.is_float_dtype(array) and not np.isfinite(array).all():
+        row = int(np.argmax(~np.isfinite(array)))
+        raise _fail(table, row, column, f"expected a finite number, got {_py(array[row])!r}")
+    if not whole:
+        return values if array.dtype == np.float64 else values.astype(np.float64)
+    wrong = array < 0
+    if pd.api.types.is_float_dtype(array):
+        wrong |= array != np.round(array)
+    if wrong.any():
+        row = int(np.argmax(wrong))
+        raise _fail(table, row, column, f"expected a whole number >= 0, got {_py(array[row])!r}")
+    return values if array.dtype == np.int64 else values.astype(np.int64)
+
+
 def _check_column(table: str, df: pd.DataFrame, column: str, kind: str) -> pd.Series:
     if column not in df.columns:
         raise _fail(table, None, column, f"missing (the table has {list(df.columns)})")
@@ -62,44 +89,30 @@ def _check_column(table: str, df: pd.DataFrame, column: str, kind: str) -> pd.Se
     if missing.any() and not optional:
         raise _fail(table, int(np.argmax(missing)), column, "missing value (NaN or empty)")
     if kind in ("float", "int"):
-        numeric = pd.to_numeric(values, errors="coerce")
-        bad = numeric.isna().to_numpy() & ~missing
-        if bad.any() or not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_object_dtype(values)):
-            row = int(np.argmax(bad)) if bad.any() else 0
-            raise _fail(table, row, column, f"expected a number, got {_py(values.iloc[row])!r}")
-        array = numeric.to_numpy(dtype=np.float64)
-        if not np.isfinite(array).all():
-            row = int(np.argmax(~np.isfinite(array)))
-            raise _fail(table, row, column, f"expected a finite number, got {_py(array[row])!r}")
-        if kind == "int":
-            if (array != np.round(array)).any() or (array < 0).any():
-                row = int(np.argmax((array != np.round(array)) | (array < 0)))
-                raise _fail(table, row, column, f"expected a whole number >= 0, got {_py(array[row])!r}")
-            return pd.Series(array.astype(np.int64), index=df.index, name=column)
-        return pd.Series(array, index=df.index, name=column)
+        return _numbers(table, column, values, whole=kind == "int")
     if kind == "status":
         bad = ~values.isin(STATUSES).to_numpy()
         if bad.any():
             row = int(np.argmax(bad))
             raise _fail(table, row, column, f"expected one of {list(STATUSES)}, got {_py(values.iloc[row])!r}")
         return values.astype(str)
-    if kind == "id":
-        if pd.api.types.is_float_dtype(values):
-            array = values.to_numpy()
-            whole = np.isnan(array) | (array == np.round(array))
-            if not whole.all():
-                row = int(np.argmax(~whole))
-                raise _fail(table, row, column, f"expected an integer or string id, got {_py(array[row])!r}")
-            return values.astype("Int64") if optional else values.astype(np.int64)
-        return values
-    return values.astype(str)
+    if kind == "id" and pd.api.types.is_float_dtype(values):
+        array = values.to_numpy()
+        whole = np.isnan(array) | (array == np.round(array))
+        if not whole.all():
+            row = int(np.argmax(~whole))
+            raise _fail(table, row, column, f"expected an integer or string id, got {_py(array[row])!r}")
+        return values.astype("Int64") if optional else values.astype(np.int64)
+    return values
 
 
 def _normalise(table: str, df: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
     df = df.reset_index(drop=True)
-    checked = {name: _check_column(table, df, name, kind) for name, kind in columns.items()}
-    extra = [c for c in df.columns if c not in columns]
-    return pd.DataFrame({**checked, **{c: df[c] for c in extra}})
+    for name, kind in columns.items():
+        checked = _check_column(table, df, name, kind)
+        if checked is not df[name]:
+            df[name] = checked
+    return df
 
 
 def _same_id_type(ids: pd.Series, other: pd.Series) -> pd.Series:

@@ -7,6 +7,7 @@ Every function returns one value per request and agrees with `RequestTracker`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -34,10 +35,19 @@ class Timelines:
 
     def token_index(self) -> np.ndarray:
         """The 1-based index of every token within its request."""
-        starts = np.repeat(self.offsets[:-1], self.counts)
-        return np.arange(len(self.times), dtype=np.int64) - starts + 1
+        return self._token_index
 
     def request_of_token(self) -> np.ndarray:
+        return self._request_of_token
+
+    @cached_property
+    def _token_index(self) -> np.ndarray:
+        index = np.arange(1, len(self.times) + 1, dtype=np.int64)
+        index -= np.repeat(self.offsets[:-1], self.counts)
+        return index
+
+    @cached_property
+    def _request_of_token(self) -> np.ndarray:
         return np.repeat(np.arange(len(self), dtype=np.int64), self.counts)
 
     def segment_max(self, values: np.ndarray, empty: float = np.nan) -> np.ndarray:
