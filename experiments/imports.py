@@ -14,15 +14,13 @@ from experiments.runformat import STATUSES, Run, RunFormatError, read_run, valid
 
 
 def _tables(rows: list[dict], source: str) -> Run:
-    """`rows`: dicts with request_id, arrival_s, prompt_tokens, status and token_times (absolute s)."""
+    """`rows`: dicts with request_id, arrival_s, prompt_tokens, status and token_times
+    (absolute s); any other key becomes a column of the requests table."""
     counts = [len(r["token_times"]) for r in rows]
-    requests = pd.DataFrame({
-        "request_id": [r["request_id"] for r in rows],
-        "arrival_s": [r["arrival_s"] for r in rows],
-        "prompt_tokens": [r["prompt_tokens"] for r in rows],
-        "output_tokens": counts,
-        "status": [r["status"] for r in rows],
-    })
+    columns = ["request_id", "arrival_s", "prompt_tokens", "status"]
+    columns += [k for k in (rows[0] if rows else {}) if k not in columns and k != "token_times"]
+    requests = pd.DataFrame({c: [r[c] for r in rows] for c in columns})
+    requests.insert(3, "output_tokens", counts)
     tokens = pd.DataFrame({
         "request_id": np.repeat(requests["request_id"].to_numpy(), counts),
         "index": np.concatenate([np.arange(1, c + 1) for c in counts]) if rows else np.empty(0, np.int64),
@@ -60,6 +58,70 @@ def read_jsonl(path: str | Path) -> Run:
         rows.append({"request_id": item["request_id"], "arrival_s": item["arrival_s"], "token_times": times,
                      "prompt_tokens": item.get("prompt_tokens", 0), "status": status})
     return _tables(rows, f"jsonl:{path.name}")
+
+
+def _load_single_json(path: Path) -> dict:
+    text, decoder, results, at = path.read_text(), json.JSONDecoder(), [], 0
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at >= len(text):
+            break
+        try:
+            item, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError as exc:
+            raise RunFormatError(f"{path}: not valid JSON: {exc}") from None
+        results.append(item)
+    if len(results) != 1 or not isinstance(results[0], dict):
+        raise RunFormatError(f"{path}: expected one JSON object, found {len(results)} results "
+                             "(written with --append-result?); keep one result per file")
+    return results[0]
+
+
+def _chunk_times(ttft: float, itls: list, tokens: int) -> list[float]:
+    """Times of `tokens` tokens from the first chunk's TTFT and the inter-chunk gaps.
+    More chunks than tokens: the first ones carried none (the chat role message).
+    Fewer: chunks carried several tokens each, split as evenly as possible."""
+    chunks = ttft + np.concatenate([[0.0], np.cumsum(np.asarray(itls, dtype=np.float64))])
+    if tokens <= len(chunks):
+        return list(chunks[len(chunks) - tokens:])
+    return list(chunks[(np.arange(tokens) * len(chunks)) // tokens])
+
+
+def read_vllm_bench(path: str | Path) -> Run:
+    """A `vllm bench serve --save-result --save-detailed` result. Request i arrives at
+    `start_times[i]` (vLLM >= 0.16), when its POST was sent, so TTFTs match vLLM's;
+    older results have no send times and every request is placed at 0. A request
+    with an error is `aborted` with no tokens."""
+    path = Path(path)
+    result = _load_single_json(path)
+    needed = ("ttfts", "itls", "output_lens", "input_lens", "errors")
+    missing = [k for k in needed if k not in result]
+    if missing:
+        raise RunFormatError(f"{path}: keys {missing} missing; save the result with --save-result --save-detailed")
+    count = len(result["ttfts"])
+    for key in (*needed, "start_times"):
+        if key in result and (not isinstance(result[key], list) or len(result[key]) != count):
+            raise RunFormatError(f"{path}, key {key!r}: expected a list of {count} per-request values")
+    starts = result.get("start_times")
+    origin = min(starts) if starts else 0.0
+    rows = []
+    for i in range(count):
+        failed = bool(result["errors"][i])
+        arrival = (starts[i] - origin) if starts else 0.0
+        tokens = 0 if failed else int(result["output_lens"][i])
+        times = [arrival + t for t in _chunk_times(result["ttfts"][i], result["itls"][i], tokens)] if tokens else []
+        rows.append({"request_id": i, "arrival_s": arrival, "prompt_tokens": int(result["input_lens"][i]),
+                     "status": "aborted" if failed else "finished", "token_times": times,
+                     "error": str(result["errors"][i])})
+    run = _tables(rows, f"vllm-bench:{path.name}")
+    run.meta.update({"arrivals": "start_times" if starts else "unknown (vLLM < 0.16): every request at 0",
+                     "vllm_bench": {k: result.get(k) for k in ("date", "backend", "model_id", "num_prompts",
+                                                                "request_rate", "burstiness", "max_concurrency",
+                                                                "duration")}})
+    if not starts and isinstance(result.get("duration"), (int, float)):
+        run.meta["end_s"] = max(float(result["duration"]), float(run.tokens["time_s"].max()) if len(run.tokens) else 0.0)
+    return run
 
 
 def _is_number(value) -> bool:
