@@ -24,7 +24,7 @@ def quickstart(out: Path) -> int:
     console = Console()
     slo = SLO()
     console.print(f"[bold]pdlab quickstart[/bold]: a synthetic run of 400 requests, scored into {out}")
-    run = read_run(write_run(synthetic_run(requests=400, rate=4.0, seed=7), out / "run"))
+    run = read_run(write_run(synthetic_run(requests=400, rate=2.0, tbt=0.06, stall_probability=0.015, seed=7), out / "run"))
     delayed = validate(delay_output(run, slo.tbt))
     write_run(delayed, out / "run-delayed")
     table, summary = score(run, slo)

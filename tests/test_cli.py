@@ -1,0 +1,85 @@
+"""`pdlab metrics` and `pdlab quickstart` as a user runs them."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.conftest import make_run
+
+REQUIRED_SUMMARY = ("smooth_goodput", "serving_time_s", "throughput_tokens_per_s", "token_goodput",
+                    "request_goodput", "slo_attainment")
+REQUIRED_COLUMNS = ("request_id", "idle_latency_s", "benefit", "meets_slo", "fluidity_index", "andes_qoe")
+
+
+@pytest.fixture
+def run(tmp_path):
+    # request 0 smooth; request 1 stalls 2 s after its third token; request 2 never finishes
+    streams = [[0.3, 0.35, 0.4, 0.45], [0.5, 0.55, 0.6, 2.6, 2.65], [1.0]]
+    return make_run(tmp_path / "run", streams, arrivals=[0.0, 0.1, 0.2], statuses=["finished", "finished", "unfinished"],
+                    end_s=4.0)
+
+
+def test_json_summary_and_per_request_table(pdlab, run, tmp_path):
+    out = tmp_path / "table.csv"
+    code, stdout, err = pdlab("metrics", run, "--json", "--per-request", out)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert all(key in summary for key in REQUIRED_SUMMARY)
+    table = pd.read_csv(out)
+    assert all(column in table.columns for column in REQUIRED_COLUMNS)
+    assert summary["serving_time_s"] == pytest.approx(4.0)            # first arrival to end_s
+    assert summary["slo_attainment"] == pytest.approx(1 / 3)          # only request 0 meets TTFT 1 / TBT 0.1
+    assert summary["token_goodput"] == pytest.approx(4 / 4.0)
+    assert summary["throughput_tokens_per_s"] == pytest.approx(10 / 4.0)
+    assert list(table["meets_slo"]) == [True, False, False]
+    # request 1: token 4 at 2.5 s after arrival vs 0.4 s of reading -> idle 2.1 s
+    assert table["idle_latency_s"][1] == pytest.approx(2.5 - 0.4)
+    # request 2 waits from its arrival at 0.2 until 4.0 for its 2nd token: 3.8 - 0.2 = 3.6 s
+    assert table["idle_latency_s"][2] == pytest.approx(3.6)
+    assert summary["smooth_goodput"] == pytest.approx(sum(table["benefit"]) / 4.0)
+
+
+def test_every_slo_parameter_is_settable(pdlab_json, run):
+    summary = pdlab_json(run, "--slo-v", 0.5, "--slo-l", 3, "--alpha", 1, "--f", "step", "--ttft", 2,
+                         "--tbt", 2.5, "--tpot", 0.6, "--e2e", 3, "--l-max", 4)
+    p = summary["parameters"]
+    assert (p["v"], p["l"], p["alpha"], p["f"], p["ttft"], p["tbt"], p["tpot"], p["e2e"], p["l_max"]) == \
+        (0.5, 3, 1, "step", 2, 2.5, 0.6, 3, 4)
+    assert summary["slo_attainment"] == pytest.approx(2 / 3)          # TBT 2.5 forgives the stall
+    assert summary["schemes"]["smooth"]["token_goodput"] == pytest.approx(summary["smooth_goodput"])
+
+
+def test_windows_cut_by_arrival(pdlab_json, run):
+    summary = pdlab_json(run, "--warmup", 0.05)
+    assert summary["requests"] == 2 and summary["parameters"]["excluded_by_window"] == 1
+
+
+def test_readable_table_and_bad_flags(pdlab, run):
+    code, out, _ = pdlab("metrics", run, "--delay-output", 0.1)
+    assert code == 0 and "smooth goodput" in out and "output delayed" in out
+    code, _, err = pdlab("metrics", run, "--f", "cubic")
+    assert code == 2 and "slo.f" in err and "Traceback" not in err
+    code, _, err = pdlab("metrics", run, "--slo-v", 0)
+    assert code == 2 and "slo.v" in err
+
+
+def test_run_json_slo_section_sets_defaults(pdlab_json, run):
+    (run / "run.json").write_text(json.dumps({"end_s": 4.0, "slo": {"tbt": 3.0}}))
+    assert pdlab_json(run)["slo_attainment"] == pytest.approx(2 / 3)
+    assert pdlab_json(run, "--tbt", 0.1)["slo_attainment"] == pytest.approx(1 / 3)
+
+
+def test_quickstart_writes_its_report(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "experiments.cli", "quickstart", "--out", str(tmp_path / "qs")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for name in ("summary.json", "per_request.csv", "timelines.png", "timelines.svg", "run/tokens.parquet"):
+        assert (tmp_path / "qs" / name).exists(), name
+    summaries = json.loads((tmp_path / "qs" / "summary.json").read_text())
+    plain, delayed = summaries.values()
+    assert delayed["tbt_s"]["p99"] < plain["tbt_s"]["p99"]
+    assert delayed["idle_latency_s"]["mean"] >= plain["idle_latency_s"]["mean"]
