@@ -127,3 +127,15 @@ def meets(tl: Timelines, slo: SLO, finished: np.ndarray) -> dict[str, np.ndarray
         "smooth": lateness(tl, slo.v) <= slo.l + eps,
     }
     return {scheme: ok & finished for scheme, ok in status.items()}
+
+
+def slack(tl: Timelines, v: float, requests: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Reading slack `max(0, u_k + v - s)` of request `requests[q]` at `at[q]` seconds
+    after its arrival, with `k` the tokens it had received by then."""
+    out = np.empty(len(requests), dtype=np.float64)
+    for q, (r, s) in enumerate(zip(requests, at)):
+        times = tl.times[tl.offsets[r]:tl.offsets[r + 1]]
+        k = int(np.searchsorted(times, s, side="right"))
+        late = max(0.0, float(np.max(times[:k] - v * np.arange(1, k + 1)))) if k else 0.0
+        out[q] = max(0.0, v * k + late + v - s)
+    return out

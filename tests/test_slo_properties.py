@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.slo import SCHEMES, SLO, benefit
-from router.timelines import Timelines, idle_latency, meets
+from router.timelines import Timelines, idle_latency, meets, slack
 from router.tracker import RequestTracker
 
 gaps = st.lists(st.floats(0.0, 3.0, allow_nan=False), min_size=0, max_size=40)
@@ -123,3 +123,14 @@ def test_edge_cases_one_and_zero_tokens():
 def test_bad_slo_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"slo.{field}"):
         SLO(**{field: value})
+
+
+@given(gaps, st.floats(0.01, 0.5), st.floats(0.0, 20.0))
+def test_online_and_vectorised_slack_agree(gaps, v, at):
+    times = list(np.cumsum(gaps))
+    tracker = RequestTracker(5.0, SLO(v=v))
+    for t in times:
+        if t <= at:
+            tracker.add_tokens(5.0 + t)
+    tl = Timelines.from_lists([times])
+    assert slack(tl, v, np.array([0]), np.array([at]))[0] == pytest.approx(tracker.slack(5.0 + at), abs=1e-9)
