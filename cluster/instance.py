@@ -1,0 +1,349 @@
+"""One serving instance: a vLLM-like scheduler (continuous batching, paged KV blocks
+with a watermark, prefill-first or chunked prefill, recompute or swap preemption).
+
+Runs of identical decode iterations are planned as one segment, so the cost of
+simulating follows scheduling events, not tokens: a request in the decode batch
+gains one token per decode step, and its tokens are the instance's decode-step
+end times from the step it joined.
+"""
+from __future__ import annotations
+
+import heapq
+from array import array
+from collections import deque
+from dataclasses import dataclass, field
+
+from cluster.request import DECODING, FINISHED, HANDOFF, PREFILLING, SWAPPED, WAITING, Request
+from router.snapshot import PREFILL
+
+PREEMPTION_MODES = ("recompute", "swap")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    block_size: int = 16
+    watermark: float = 0.01
+    chunked_prefill: bool = False
+    preemption: str = "recompute"
+    max_segment_steps: int = 4096
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "max_segment_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"scheduler.{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+        if not 0 <= self.watermark < 1:
+            raise ValueError(f"scheduler.watermark: expected a fraction in [0, 1), got {self.watermark!r}")
+        if self.preemption not in PREEMPTION_MODES:
+            raise ValueError(f"scheduler.preemption: expected one of {list(PREEMPTION_MODES)}, got {self.preemption!r}")
+        if self.chunked_prefill and self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError("scheduler.max_num_batched_tokens: must be >= max_num_seqs with chunked prefill")
+
+
+@dataclass
+class Outcome:
+    """What a finished segment did, for the runtime to act on."""
+    prefilled: list[Request] = field(default_factory=list)
+    finished: list[Request] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+
+@dataclass
+class Segment:
+    start_step: int
+    steps: int
+    ends: list[float]
+    prefill: list[tuple[Request, int]]
+    extra_s: float = 0.0
+
+
+def blocks_for(tokens: int, block_size: int) -> int:
+    return -(-tokens // block_size)
+
+
+class Instance:
+    def __init__(self, id: int, role: int, model, config: SchedulerConfig, total_blocks: int,
+                 kv_bytes_per_token: float, swap_bandwidth: float) -> None:
+        self.id, self.role, self.model, self.config = id, role, model, config
+        self.total_blocks = total_blocks
+        self.free = total_blocks
+        self.watermark_blocks = int(config.watermark * total_blocks)
+        self.kv_bytes_per_token = kv_bytes_per_token
+        self.swap_bandwidth = swap_bandwidth
+        self.waiting: deque[Request] = deque()
+        self.swapped: deque[Request] = deque()
+        self.arriving: deque[Request] = deque()
+        self.prefilling: list[Request] = []
+        self.running: dict[int, Request] = {}
+        self.step = 0
+        self.step_end = array("d")
+        self.context_base = 0
+        self.context_step = 0
+        self.finish_heap: list[tuple[int, float, int, int]] = []
+        self.block_heap: list[tuple[int, float, int, int]] = []
+        self.segment: Segment | None = None
+        self.pending_extra_s = 0.0
+        self.iterations = 0
+
+    # ---- the decode batch -------------------------------------------------
+    def _sync_context(self) -> None:
+        self.context_base += (self.step - self.context_step) * len(self.running)
+        self.context_step = self.step
+
+    def _join(self, request: Request) -> None:
+        self._sync_context()
+        request.state, request.instance = DECODING, self.id
+        request.join_step, request.join_generated = self.step, request.generated
+        request.epoch += 1
+        self.running[request.id] = request
+        self.context_base += request.context
+        finish = self.step + request.target - request.generated - 1
+        heapq.heappush(self.finish_heap, (finish, request.arrival, request.id, request.epoch))
+        self._push_crossing(request)
+
+    def _push_crossing(self, request: Request) -> None:
+        cross = request.join_step + request.blocks * self.config.block_size - request.context
+        heapq.heappush(self.block_heap, (cross, request.arrival, request.id, request.epoch))
+
+    def _leave(self, request: Request) -> None:
+        """Take a request out of the decode batch, settling its tokens and context."""
+        self._sync_context()
+        done = self.step - request.join_step
+        if done:
+            request.decode_runs.append((self.id, request.join_step, done))
+        request.generated = request.join_generated + done
+        request.context += done
+        self.context_base -= request.context
+        del self.running[request.id]
+        request.epoch += 1
+
+    def _live(self, heap, entry) -> bool:
+        request = self.running.get(entry[2])
+        return request is not None and request.epoch == entry[3]
+
+    def _next(self, heap) -> int | None:
+        while heap and not self._live(heap, heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    # ---- blocks and preemption -------------------------------------------
+    def _free(self, request: Request) -> None:
+        self.free += request.blocks
+        request.blocks = 0
+
+    def _preempt(self, request: Request, outcome: Outcome) -> None:
+        self._leave(request)
+        if self.config.preemption == "swap":
+            self.pending_extra_s += request.blocks * self.config.block_size * self.kv_bytes_per_token / self.swap_bandwidth
+            request.state = SWAPPED
+            self.free += request.blocks
+            self.swapped.append(request)
+        else:
+            self._free(request)
+            request.context = 0
+            request.state = WAITING
+            self.waiting.appendleft(request)
+        outcome.preempted.append(request)
+
+    def _grow_blocks(self, outcome: Outcome) -> None:
+        """Give a block to every running request that needs a new slot at this step,
+        preempting the latest arrival (as vLLM) while there are not enough."""
+        while (cross := self._next(self.block_heap)) is not None and cross <= self.step:
+            entry = heapq.heappop(self.block_heap)
+            request = self.running[entry[2]]
+            while self.free < 1:
+                victim = max(self.running.values(), key=lambda r: (r.arrival, r.id))
+                self._preempt(victim, outcome)
+                if victim is request:
+                    break
+            if request.id in self.running and request.epoch == entry[3]:
+                self.free -= 1
+                request.blocks += 1
+                self._push_crossing(request)
+
+    def reserve(self, blocks: int) -> bool:
+        if self.free - blocks < self.watermark_blocks:
+            return False
+        self.free -= blocks
+        return True
+
+    def release(self, request: Request) -> None:
+        """A request whose KV left this instance (handed off or migrated) frees its blocks here."""
+        self._free(request)
+
+    # ---- what the runtime calls ------------------------------------------
+    def enqueue(self, request: Request) -> None:
+        request.state, request.instance = WAITING, self.id
+        self.waiting.append(request)
+
+    def admit_decode(self, request: Request, blocks: int) -> None:
+        """A request whose KV arrived here (`blocks` already reserved) joins at the next boundary."""
+        request.blocks, request.instance = blocks, self.id
+        self.arriving.append(request)
+
+    def remove(self, request: Request) -> None:
+        """Take a request out of this instance wherever it is, freeing its blocks."""
+        if request.id in self.running:
+            self._leave(request)
+        for queue in (self.waiting, self.swapped, self.arriving):
+            if request in queue:
+                queue.remove(request)
+        if request in self.prefilling:
+            self.prefilling.remove(request)
+        self._free(request)
+
+    @property
+    def idle(self) -> bool:
+        return self.segment is None
+
+    def load(self) -> tuple[int, int, int]:
+        """Queued requests, their tokens to prefill, and the decode batch size."""
+        queued = len(self.waiting) + len(self.swapped) + len(self.arriving)
+        return queued, sum(r.to_prefill for r in self.waiting) if len(self.waiting) < 64 else -1, len(self.running)
+
+    # ---- planning ---------------------------------------------------------
+    def plan(self, now: float, outcome: Outcome) -> float | None:
+        """Choose the next batch at boundary `now`; returns when it ends, or None if idle."""
+        self._grow_blocks(outcome)
+        self._swap_in()
+        while self.arriving and len(self.running) + len(self.prefilling) < self.config.max_num_seqs:
+            request = self.arriving.popleft()
+            self._join(request)
+        self._grow_blocks(outcome)
+        prefill = self._admit_prefills()
+        if self.config.chunked_prefill:
+            chunks = self._chunks(prefill)
+            if chunks or self.running:
+                return self._start(now, steps=1, chunks=chunks)
+        elif prefill:
+            return self._start(now, steps=0, chunks=[(r, r.to_prefill - r.prefilled) for r in prefill])
+        if not self.running:
+            self.segment = None
+            return None
+        return self._start(now, steps=self._decode_steps_until_event(), chunks=[])
+
+    def _swap_in(self) -> None:
+        while self.swapped and self.free - self.swapped[0].blocks >= self.watermark_blocks \
+                and len(self.running) < self.config.max_num_seqs:
+            request = self.swapped.popleft()
+            self.free -= request.blocks
+            self.pending_extra_s += request.blocks * self.config.block_size * self.kv_bytes_per_token / self.swap_bandwidth
+            self._join(request)
+
+    def _admit_prefills(self) -> list[Request]:
+        """FCFS admission of waiting requests that fit the batch, the token budget and the KV blocks."""
+        config, admitted, tokens = self.config, [], 0
+        busy = len(self.running) + len(self.prefilling)
+        budget = config.max_num_batched_tokens - (len(self.running) if config.chunked_prefill else 0)
+        while self.waiting and busy + len(admitted) < config.max_num_seqs:
+            request = self.waiting[0]
+            need = blocks_for(request.to_prefill, config.block_size)
+            size = request.to_prefill
+            if not config.chunked_prefill and tokens + size > budget and admitted:
+                break
+            if config.chunked_prefill and tokens >= budget:
+                break
+            if self.free - need < self.watermark_blocks:
+                break
+            self.waiting.popleft()
+            self.free -= need
+            request.blocks, request.prefilled, request.state = need, 0, PREFILLING
+            admitted.append(request)
+            tokens += size
+        return admitted
+
+    def _chunks(self, admitted: list[Request]) -> list[tuple[Request, int]]:
+        self.prefilling.extend(admitted)
+        budget = self.config.max_num_batched_tokens - len(self.running)
+        chunks = []
+        for request in self.prefilling:
+            if budget <= 0:
+                break
+            size = min(request.to_prefill - request.prefilled, budget)
+            chunks.append((request, size))
+            budget -= size
+        return chunks
+
+    def _decode_steps_until_event(self) -> int:
+        finish = self._next(self.finish_heap)
+        cross = self._next(self.block_heap)
+        end = finish + 1 if finish is not None else self.step + self.config.max_segment_steps
+        if cross is not None:
+            end = min(end, cross)
+        return max(1, min(end - self.step, self.config.max_segment_steps))
+
+    def _start(self, now: float, steps: int, chunks: list[tuple[Request, int]]) -> float:
+        """Time a segment: `steps` decode iterations (0: one prefill-only iteration), with
+        prefill `chunks` riding on its first iteration."""
+        model, batch = self.model, len(self.running)
+        self._sync_context()
+        context = self.context_base
+        tokens = sum(size for _, size in chunks)
+        squares = sum(size * (size + request.prefilled) for request, size in chunks)
+        t = now + self.pending_extra_s
+        ends = []
+        if steps == 0:
+            t += model.prefill_time(tokens, squares)
+            ends.append(t)
+        else:
+            t += model.step_time(tokens, squares, batch, context)
+            ends.append(t)
+            for m in range(1, steps):
+                t += model.decode_time(batch, context + m * batch)
+                ends.append(t)
+        self.segment = Segment(self.step, steps, ends, chunks, self.pending_extra_s)
+        self.pending_extra_s = 0.0
+        return ends[-1]
+
+    # ---- completing and cutting segments -----------------------------------
+    def complete(self) -> Outcome:
+        """Apply the segment that just ended: decode tokens, prefills done, finishes."""
+        segment, outcome = self.segment, Outcome()
+        self.segment = None
+        self.iterations += len(segment.ends)
+        if segment.steps:
+            self.step_end.extend(segment.ends)
+            self.step += segment.steps
+        end = segment.ends[-1]
+        for request, size in segment.prefill:
+            request.prefilled += size
+            if request.prefilled < request.to_prefill:
+                continue
+            if request in self.prefilling:
+                self.prefilling.remove(request)
+            request.context = request.to_prefill
+            request.prefill_times.append(end)
+            request.generated += 1
+            if request.generated >= request.target:
+                self._finish(request, outcome)
+            elif self.role == PREFILL:
+                request.state = HANDOFF
+                outcome.prefilled.append(request)
+            else:
+                self._join(request)
+        while (finish := self._next(self.finish_heap)) is not None and finish < self.step:
+            request = self.running[heapq.heappop(self.finish_heap)[2]]
+            self._leave(request)
+            self._finish(request, outcome)
+        return outcome
+
+    def _finish(self, request: Request, outcome: Outcome) -> None:
+        self._free(request)
+        request.state = FINISHED
+        outcome.finished.append(request)
+
+    def interrupt(self, now: float) -> float | None:
+        """Something changed at `now`: end the current decode segment after the step in
+        flight. Returns the new end, or None if the segment ends as planned."""
+        segment = self.segment
+        if segment is None or segment.steps <= 1:
+            return None
+        for index, end in enumerate(segment.ends):
+            if end >= now:
+                break
+        if index + 1 >= segment.steps:
+            return None
+        segment.steps = index + 1
+        del segment.ends[index + 1:]
+        return segment.ends[-1]

@@ -1,0 +1,224 @@
+"""The discrete-event runtime: a virtual clock, an event heap, instances, KV transfers
+over contended links, and the router called at the logical events."""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Callable
+
+from cluster.instance import Instance, Outcome, blocks_for
+from cluster.recorder import Recorder
+from cluster.request import FINAL, HANDOFF, REJECTED, TRANSFER, Request
+from migration.cost import TransferCost
+from migration.links import LinkPool
+from router.actions import Dispatch, Handoff, Reject
+from router.policy import Policy
+from router.slo import SLO
+from router.snapshot import InstanceTable, RequestView, Snapshot
+from router.tracker import RequestTracker
+
+ARRIVE, WAKE, TRANSFER_DONE, TICK = 0, 1, 2, 3
+
+
+@dataclass
+class Plan:
+    """Everything a simulation needs, built from an experiment config."""
+    instances: list[Instance]
+    table: InstanceTable
+    policy: Policy
+    requests: list[Request]
+    slos: dict[str, SLO]
+    links: LinkPool
+    path: Callable[[int, int], tuple[str, ...]]
+    cost: TransferCost
+    kv_bytes_per_token: float
+    horizon_s: float = float("inf")
+    tick_s: float | None = None
+
+
+class Simulator:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.instances = plan.instances
+        self.requests = {r.id: r for r in plan.requests}
+        self.heap: list[tuple] = []
+        self.seq = 0
+        self.now = 0.0
+        self.versions = [0] * len(self.instances)
+        self.link_version = 0
+        self.to_dispatch: dict[int, Request] = {}
+        self.to_hand_off: dict[int, Request] = {}
+        self.transfers: dict[int, tuple[Request, int, int, int]] = {}
+        self.record = Recorder()
+
+    def _push(self, time: float, kind: int, a: int = 0, b: int = 0) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (time, self.seq, kind, a, b))
+
+    def run(self) -> Recorder:
+        for request in self.plan.requests:
+            self._push(request.arrival, ARRIVE, request.id)
+        if self.plan.tick_s:
+            self._push(self.plan.tick_s, TICK)
+        handlers = {ARRIVE: self._arrive, WAKE: self._wake, TRANSFER_DONE: self._transfer_done, TICK: self._tick}
+        unfinished = len(self.requests)
+        while self.heap:
+            time, _, kind, a, b = heapq.heappop(self.heap)
+            if time > self.plan.horizon_s:
+                self.now = self.plan.horizon_s
+                break
+            self.now = time
+            unfinished -= handlers[kind](a, b)
+            if unfinished == 0:
+                break
+        self.record.close(self.now, self.requests.values(), self.instances)
+        return self.record
+
+    # ---- events -------------------------------------------------------------
+    def _arrive(self, request_id: int, _: int) -> int:
+        request = self.requests[request_id]
+        self.record.event(self.now, "arrive", request.id)
+        self.to_dispatch[request.id] = request
+        return self._decide("arrival")
+
+    def _wake(self, index: int, version: int) -> int:
+        if version != self.versions[index]:
+            return 0
+        instance = self.instances[index]
+        outcome = instance.complete()
+        done = self._settle(instance, outcome)
+        done += self._kick(instance)
+        if outcome.prefilled:
+            done += self._decide("prefill_done")
+        elif outcome.finished:
+            done += self._decide("finished")
+        return done
+
+    def _transfer_done(self, request_id: int, version: int) -> int:
+        if version != self.link_version:
+            return 0
+        request, source, target, blocks = self.transfers.pop(request_id)
+        self.plan.links.finish(request_id, self.now)
+        self._reschedule_links()
+        self.instances[source].release(request)
+        self.instances[target].admit_decode(request, blocks)
+        self.record.event(self.now, "transfer_end", request.id, source, target, request.context * self.plan.kv_bytes_per_token)
+        return self._kick(self.instances[source]) + self._kick(self.instances[target]) + self._decide("handoff_done")
+
+    def _tick(self, _: int, __: int) -> int:
+        if any(not r.final for r in self.requests.values()) or self.heap:
+            self._push(self.now + self.plan.tick_s, TICK)
+        return self._decide("tick")
+
+    # ---- instances ------------------------------------------------------------
+    def _kick(self, instance: Instance) -> int:
+        """Let an instance react to a change: plan if idle, else cut its decode segment short."""
+        if instance.idle:
+            outcome = Outcome()
+            end = instance.plan(self.now, outcome)
+            done = self._settle(instance, outcome)
+            if end is not None:
+                self._schedule(instance, end)
+            return done
+        end = instance.interrupt(self.now)
+        if end is not None:
+            self._schedule(instance, end)
+        return 0
+
+    def _schedule(self, instance: Instance, end: float) -> None:
+        self.versions[instance.id] += 1
+        self._push(end, WAKE, instance.id, self.versions[instance.id])
+        self._sync(instance)
+
+    def _settle(self, instance: Instance, outcome: Outcome) -> int:
+        for request in outcome.preempted:
+            self.record.event(self.now, "preempt", request.id, instance.id)
+        for request in outcome.finished:
+            self.record.event(self.now, "finish", request.id, instance.id)
+        for request in outcome.prefilled:
+            self.record.event(self.now, "prefill_end", request.id, instance.id)
+            self.to_hand_off[request.id] = request
+        self._sync(instance)
+        return len(outcome.finished)
+
+    def _sync(self, instance: Instance) -> None:
+        table, i = self.plan.table, instance.id
+        table.free_blocks[i] = instance.free
+        table.queued[i], table.queued_tokens[i], table.running[i] = instance.load()
+
+    # ---- the router -------------------------------------------------------------
+    def _view(self, request: Request) -> RequestView:
+        slo = self.plan.slos[request.tenant]
+        tracker = RequestTracker(request.arrival, slo)
+        for time in request.prefill_times:
+            tracker.add_tokens(time)
+        return RequestView(request.id, request.tenant, request.arrival, request.prompt, request.target,
+                           request.generated, request.instance, tracker.idle_latency(self.now, False),
+                           tracker.slack(self.now))
+
+    def _decide(self, event: str) -> int:
+        snapshot = Snapshot(self.now, event, self.plan.table.view,
+                            tuple(self._view(r) for r in self.to_dispatch.values()),
+                            tuple(self._view(r) for r in self.to_hand_off.values()))
+        done = 0
+        for action in self.plan.policy.decide(snapshot):
+            done += self._apply(action)
+        return done
+
+    def _apply(self, action) -> int:
+        if isinstance(action, Dispatch):
+            request = self._pending(self.to_dispatch, action, "dispatch")
+            instance = self._instance(action.instance, action)
+            instance.enqueue(request)
+            self.record.event(self.now, "dispatch", request.id, instance.id)
+            return self._kick(instance)
+        if isinstance(action, Handoff):
+            return self._hand_off(self._pending(self.to_hand_off, action, "hand off"), action)
+        if isinstance(action, Reject):
+            request = self.to_dispatch.pop(action.request, None) or self._pending(self.to_hand_off, action, "reject")
+            if request.state == HANDOFF:
+                self.instances[request.instance].release(request)
+            request.state, request.reason = REJECTED, action.reason
+            self.record.event(self.now, "reject", request.id, request.instance)
+            return 1
+        raise ValueError(f"policy {self.plan.policy.name!r}: {type(action).__name__} is not supported by the simulator yet")
+
+    def _pending(self, pending: dict[int, Request], action, verb: str) -> Request:
+        request = pending.pop(action.request, None)
+        if request is None:
+            raise ValueError(f"policy {self.plan.policy.name!r} asked to {verb} request {action.request}, "
+                             f"which is not waiting for that")
+        return request
+
+    def _instance(self, index: int, action) -> Instance:
+        if not 0 <= index < len(self.instances) or not self.plan.table.alive[index]:
+            raise ValueError(f"policy {self.plan.policy.name!r}: {action} names no live instance")
+        return self.instances[index]
+
+    def _hand_off(self, request: Request, action: Handoff) -> int:
+        source, target = self.instances[request.instance], self._instance(action.target, action)
+        if target is source:
+            source.admit_decode(request, request.blocks)
+            return self._kick(source)
+        blocks = blocks_for(request.context, source.config.block_size)
+        if not target.reserve(blocks):
+            self.to_hand_off[request.id] = request
+            return 0
+        self._sync(target)
+        request.state = TRANSFER
+        nbytes = request.context * self.plan.kv_bytes_per_token
+        self.transfers[request.id] = (request, source.id, target.id, blocks)
+        self.plan.links.start(request.id, nbytes, self.plan.path(source.id, target.id), self.now,
+                              self.plan.cost.stage_overhead_s)
+        self.record.event(self.now, "transfer_start", request.id, source.id, target.id, nbytes)
+        self._reschedule_links()
+        return 0
+
+    def _reschedule_links(self) -> None:
+        self.link_version += 1
+        upcoming = self.plan.links.next_completion()
+        if upcoming is not None:
+            self._push(max(upcoming[0], self.now), TRANSFER_DONE, upcoming[1], self.link_version)
+
+
+__all__ = ["Plan", "Simulator", "FINAL"]

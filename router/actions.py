@@ -1,0 +1,51 @@
+"""What a policy may ask of a runtime: the actions of the decision point."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Queue a new request for prefill on `instance`."""
+    request: int
+    instance: int
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """Send a prefilled request's KV cache to decode instance `target` (its own instance: decode in place)."""
+    request: int
+    target: int
+
+
+@dataclass(frozen=True, slots=True)
+class Migrate:
+    """Move a decoding request to `target`: `live` copies its KV while it keeps decoding, `recompute` re-prefills there."""
+    request: int
+    target: int
+    mode: str = "live"
+
+
+@dataclass(frozen=True, slots=True)
+class Preempt:
+    """Stop a running request and free its KV: `recompute` drops it, `swap` copies it to host memory."""
+    request: int
+    mode: str = "recompute"
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Put a preempted request back in `instance`'s queue."""
+    request: int
+    instance: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    request: int
+    reason: str = "rejected by policy"
+
+
+Action = Dispatch | Handoff | Migrate | Preempt | Resume | Reject
+MIGRATION_MODES = ("live", "recompute")
+PREEMPTION_MODES = ("recompute", "swap")

@@ -1,0 +1,39 @@
+"""Policies: the base class, the registry, and building one by name from config."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from router.actions import Action
+from router.snapshot import Snapshot
+
+POLICIES: dict[str, type["Policy"]] = {}
+
+
+class Policy:
+    """Decides at the runtime's logical events. Subclasses set `name` and take their
+    parameters as keyword arguments; they get time and randomness only from the
+    snapshot and their constructor's `seed`."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def decide(self, snapshot: Snapshot) -> list[Action]:
+        raise NotImplementedError
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            POLICIES[cls.name] = cls
+
+
+def make_policy(name: str, params: dict | None = None, seed: int = 0) -> Policy:
+    import router.policies  # noqa: F401  (registers the built-in policies)
+
+    if name not in POLICIES:
+        raise ValueError(f"router.policy: unknown policy {name!r}; expected one of {sorted(POLICIES)}")
+    try:
+        return POLICIES[name](seed=seed, **(params or {}))
+    except TypeError as exc:
+        raise ValueError(f"router.params: {exc}") from None

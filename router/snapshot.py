@@ -1,0 +1,85 @@
+"""The read-only view of the cluster that a policy decides on.
+
+Instances are columns of numpy arrays indexed by instance id, kept up to date by
+the runtime and handed out as read-only views, so building a snapshot costs O(1).
+A snapshot is valid for the duration of one `decide` call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PREFILL, DECODE, COLOCATED = 0, 1, 2
+ROLES = {"prefill": PREFILL, "decode": DECODE, "colocated": COLOCATED}
+INSTANCE_COLUMNS = ("role", "node", "alive", "total_blocks", "free_blocks", "watermark_blocks",
+                    "queued", "queued_tokens", "running", "step_time_s")
+
+
+@dataclass(frozen=True)
+class Instances:
+    role: np.ndarray
+    node: np.ndarray
+    alive: np.ndarray
+    total_blocks: np.ndarray
+    free_blocks: np.ndarray
+    watermark_blocks: np.ndarray
+    queued: np.ndarray
+    queued_tokens: np.ndarray
+    running: np.ndarray
+    step_time_s: np.ndarray
+    block_size: int
+
+    def __len__(self) -> int:
+        return len(self.role)
+
+    def serving(self, role: int) -> np.ndarray:
+        """Ids of live instances that can do `role`'s work (a colocated one does both)."""
+        return np.flatnonzero(self.alive & ((self.role == role) | (self.role == COLOCATED)))
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    id: int
+    tenant: str
+    arrival_s: float
+    prompt_tokens: int
+    max_output_tokens: int
+    generated: int
+    instance: int
+    idle_s: float
+    slack_s: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    now: float
+    event: str
+    instances: Instances
+    to_dispatch: tuple[RequestView, ...] = ()
+    to_hand_off: tuple[RequestView, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+
+class InstanceTable:
+    """The runtime's writable side of `Instances`."""
+
+    def __init__(self, roles: list[int], nodes: list[int], total_blocks: list[int], watermark_blocks: list[int],
+                 block_size: int) -> None:
+        n = len(roles)
+        self.role = np.array(roles, dtype=np.int8)
+        self.node = np.array(nodes, dtype=np.int32)
+        self.alive = np.ones(n, dtype=bool)
+        self.total_blocks = np.array(total_blocks, dtype=np.int64)
+        self.free_blocks = self.total_blocks.copy()
+        self.watermark_blocks = np.array(watermark_blocks, dtype=np.int64)
+        self.queued = np.zeros(n, dtype=np.int64)
+        self.queued_tokens = np.zeros(n, dtype=np.int64)
+        self.running = np.zeros(n, dtype=np.int64)
+        self.step_time_s = np.zeros(n, dtype=np.float64)
+        views = {}
+        for column in INSTANCE_COLUMNS:
+            view = getattr(self, column).view()
+            view.flags.writeable = False
+            views[column] = view
+        self.view = Instances(block_size=block_size, **views)
