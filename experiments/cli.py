@@ -4,9 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
+from experiments.calibrate import add_parser as add_calibrate
 from experiments.delay import delay_output
 from experiments.imports import read_any
 from experiments.metrics import Window, score
@@ -27,14 +29,15 @@ SLO_FLAGS = {  # flag -> (SLO field, help)
 }
 
 
-def _slo(args: argparse.Namespace, meta: dict) -> SLO:
+def slo_from(meta: dict, args: argparse.Namespace | None = None) -> SLO:
+    """The run's `slo` from run.json, with the SLO flags of `args` over it."""
     given = dict(meta.get("slo") or {})
     known = set(SLO.__dataclass_fields__)
     unknown = sorted(set(given) - known)
     if unknown:
         raise ValueError(f"run.json, key 'slo': unknown parameters {unknown}; expected some of {sorted(known)}")
     for flag, (field, _) in SLO_FLAGS.items():
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        value = getattr(args, flag.lstrip("-").replace("-", "_")) if args is not None else None
         if value is not None:
             given[field] = value
     return SLO(**given)
@@ -52,7 +55,7 @@ def _seconds(text: str) -> float:
 
 def _metrics(args: argparse.Namespace) -> int:
     run = read_any(args.run)
-    slo = _slo(args, run.meta)
+    slo = slo_from(run.meta, args)
     window = Window(args.warmup, args.cooldown)
     table, summary = score(run, slo, window)
     summaries = {"run": summary}
@@ -73,6 +76,21 @@ def _import(args: argparse.Namespace) -> int:
     run = read_any(args.source)
     path = write_run(run, args.out)
     print(f"wrote run {path} ({len(run.requests)} requests, {len(run.tokens)} tokens)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from experiments.config import load_config
+    from experiments.runner import run_experiment
+
+    overrides = list(args.set) + ([f"runtime={args.runtime}"] if args.runtime else [])
+    config = load_config(args.config, overrides)
+    out = Path(args.out or Path("runs") / config.name)
+    path = run_experiment(config, out)
+    run = read_any(path)
+    _, summary = score(run, slo_from(run.meta))
+    print_summaries({config.name: summary})
+    print(f"wrote run {path}")
     return 0
 
 
@@ -104,6 +122,16 @@ def parser() -> argparse.ArgumentParser:
     imports.add_argument("out")
     imports.set_defaults(handler=_import)
 
+    run = commands.add_parser("run", help="run an experiment config")
+    run.add_argument("config", help="experiment YAML (see configs/)")
+    run.add_argument("--runtime", choices=["sim", "ray"], help="override the config's runtime")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set router.policy=round_robin (repeatable)")
+    run.add_argument("--out", help="run folder (default runs/NAME)")
+    run.set_defaults(handler=_run)
+
+    add_calibrate(commands)
+
     quick = commands.add_parser("quickstart", help="the quickstart experiment")
     quick.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
     quick.set_defaults(handler=_quickstart)
@@ -115,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (RunFormatError, ValueError, FileNotFoundError) as exc:
+        if os.environ.get("PDLAB_DEBUG"):
+            raise
         print(f"pdlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

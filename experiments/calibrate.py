@@ -1,0 +1,212 @@
+"""`pdlab calibrate PROFILE.csv`: fit the iteration-time model to measured iterations.
+
+One CSV row per iteration: prefill_tokens, prefill_tokens_sq (optional, default
+prefill_tokens^2), decode_batch, decode_context, time_s. Prefill coefficients come
+from rows without decodes, decode coefficients from rows without prefill, each by
+non-negative least squares on relative error; mixed rows are only checked.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from datetime import date
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cluster.perfmodel import IterationModel, write_iteration_model
+from cluster.specs import SpecError, load_hardware, load_model
+
+COUNTS = ("prefill_tokens", "decode_batch", "decode_context")
+REQUIRED = (*COUNTS, "time_s")
+SIDES = {"prefill": ("prefill_tokens", "prefill_tokens_sq"), "decode": ("decode_batch", "decode_context")}
+
+
+class CalibrationError(ValueError):
+    """A profile that cannot be read or fitted."""
+
+
+@dataclass(frozen=True)
+class SideFit:
+    coefficients: tuple[float, float, float]
+    rows: int
+    mean_error: float
+    max_error: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    model: IterationModel
+    prefill: SideFit
+    decode: SideFit
+    mixed_rows: int
+    mixed_errors: tuple[float, float] | None
+
+
+def _show(value) -> str:
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _where(path: Path, row: int, column: str) -> str:
+    return f"{path}, row {row + 1} (line {row + 2}), column {column!r}"
+
+
+def _column(path: Path, table: pd.DataFrame, name: str, whole: bool) -> np.ndarray:
+    raw = table[name]
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.argmax(bad))
+        got = "an empty cell" if pd.isna(raw.iloc[row]) else _show(raw.iloc[row])
+        raise CalibrationError(f"{_where(path, row, name)}: expected a number, got {got}")
+    wrong = (values <= 0) if name == "time_s" else (values < 0)
+    if whole:
+        wrong |= values != np.round(values)
+    if wrong.any():
+        row = int(np.argmax(wrong))
+        need = "a number of seconds > 0" if name == "time_s" else "a whole number >= 0" if whole else "a number >= 0"
+        raise CalibrationError(f"{_where(path, row, name)}: expected {need}, got {_show(raw.iloc[row])}")
+    return values
+
+
+def read_profile(path: str | Path) -> pd.DataFrame:
+    """The profile as float columns, checked; prefill_tokens_sq filled with prefill_tokens^2 where absent."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, skipinitialspace=True)
+    except FileNotFoundError:
+        raise CalibrationError(f"{path}: no such file") from None
+    except pd.errors.EmptyDataError:
+        raise CalibrationError(f"{path}: empty file (expected a header with {list(REQUIRED)} and rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise CalibrationError(f"{path}: not a readable CSV: {' '.join(str(exc).split())}") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    for name in REQUIRED:
+        if name not in table.columns:
+            raise CalibrationError(f"{path}: missing column {name!r} (the file has {list(table.columns)})")
+    profile = pd.DataFrame({name: _column(path, table, name, whole=name in COUNTS) for name in REQUIRED})
+    square = profile["prefill_tokens"] ** 2
+    if "prefill_tokens_sq" in table.columns:
+        given = table["prefill_tokens_sq"]
+        filled = given.where(given.notna(), square)
+        profile["prefill_tokens_sq"] = _column(path, pd.DataFrame({"prefill_tokens_sq": filled}),
+                                               "prefill_tokens_sq", whole=False)
+    else:
+        profile["prefill_tokens_sq"] = square
+    empty = ((profile["prefill_tokens"] == 0) & (profile["decode_batch"] == 0)).to_numpy()
+    if empty.any():
+        row = int(np.argmax(empty))
+        raise CalibrationError(f"{_where(path, row, 'prefill_tokens')}: an empty iteration "
+                               "(prefill_tokens and decode_batch both 0)")
+    return profile
+
+
+def nonnegative_lstsq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """min |x c - y| with c >= 0, exactly, by trying every support (fine for a few columns)."""
+    scale = np.linalg.norm(x, axis=0)
+    scale[scale == 0] = 1.0
+    xs = x / scale
+    best, best_residual = np.zeros(x.shape[1]), float(y @ y)
+    for size in range(1, x.shape[1] + 1):
+        for support in combinations(range(x.shape[1]), size):
+            solution = np.linalg.lstsq(xs[:, support], y, rcond=None)[0]
+            if (solution < 0).any() or not np.isfinite(solution).all():
+                continue
+            residual = xs[:, support] @ solution - y
+            if residual @ residual < best_residual:
+                best_residual = float(residual @ residual)
+                best = np.zeros(x.shape[1])
+                best[list(support)] = solution
+    return best / scale
+
+
+def _errors(predicted: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    relative = np.abs(predicted - measured) / measured
+    return float(relative.mean()), float(relative.max())
+
+
+def fit_side(path: Path, profile: pd.DataFrame, side: str) -> SideFit:
+    first, second = SIDES[side]
+    rows = profile[(profile["decode_batch"] == 0) if side == "prefill" else (profile["prefill_tokens"] == 0)]
+    x = np.column_stack([np.ones(len(rows)), rows[first].to_numpy(), rows[second].to_numpy()])
+    y = rows["time_s"].to_numpy()
+    rank = np.linalg.matrix_rank(x / np.maximum(np.linalg.norm(x, axis=0), 1e-300)) if len(rows) else 0
+    if rank < 3:
+        only = "decode_batch == 0" if side == "prefill" else "prefill_tokens == 0"
+        raise CalibrationError(f"{path}: too few {side} rows to fit 3 coefficients: need rows with {only} where "
+                               f"{first} and {second} vary independently (3 or more), got {len(rows)} rows of rank {rank}")
+    coefficients = nonnegative_lstsq(x / y[:, None], np.ones(len(y)))
+    return SideFit(tuple(float(c) for c in coefficients), len(rows), *_errors(x @ coefficients, y))
+
+
+def calibrate(path: str | Path) -> Calibration:
+    path = Path(path)
+    profile = read_profile(path)
+    prefill, decode = fit_side(path, profile, "prefill"), fit_side(path, profile, "decode")
+    model = IterationModel(prefill.coefficients, decode.coefficients,
+                           source=f"calibrated from {path.name} on {date.today().isoformat()}")
+    mixed = profile[(profile["prefill_tokens"] > 0) & (profile["decode_batch"] > 0)]
+    errors = None
+    if len(mixed):
+        predicted = np.array([model.step_time(*row) for row in mixed[["prefill_tokens", "prefill_tokens_sq",
+                                                                       "decode_batch", "decode_context"]].to_numpy()])
+        errors = _errors(predicted, mixed["time_s"].to_numpy())
+    return Calibration(model, prefill, decode, len(mixed), errors)
+
+
+def _line(side: str, fit: SideFit, units: tuple[str, str]) -> str:
+    a, b, c = (v * 1e3 for v in fit.coefficients)
+    return (f"{side:8s} a = {a:.4g} ms, b = {b:.4g} ms/{units[0]}, c = {c:.4g} ms/{units[1]}   "
+            f"({fit.rows} rows; error mean {fit.mean_error:.2%}, max {fit.max_error:.2%})")
+
+
+def report(result: Calibration) -> str:
+    lines = [_line("prefill", result.prefill, ("token", "token^2")),
+             _line("decode", result.decode, ("sequence", "context token"))]
+    if result.mixed_errors is not None:
+        mean, worst = result.mixed_errors
+        lines.append(f"mixed    {result.mixed_rows} rows not fitted; step_time error mean {mean:.2%}, max {worst:.2%}")
+    return "\n".join(lines)
+
+
+def _labels(args: argparse.Namespace) -> dict:
+    if (args.model is None) != (args.hardware is None):
+        raise CalibrationError("--model and --hardware go together (with --tp): they say which fit the file is")
+    if args.model is None:
+        return {}
+    return {"model_name": load_model(args.model).name, "hardware": load_hardware(args.hardware).name, "tp": args.tp}
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        labels = _labels(args)
+        result = calibrate(args.profile)
+        print(report(result))
+        if args.out:
+            print(f"wrote {write_iteration_model(args.out, result.model, **labels)}")
+    except (CalibrationError, SpecError) as exc:
+        print(f"pdlab calibrate: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of GPUs >= 1, got {text!r}")
+    return int(text)
+
+
+def add_parser(commands) -> argparse.ArgumentParser:
+    """Register `calibrate` on the `pdlab` subparsers; its handler returns an exit code."""
+    calibrate_cmd = commands.add_parser("calibrate", help="fit the iteration-time model to a measured profile CSV")
+    calibrate_cmd.add_argument("profile", help="CSV: prefill_tokens, [prefill_tokens_sq], decode_batch, "
+                                               "decode_context, time_s; one row per iteration")
+    calibrate_cmd.add_argument("--out", metavar="FILE.yaml", help="write the fit as a perf YAML (configs/perf format)")
+    calibrate_cmd.add_argument("--model", help="model name or YAML the profile measured (labels --out)")
+    calibrate_cmd.add_argument("--hardware", help="hardware name or YAML the profile measured (labels --out)")
+    calibrate_cmd.add_argument("--tp", type=_positive, default=1, help="tensor parallel degree (default 1)")
+    calibrate_cmd.set_defaults(handler=_run)
+    return calibrate_cmd

@@ -1,0 +1,132 @@
+"""Experiment configs: YAML files validated at load, `--set key=value` overrides,
+and errors that name the file, the key and what was expected."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from experiments.workloads import WorkloadConfig
+from router.slo import SLO
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InstanceGroup(Strict):
+    role: Literal["prefill", "decode", "colocated"]
+    count: int = Field(1, ge=1)
+    tp: Literal[1, 2, 4, 8] = 1
+    node: int | None = Field(None, ge=0)
+
+
+class SchedulerSection(Strict):
+    max_num_seqs: int = Field(256, ge=1)
+    max_num_batched_tokens: int = Field(8192, ge=1)
+    block_size: int = Field(16, ge=1)
+    watermark: float = Field(0.01, ge=0, lt=1)
+    chunked_prefill: bool = False
+    preemption: Literal["recompute", "swap"] = "recompute"
+
+
+class ClusterSection(Strict):
+    model: str = "Llama-3.1-8B"
+    hardware: str = "A100-80GB"
+    perf: str | None = None
+    gpus_per_node: int = Field(8, ge=1)
+    memory_utilization: float = Field(0.9, gt=0, le=1)
+    kv_blocks: int | None = Field(None, ge=1)
+    instances: list[InstanceGroup] = Field(default_factory=lambda: [InstanceGroup(role="colocated")], min_length=1)
+    scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
+
+
+class RouterSection(Strict):
+    policy: str = "round_robin"
+    params: dict[str, Any] = Field(default_factory=dict)
+    tick_s: float | None = Field(None, gt=0)
+
+
+class MigrationSection(Strict):
+    stage_overhead_s: float = Field(0.0005, ge=0)
+    max_stages: int = Field(4, ge=1)
+    final_stage_tokens: int = Field(16, ge=1)
+
+
+class ExperimentConfig(Strict):
+    name: str = "experiment"
+    seed: int = 0
+    runtime: Literal["sim", "ray"] = "sim"
+    horizon_s: float | None = Field(None, gt=0)
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
+    router: RouterSection = Field(default_factory=RouterSection)
+    migration: MigrationSection = Field(default_factory=MigrationSection)
+    workload: WorkloadConfig
+    slo: dict[str, float | str] = Field(default_factory=dict)
+
+    @field_validator("slo")
+    @classmethod
+    def _slo_fields(cls, value: dict) -> dict:
+        unknown = sorted(set(value) - set(SLO.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown SLO parameters {unknown}; expected some of {sorted(SLO.__dataclass_fields__)}")
+        SLO(**value)
+        return value
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message names the file and the keys."""
+
+
+def apply_overrides(data: dict, overrides: list[str], where: str) -> dict:
+    """`a.b.c=value` sets a nested key; the value is read as YAML (numbers, lists, booleans)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. router.policy=round_robin")
+        node, parts = data, key.split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section of {where}")
+            node = node.setdefault(part, {})
+        last = parts[-1]
+        value = yaml.safe_load(text)
+        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"--set {key}: {last!r} is not a key of {where}")
+    return data
+
+
+def _explain(error: ValidationError, where: str) -> str:
+    lines = []
+    for problem in error.errors():
+        key = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        got = problem.get("input")
+        shown = "" if isinstance(got, (dict, list)) or problem["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"{where}: {key}: {problem['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    data = apply_overrides(data, list(overrides), str(path))
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, str(path))) from None

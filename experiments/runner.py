@@ -1,0 +1,76 @@
+"""Running an experiment config: build the cluster, generate the workload, run the
+simulator, and write the run folder (tables plus the resolved config in run.json)."""
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from cluster.instance import Instance, SchedulerConfig
+from cluster.perfmodel import iteration_model, kv_capacity_tokens, load_iteration_model
+from cluster.request import Request
+from cluster.simulator import Plan, Simulator
+from cluster.specs import load_hardware, load_model
+from cluster.topology import link_pool, place
+from experiments.config import ExperimentConfig
+from experiments.runformat import Run, validate, write_run
+from experiments.workloads import generate, tenant_slos
+from migration.cost import TransferCost
+from router.policy import make_policy
+from router.slo import SLO
+from router.snapshot import ROLES, InstanceTable
+
+
+def build_plan(config: ExperimentConfig, workload: pd.DataFrame) -> Plan:
+    section = config.cluster
+    model, hardware = load_model(section.model), load_hardware(section.hardware)
+    groups = [(ROLES[g.role], g.tp, g.node) for g in section.instances for _ in range(g.count)]
+    placements = place(groups, section.gpus_per_node)
+    scheduler = SchedulerConfig(**section.scheduler.model_dump())
+    instances = []
+    for index, p in enumerate(placements):
+        perf = load_iteration_model(section.perf) if section.perf else iteration_model(model, hardware, p.tp)
+        blocks = section.kv_blocks or kv_capacity_tokens(model, hardware, p.tp, section.memory_utilization) // scheduler.block_size
+        instances.append(Instance(index, p.role, perf, scheduler, blocks, model.kv_bytes_per_token,
+                                  hardware.link("pcie").bandwidth))
+    table = InstanceTable([p.role for p in placements], [p.node for p in placements],
+                          [i.total_blocks for i in instances], [i.watermark_blocks for i in instances],
+                          scheduler.block_size)
+    links, path = link_pool(placements, hardware)
+    overrides = tenant_slos(config.workload)
+    slos = {tenant: SLO(**{**config.slo, **overrides.get(tenant, {})}) for tenant in workload["tenant"].unique()}
+    requests = [Request(int(i), str(t), float(a), int(p), int(o)) for i, t, a, p, o in
+                zip(workload["request_id"], workload["tenant"], workload["arrival_s"], workload["prompt_tokens"],
+                    workload["output_tokens"])]
+    return Plan(instances, table, make_policy(config.router.policy, config.router.params, config.seed), requests,
+                slos, links, path, TransferCost(**config.migration.model_dump()), float(model.kv_bytes_per_token),
+                config.horizon_s or float("inf"), config.router.tick_s)
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for package in ("pdlab", "numpy", "pandas", "pyarrow", "ray", "vllm"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def simulate(config: ExperimentConfig) -> Run:
+    workload = generate(config.workload, config.seed)
+    plan = build_plan(config, workload)
+    record = Simulator(plan).run()
+    meta = {"end_s": record.end_s, "runtime": "sim", "seed": config.seed, "config": config.model_dump(mode="json"),
+            "versions": versions(), "slo": config.slo,
+            "tenant_slo": {t: s.as_dict() for t, s in plan.slos.items()},
+            "iterations": int(sum(i.iterations for i in plan.instances))}
+    return validate(Run(record.requests, record.tokens, record.events(), meta))
+
+
+def run_experiment(config: ExperimentConfig, out: Path) -> Path:
+    if config.runtime != "sim":
+        raise ValueError(f"runtime: {config.runtime!r} is not available yet; use runtime: sim")
+    return write_run(simulate(config), out)
