@@ -1,0 +1,58 @@
+"""Experiment configs: validation errors that name the file and key, --set overrides, `pdlab run`."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from experiments.config import ConfigError, load_config
+
+MINIMAL = {"workload": {"requests": 20, "arrival": {"process": "poisson", "rate": 2.0},
+                        "lengths": {"dist": "fixed", "prompt": 100, "output": 20}}}
+
+
+def write(tmp_path, data, name="exp.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"cluster": {"instances": [{"role": "both"}]}}, r"exp.yaml: cluster.instances.0.role: .*'prefill', 'decode' or 'colocated'"),
+    ({"cluster": {"instances": [{"role": "decode", "tp": 3}]}}, r"cluster.instances.0.tp"),
+    ({"router": {"polcy": "x"}}, r"router.polcy: Extra inputs are not permitted"),
+    ({"slo": {"speed": 3}}, r"slo: .*unknown SLO parameters \['speed'\]"),
+    ({"workload": {"requests": 5, "arrival": {"process": "poisson", "rate": -1},
+                   "lengths": {"dist": "fixed", "prompt": 1, "output": 1}}}, r"workload.*rate"),
+])
+def test_bad_configs_name_file_and_key(tmp_path, change, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, {**MINIMAL, **change}))
+
+
+def test_set_overrides_nested_keys(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    config = load_config(path, ["router.policy=round_robin", "cluster.scheduler.chunked_prefill=true",
+                                "workload.arrival.rate=5", "seed=3"])
+    assert config.cluster.scheduler.chunked_prefill is True and config.seed == 3
+    assert config.workload.tenants[0].arrival.rate == 5
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(path, ["seed"])
+
+
+def test_unknown_policy_and_missing_file(tmp_path, pdlab):
+    code, _, err = pdlab("run", write(tmp_path, {**MINIMAL, "router": {"policy": "clairvoyant"}}), "--out", tmp_path / "r")
+    assert code == 2 and "unknown policy 'clairvoyant'" in err and "round_robin" in err
+    code, _, err = pdlab("run", tmp_path / "nope.yaml")
+    assert code == 2 and "no such config file" in err
+
+
+def test_pdlab_run_writes_a_scored_run(tmp_path, pdlab):
+    code, out, err = pdlab("run", write(tmp_path, MINIMAL), "--out", tmp_path / "run", "--set", "seed=4")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["seed"] == 4 and meta["config"]["seed"] == 4 and meta["runtime"] == "sim"
+    assert meta["config"]["cluster"]["model"] == "Llama-3.1-8B" and "numpy" in meta["versions"]
+    code, out, _ = pdlab("metrics", tmp_path / "run", "--json")
+    assert json.loads(out)["requests"] == 20
