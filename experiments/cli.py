@@ -43,6 +43,14 @@ def slo_from(meta: dict, args: argparse.Namespace | None = None) -> SLO:
     return SLO(**given)
 
 
+def tenant_slos_from(meta: dict, args: argparse.Namespace | None = None) -> dict[str, SLO]:
+    """Each tenant's SLO recorded in run.json (`tenant_slo`), with the SLO flags over it."""
+    flags = {field: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (field, _) in SLO_FLAGS.items()} \
+        if args is not None else {}
+    given = {k: v for k, v in flags.items() if v is not None}
+    return {tenant: SLO(**{**values, **given}) for tenant, values in (meta.get("tenant_slo") or {}).items()}
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -55,12 +63,12 @@ def _seconds(text: str) -> float:
 
 def _metrics(args: argparse.Namespace) -> int:
     run = read_any(args.run)
-    slo = slo_from(run.meta, args)
+    slo, tenants = slo_from(run.meta, args), tenant_slos_from(run.meta, args)
     window = Window(args.warmup, args.cooldown)
-    table, summary = score(run, slo, window)
+    table, summary = score(run, slo, window, tenants)
     summaries = {"run": summary}
     if args.delay_output is not None:
-        summaries["output delayed"] = score(validate(delay_output(run, args.delay_output)), slo, window)[1]
+        summaries["output delayed"] = score(validate(delay_output(run, args.delay_output)), slo, window, tenants)[1]
     if args.per_request:
         Path(args.per_request).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.per_request, index=False)
@@ -88,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / config.name)
     path = run_experiment(config, out)
     run = read_any(path)
-    _, summary = score(run, slo_from(run.meta))
+    _, summary = score(run, slo_from(run.meta), tenant_slos=tenant_slos_from(run.meta))
     print_summaries({config.name: summary})
     print(f"wrote run {path}")
     return 0

@@ -57,30 +57,44 @@ def _windowed(run: Run, window: Window) -> tuple[pd.DataFrame, pd.DataFrame]:
     return requests[keep].reset_index(drop=True), run.tokens[token_keep].reset_index(drop=True)
 
 
-def per_request(requests: pd.DataFrame, tl: Timelines, slo: SLO, end_s: float) -> pd.DataFrame:
-    finished = (requests["status"] == "finished").to_numpy()
-    waited = end_s - requests["arrival_s"].to_numpy(dtype=np.float64)
-    n = tl.counts
+def _slo_columns(tl: Timelines, slo: SLO, finished: np.ndarray, waited: np.ndarray) -> dict[str, np.ndarray]:
     idle = idle_latency(tl, slo.v, finished, waited)
     status = meets(tl, slo, finished)
+    return {
+        "idle_latency_s": idle,
+        "benefit": benefit(tl.counts, idle, finished, slo),
+        "meets_slo": status["ttft_tbt"],
+        **{f"meets_{scheme}": status[scheme] for scheme in SCHEMES if scheme != "ttft_tbt"},
+        "fluidity_index": fluidity_index(tl, slo.ttft, slo.tbt, finished, waited),
+        "andes_qoe": andes_qoe(tl, slo.ttft, 1.0 / slo.v, finished, waited),
+    }
+
+
+def per_request(requests: pd.DataFrame, tl: Timelines, slo: SLO, end_s: float,
+                tenant_slos: dict[str, SLO] | None = None) -> pd.DataFrame:
+    """One row per request; a tenant named in `tenant_slos` is scored with its own SLO."""
+    finished = (requests["status"] == "finished").to_numpy()
+    waited = end_s - requests["arrival_s"].to_numpy(dtype=np.float64)
     table = pd.DataFrame({
         "request_id": requests["request_id"],
         "arrival_s": requests["arrival_s"],
         "prompt_tokens": requests["prompt_tokens"],
-        "output_tokens": n,
+        "output_tokens": tl.counts,
         "status": requests["status"],
         "finished": finished,
         "ttft_s": tl.first(),
         "tpot_s": tpot(tl),
         "e2e_s": np.where(finished, tl.last(), np.nan),
         "max_tbt_s": tl.max_gap(),
-        "idle_latency_s": idle,
-        "benefit": benefit(n, idle, finished, slo),
-        "meets_slo": status["ttft_tbt"],
-        **{f"meets_{scheme}": status[scheme] for scheme in SCHEMES if scheme != "ttft_tbt"},
-        "fluidity_index": fluidity_index(tl, slo.ttft, slo.tbt, finished, waited),
-        "andes_qoe": andes_qoe(tl, slo.ttft, 1.0 / slo.v, finished, waited),
+        **_slo_columns(tl, slo, finished, waited),
     })
+    if tenant_slos and "tenant" in requests.columns:
+        tenants = requests["tenant"].to_numpy()
+        for tenant, own in tenant_slos.items():
+            mask = tenants == tenant
+            if own != slo and mask.any():
+                for column, values in _slo_columns(tl.subset(mask), own, finished[mask], waited[mask]).items():
+                    table.loc[mask, column] = values
     extra = [c for c in requests.columns if c not in table.columns]
     for column in extra:
         table[column] = requests[column].to_numpy()
@@ -98,19 +112,32 @@ def distribution(values: np.ndarray) -> dict:
             **{f"p{p}": float(x) for p, x in zip(PERCENTILES, points)}}
 
 
-def summarize(table: pd.DataFrame, tl: Timelines, slo: SLO, start_s: float, end_s: float) -> dict:
-    serving = max(end_s - start_s, 0.0)
-    per_s = (lambda x: float(x) / serving) if serving > 0 else (lambda x: None)
+def _schemes(table: pd.DataFrame, per_s) -> dict:
     n = table["output_tokens"].to_numpy()
-    count = len(table)
     schemes = {}
     for scheme in SCHEMES:
         met = table["meets_slo" if scheme == "ttft_tbt" else f"meets_{scheme}"].to_numpy()
         schemes[scheme] = {
-            "slo_attainment": float(met.mean()) if count else None,
+            "slo_attainment": float(met.mean()) if len(table) else None,
             "token_goodput": per_s(n[met].sum()),
             "request_goodput": per_s(met.sum()),
         }
+    return schemes
+
+
+def _tenants(table: pd.DataFrame, per_s) -> dict:
+    return {str(tenant): {"requests": int(len(part)), "smooth_goodput": per_s(part["benefit"].sum()),
+                          "total_benefit": float(part["benefit"].sum()), "schemes": _schemes(part, per_s),
+                          "idle_latency_s": distribution(part["idle_latency_s"])}
+            for tenant, part in table.groupby("tenant", sort=True)}
+
+
+def summarize(table: pd.DataFrame, tl: Timelines, start_s: float, end_s: float) -> dict:
+    serving = max(end_s - start_s, 0.0)
+    per_s = (lambda x: float(x) / serving) if serving > 0 else (lambda x: None)
+    n = table["output_tokens"].to_numpy()
+    count = len(table)
+    schemes = _schemes(table, per_s)
     return {
         "requests": count,
         "finished": int(table["finished"].sum()),
@@ -131,20 +158,23 @@ def summarize(table: pd.DataFrame, tl: Timelines, slo: SLO, start_s: float, end_
         "idle_latency_s": distribution(table["idle_latency_s"]),
         "fluidity_index_mean": float(table["fluidity_index"].mean()) if count else None,
         "andes_qoe_mean": float(table["andes_qoe"].mean()) if count else None,
+        **({"tenants": _tenants(table, per_s)} if "tenant" in table.columns and table["tenant"].nunique() > 1 else {}),
     }
 
 
-def score(run: Run, slo: SLO = SLO(), window: Window = Window()) -> tuple[pd.DataFrame, dict]:
+def score(run: Run, slo: SLO = SLO(), window: Window = Window(),
+          tenant_slos: dict[str, SLO] | None = None) -> tuple[pd.DataFrame, dict]:
     """The per-request table and the summary of a validated run."""
     end_s = run_end(run)
     requests, tokens = _windowed(run, window)
     tl = timelines(requests, tokens)
-    table = per_request(requests, tl, slo, end_s)
+    table = per_request(requests, tl, slo, end_s, tenant_slos)
     start_s = float(requests["arrival_s"].min()) if len(requests) else 0.0
     serving_end = end_s if run.end_s is not None else (float(tokens["time_s"].max()) if len(tokens) else start_s)
-    summary = summarize(table, tl, slo, start_s, serving_end)
+    summary = summarize(table, tl, start_s, serving_end)
     summary["parameters"] = {
         **slo.as_dict(), **asdict(window),
+        **({"tenant_slo": {t: s.as_dict() for t, s in tenant_slos.items()}} if tenant_slos else {}),
         "end_s": end_s, "end_from": "run.json" if run.end_s is not None else "last token",
         "percentiles": "numpy linear interpolation",
         "excluded_by_window": int(len(run.requests) - len(requests)),

@@ -33,6 +33,12 @@ class Timelines:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    def subset(self, mask: np.ndarray) -> "Timelines":
+        """The timelines of the requests where `mask` is true, in order."""
+        counts = self.counts[mask]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return Timelines(offsets, self.times[np.repeat(mask, self.counts)])
+
     def token_index(self) -> np.ndarray:
         """The 1-based index of every token within its request."""
         return self._token_index

@@ -56,3 +56,25 @@ def test_pdlab_run_writes_a_scored_run(tmp_path, pdlab):
     assert meta["config"]["cluster"]["model"] == "Llama-3.1-8B" and "numpy" in meta["versions"]
     code, out, _ = pdlab("metrics", tmp_path / "run", "--json")
     assert json.loads(out)["requests"] == 20
+
+
+def test_each_tenant_is_scored_with_its_own_slo(tmp_path, pdlab):
+    import numpy as np
+    import pandas as pd
+
+    tenants = {"workload": {"requests": 40, "tenants": [
+        {"name": "chat", "arrival": {"process": "poisson", "rate": 2.0},
+         "lengths": {"dist": "fixed", "prompt": 100, "output": 30}, "slo": {"v": 0.1}},
+        {"name": "skim", "arrival": {"process": "poisson", "rate": 2.0},
+         "lengths": {"dist": "fixed", "prompt": 100, "output": 30}, "slo": {"v": 0.001}}]}}
+    code, _, err = pdlab("run", write(tmp_path, tenants), "--out", tmp_path / "run")
+    assert code == 0, err
+    code, out, _ = pdlab("metrics", tmp_path / "run", "--json", "--per-request", tmp_path / "table.csv")
+    summary, table = json.loads(out), pd.read_csv(tmp_path / "table.csv")
+    assert set(summary["tenants"]) == {"chat", "skim"}
+    tokens = pd.read_parquet(tmp_path / "run" / "tokens.parquet")
+    for tenant, v in (("chat", 0.1), ("skim", 0.001)):
+        row = table[table["tenant"] == tenant].iloc[0]
+        times = tokens[tokens["request_id"] == row["request_id"]]["time_s"].to_numpy() - row["arrival_s"]
+        assert row["idle_latency_s"] == pytest.approx(max(0.0, np.max(times - v * np.arange(1, len(times) + 1))))
+    assert summary["tenants"]["skim"]["idle_latency_s"]["mean"] > summary["tenants"]["chat"]["idle_latency_s"]["mean"]

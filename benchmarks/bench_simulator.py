@@ -1,0 +1,157 @@
+"""Benchmark: how fast the discrete-event simulator runs, against Vidur.
+
+Each scenario runs in a fresh process pinned to one core: Azure conversation
+lengths, Poisson arrivals, Llama on A100-80GB. Timed: generating the workload,
+building the plan and `Simulator(plan).run()` with the recorder's tables;
+validating the run is timed on its own. Prints simulated requests, iterations
+and tokens per wall second, peak memory, and the ratio to Vidur's best figures.
+Targets (issue): at least 10,000 requests and 75,000 iterations per wall second
+for one instance, and 1,000,000 requests in under 4 GiB.
+
+    .venv/bin/python benchmarks/bench_simulator.py [--scenarios one pd pd-1m] [--no-validate]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+VIDUR_REQUESTS_S, VIDUR_ITERATIONS_S = 1_030, 10_400
+TARGET_REQUESTS_S, TARGET_ITERATIONS_S, TARGET_GIB = 10_000, 75_000, 4.0
+COLOCATED = [{"role": "colocated"}]
+DISAGG = [{"role": "prefill", "count": 4}, {"role": "decode", "count": 4}]
+
+
+@dataclass
+class Scenario:
+    title: str
+    requests: int
+    rate: float
+    instances: list[dict] = field(default_factory=lambda: COLOCATED)
+    model: str = "Llama-3.1-8B"
+    max_total: int | None = None
+
+
+SCENARIOS = {
+    "one": Scenario("1 colocated, Llama-3.1-8B", 10_000, 9.0),
+    "one-llama2": Scenario("1 colocated, Llama-2-7B", 10_000, 3.7, model="Llama-2-7B", max_total=4096),
+    "pd": Scenario("4P+4D, Llama-3.1-8B", 100_000, 36.0, DISAGG),
+    "pd-1m": Scenario("4P+4D, Llama-3.1-8B", 1_000_000, 36.0, DISAGG),
+}
+
+
+def config(scenario: Scenario):
+    from experiments.config import ExperimentConfig
+
+    lengths = {"dist": "dataset", "name": "azure_conv"}
+    if scenario.max_total:
+        lengths["max_total"] = scenario.max_total
+    return ExperimentConfig.model_validate({
+        "name": "bench-simulator", "seed": 0,
+        "cluster": {"model": scenario.model, "hardware": "A100-80GB", "instances": scenario.instances},
+        "workload": {"requests": scenario.requests, "arrival": {"process": "poisson", "rate": scenario.rate},
+                     "lengths": lengths},
+    })
+
+
+def peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def measure(scenario: Scenario, check: bool) -> dict:
+    from cluster.simulator import Simulator
+    from experiments.runformat import Run, validate
+    from experiments.runner import build_plan
+    from experiments.workloads import generate
+
+    cfg = config(scenario)
+    start = time.perf_counter()
+    workload = generate(cfg.workload, cfg.seed)
+    plan = build_plan(cfg, workload)
+    record = Simulator(plan).run()
+    wall = time.perf_counter() - start
+    figures = {"requests": len(record.requests), "finished": int((record.requests["status"] == "finished").sum()),
+               "iterations": int(sum(i.iterations for i in plan.instances)), "tokens": len(record.tokens),
+               "simulated_s": record.end_s, "last_arrival_s": float(workload["arrival_s"].iloc[-1]),
+               "wall_s": wall, "peak_gib": peak_gib(), "validate_s": None, "validate_peak_gib": None}
+    if check:
+        start = time.perf_counter()
+        validate(Run(record.requests, record.tokens, record.events(), {"end_s": record.end_s}))
+        figures["validate_s"], figures["validate_peak_gib"] = time.perf_counter() - start, peak_gib()
+    return figures
+
+
+def run_fresh(name: str, check: bool, rate: float | None) -> dict:
+    command = [sys.executable, __file__, "--measure", name] + ([] if check else ["--no-validate"])
+    command += [] if rate is None else ["--rate", str(rate)]
+    return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+
+
+def report(results: dict[str, tuple[Scenario, dict]]) -> None:
+    print(f"{'scenario':<11} {'setup':<26} {'rate':>5} {'requests':>10} {'iterations':>11} {'tokens':>12} "
+          f"{'wall s':>7} {'req/s':>8} {'it/s':>9} {'tokens/s':>10} {'peak GiB':>8} {'x Vidur req':>11} "
+          f"{'x Vidur it':>10} {'validate s':>10}")
+    for name, (s, r) in results.items():
+        wall = r["wall_s"]
+        validated = "-" if r["validate_s"] is None else f"{r['validate_s']:.2f}"
+        print(f"{name:<11} {s.title:<26} {s.rate:>5g} {r['requests']:>10,} {r['iterations']:>11,} {r['tokens']:>12,} "
+              f"{wall:>7.2f} {r['requests'] / wall:>8,.0f} {r['iterations'] / wall:>9,.0f} "
+              f"{r['tokens'] / wall:>10,.0f} {r['peak_gib']:>8.2f} {r['requests'] / wall / VIDUR_REQUESTS_S:>11.1f} "
+              f"{r['iterations'] / wall / VIDUR_ITERATIONS_S:>10.1f} {validated:>10}")
+    for name, (s, r) in results.items():
+        print(f"{name}: {r['finished']:,} finished; simulated {r['simulated_s']:,.0f} s, last arrival "
+              f"{r['last_arrival_s']:,.0f} s" + ("" if r["validate_peak_gib"] is None
+                                                 else f"; peak with validation {r['validate_peak_gib']:.2f} GiB"))
+    verdicts(results)
+
+
+def verdicts(results: dict[str, tuple[Scenario, dict]]) -> None:
+    def mark(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    if "one" in results:
+        r = results["one"][1]
+        requests_s, iterations_s = r["requests"] / r["wall_s"], r["iterations"] / r["wall_s"]
+        print(f"target >= {TARGET_REQUESTS_S:,} requests/s (one instance): {requests_s:,.0f} -> "
+              f"{mark(requests_s >= TARGET_REQUESTS_S)}")
+        print(f"target >= {TARGET_ITERATIONS_S:,} iterations/s (one instance): {iterations_s:,.0f} -> "
+              f"{mark(iterations_s >= TARGET_ITERATIONS_S)}")
+    if "pd-1m" in results:
+        r = results["pd-1m"][1]
+        print(f"target 1,000,000 requests in < {TARGET_GIB:g} GiB: {r['peak_gib']:.2f} GiB -> "
+              f"{mark(r['peak_gib'] < TARGET_GIB)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=["one", "one-llama2", "pd", "pd-1m"])
+    parser.add_argument("--rate", type=float, help="override every chosen scenario's arrival rate (req/s)")
+    parser.add_argument("--no-validate", action="store_true", help="skip timing the run's validation")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        scenario = SCENARIOS[args.measure]
+        if args.rate:
+            scenario.rate = args.rate
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        print(json.dumps(measure(scenario, not args.no_validate)))
+        return
+    results = {}
+    for name in args.scenarios:
+        scenario = SCENARIOS[name]
+        if args.rate:
+            scenario.rate = args.rate
+        results[name] = (scenario, run_fresh(name, not args.no_validate, args.rate))
+        print(f"done {name}: {json.dumps(asdict(scenario) | {'wall_s': round(results[name][1]['wall_s'], 2)})}",
+              file=sys.stderr)
+    report(results)
+
+
+if __name__ == "__main__":
+    main()
