@@ -88,17 +88,19 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from experiments.config import load_config
+    from experiments.config import load_variants
     from experiments.runner import run_experiment
 
     overrides = list(args.set) + ([f"runtime={args.runtime}"] if args.runtime else [])
-    config = load_config(args.config, overrides)
-    out = Path(args.out or Path("runs") / config.name)
-    path = run_experiment(config, out)
-    run = read_any(path)
-    _, summary = score(run, slo_from(run.meta), tenant_slos=tenant_slos_from(run.meta))
-    print_summaries({config.name: summary})
-    print(f"wrote run {path}")
+    configs = load_variants(args.config, overrides)
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    summaries = {}
+    for variant, config in configs.items():
+        path = run_experiment(config, out / variant if len(configs) > 1 else out)
+        run = read_any(path)
+        summaries[variant] = score(run, slo_from(run.meta), tenant_slos=tenant_slos_from(run.meta))[1]
+        print(f"wrote run {path}")
+    print_summaries(summaries)
     return 0
 
 

@@ -65,6 +65,7 @@ class ExperimentConfig(Strict):
     migration: MigrationSection = Field(default_factory=MigrationSection)
     workload: WorkloadConfig
     slo: dict[str, float | str] = Field(default_factory=dict)
+    variants: dict[str, list[str]] = Field(default_factory=dict)
 
     @field_validator("slo")
     @classmethod
@@ -115,8 +116,7 @@ def _explain(error: ValidationError, where: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
-    path = Path(path)
+def _read(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
@@ -125,8 +125,31 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    data = apply_overrides(data, list(overrides), str(path))
+    return data
+
+
+def _validate(data: dict, where: str) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, str(path))) from None
+        raise ConfigError(_explain(exc, where)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    path = Path(path)
+    return _validate(apply_overrides(_read(path), list(overrides), str(path)), str(path))
+
+
+def load_variants(path: str | Path, overrides: list[str] = ()) -> dict[str, ExperimentConfig]:
+    """The config's `variants` (named lists of key=value overrides applied to the base,
+    then `overrides`), or the config alone when it has none."""
+    base = load_config(path, overrides)
+    if not base.variants:
+        return {base.name: base}
+    configs = {}
+    for name, changes in base.variants.items():
+        data = apply_overrides(_read(Path(path)), [*changes, *overrides], f"{path} variant {name}")
+        data.pop("variants")
+        data["name"] = f"{base.name}-{name}"
+        configs[name] = _validate(data, f"{path} variant {name}")
+    return configs

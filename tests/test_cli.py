@@ -77,9 +77,11 @@ def test_quickstart_writes_its_report(tmp_path):
     done = subprocess.run([sys.executable, "-m", "experiments.cli", "quickstart", "--out", str(tmp_path / "qs")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    for name in ("summary.json", "per_request.csv", "timelines.png", "timelines.svg", "run/tokens.parquet"):
+    for name in ("summary.json", "timelines.png", "timelines.svg", "colocated/tokens.parquet",
+                 "chunked/per_request.csv", "disaggregated/run.json"):
         assert (tmp_path / "qs" / name).exists(), name
     summaries = json.loads((tmp_path / "qs" / "summary.json").read_text())
-    plain, delayed = summaries.values()
-    assert delayed["tbt_s"]["p99"] < plain["tbt_s"]["p99"]
-    assert delayed["idle_latency_s"]["mean"] >= plain["idle_latency_s"]["mean"]
+    colocated, chunked, disaggregated = (summaries[k] for k in ("colocated", "chunked", "disaggregated"))
+    assert chunked["tbt_s"]["p99"] < colocated["tbt_s"]["p99"]
+    assert disaggregated["slo_attainment"] > colocated["slo_attainment"]
+    assert colocated["requests"] == chunked["requests"] == disaggregated["requests"]
