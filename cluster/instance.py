@@ -191,6 +191,8 @@ class Instance:
                 queue.remove(request)
         if request in self.prefilling:
             self.prefilling.remove(request)
+        if request.state == SWAPPED:
+            request.blocks = 0
         self._free(request)
 
     @property
