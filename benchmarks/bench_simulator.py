@@ -1,14 +1,16 @@
 """Benchmark: how fast the discrete-event simulator runs, against Vidur.
 
 Each scenario runs in a fresh process pinned to one core: Azure conversation
-lengths, Poisson arrivals, Llama on A100-80GB. Timed: generating the workload,
-building the plan and `Simulator(plan).run()` with the recorder's tables;
-validating the run is timed on its own. Prints simulated requests, iterations
-and tokens per wall second, peak memory, and the ratio to Vidur's best figures.
-Targets (issue): at least 10,000 requests and 75,000 iterations per wall second
-for one instance, and 1,000,000 requests in under 4 GiB.
+lengths, Poisson arrivals at about 75% of capacity, Llama on A100-80GB. Timed:
+generating the workload, building the plan and `Simulator(plan).run()` with the
+recorder's tables; building the events table and validating the run are timed on
+their own (skipped for 1,000,000 requests, whose token table alone is ~5 GiB).
+Prints simulated requests, iterations and tokens per wall second, peak memory,
+and the ratio to Vidur's best figures. Targets (issue): at least 10,000 requests
+and 75,000 iterations per wall second on one instance, and 1,000,000 requests
+in under 4 GiB. All scenarios take about 3.5 minutes.
 
-    .venv/bin/python benchmarks/bench_simulator.py [--scenarios one pd pd-1m] [--no-validate]
+    .venv/bin/python benchmarks/bench_simulator.py [--scenarios one pd ...] [--rate R] [--no-validate]
 """
 from __future__ import annotations
 
@@ -35,13 +37,14 @@ class Scenario:
     instances: list[dict] = field(default_factory=lambda: COLOCATED)
     model: str = "Llama-3.1-8B"
     max_total: int | None = None
+    validate: bool = True
 
 
 SCENARIOS = {
     "one": Scenario("1 colocated, Llama-3.1-8B", 10_000, 9.0),
     "one-llama2": Scenario("1 colocated, Llama-2-7B", 10_000, 3.7, model="Llama-2-7B", max_total=4096),
     "pd": Scenario("4P+4D, Llama-3.1-8B", 100_000, 36.0, DISAGG),
-    "pd-1m": Scenario("4P+4D, Llama-3.1-8B", 1_000_000, 36.0, DISAGG),
+    "pd-1m": Scenario("4P+4D, Llama-3.1-8B", 1_000_000, 36.0, DISAGG, validate=False),
 }
 
 
@@ -114,16 +117,17 @@ def verdicts(results: dict[str, tuple[Scenario, dict]]) -> None:
     def mark(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    if "one" in results:
-        r = results["one"][1]
+    for name in ("one", "one-llama2"):
+        if name not in results:
+            continue
+        r = results[name][1]
         requests_s, iterations_s = r["requests"] / r["wall_s"], r["iterations"] / r["wall_s"]
-        print(f"target >= {TARGET_REQUESTS_S:,} requests/s (one instance): {requests_s:,.0f} -> "
-              f"{mark(requests_s >= TARGET_REQUESTS_S)}")
-        print(f"target >= {TARGET_ITERATIONS_S:,} iterations/s (one instance): {iterations_s:,.0f} -> "
-              f"{mark(iterations_s >= TARGET_ITERATIONS_S)}")
+        print(f"{name}: target >= {TARGET_REQUESTS_S:,} requests/s: {requests_s:,.0f} -> "
+              f"{mark(requests_s >= TARGET_REQUESTS_S)}; target >= {TARGET_ITERATIONS_S:,} iterations/s: "
+              f"{iterations_s:,.0f} -> {mark(iterations_s >= TARGET_ITERATIONS_S)}")
     if "pd-1m" in results:
         r = results["pd-1m"][1]
-        print(f"target 1,000,000 requests in < {TARGET_GIB:g} GiB: {r['peak_gib']:.2f} GiB -> "
+        print(f"pd-1m: target 1,000,000 requests in < {TARGET_GIB:g} GiB: {r['peak_gib']:.2f} GiB -> "
               f"{mark(r['peak_gib'] < TARGET_GIB)}")
 
 
@@ -147,9 +151,8 @@ def main() -> None:
         scenario = SCENARIOS[name]
         if args.rate:
             scenario.rate = args.rate
-        results[name] = (scenario, run_fresh(name, not args.no_validate, args.rate))
-        print(f"done {name}: {json.dumps(asdict(scenario) | {'wall_s': round(results[name][1]['wall_s'], 2)})}",
-              file=sys.stderr)
+        print(f"running {name}: {json.dumps(asdict(scenario))}", flush=True)
+        results[name] = (scenario, run_fresh(name, scenario.validate and not args.no_validate, args.rate))
     report(results)
 
 
