@@ -4,7 +4,9 @@ with a watermark, prefill-first or chunked prefill, recompute or swap preemption
 Runs of identical decode iterations are planned as one segment, so the cost of
 simulating follows scheduling events, not tokens: a request in the decode batch
 gains one token per decode step, and its tokens are the instance's decode-step
-end times from the step it joined.
+end times from the step it joined. It needs a new KV block every `block_size`
+steps, at steps of one residue modulo the block size, so the blocks a segment
+needs are counted per residue, not per request.
 """
 from __future__ import annotations
 
@@ -81,10 +83,11 @@ class Instance:
         self.context_base = 0
         self.context_step = 0
         self.finish_heap: list[tuple[int, float, int, int]] = []
-        self.block_heap: list[tuple[int, float, int, int]] = []
+        self.residue = [0] * config.block_size
         self.segment: Segment | None = None
         self.pending_extra_s = 0.0
         self.iterations = 0
+        self.waiting_tokens = 0
 
     # ---- the decode batch -------------------------------------------------
     def _sync_context(self) -> None:
@@ -100,11 +103,13 @@ class Instance:
         self.context_base += request.context
         finish = self.step + request.target - request.generated - 1
         heapq.heappush(self.finish_heap, (finish, request.arrival, request.id, request.epoch))
-        self._push_crossing(request)
+        request.first_crossing = self.step + request.blocks * self.config.block_size - request.context
+        self.residue[request.first_crossing % self.config.block_size] += 1
 
-    def _push_crossing(self, request: Request) -> None:
-        cross = request.join_step + request.blocks * self.config.block_size - request.context
-        heapq.heappush(self.block_heap, (cross, request.arrival, request.id, request.epoch))
+    def blocks_of(self, request: Request, upto: int | None = None) -> int:
+        """A running request's blocks: those it joined with and one per crossing before `upto`."""
+        span = (self.step if upto is None else upto) - request.first_crossing
+        return request.blocks + (-(-span // self.config.block_size) if span > 0 else 0)
 
     def _leave(self, request: Request) -> None:
         """Take a request out of the decode batch, settling its tokens and context."""
@@ -115,8 +120,32 @@ class Instance:
         request.generated = request.join_generated + done
         request.context += done
         self.context_base -= request.context
+        request.blocks = self.blocks_of(request)
+        self.residue[request.first_crossing % self.config.block_size] -= 1
         del self.running[request.id]
         request.epoch += 1
+
+    def _crossings(self, start: int, stop: int) -> int:
+        """New blocks the decode batch needs over steps [start, stop)."""
+        size = self.config.block_size
+        cycles, rest = divmod(stop - start, size)
+        total = cycles * len(self.running)
+        for step in range(start + cycles * size, stop):
+            total += self.residue[step % size]
+        return total
+
+    def _affordable(self, steps: int) -> int:
+        """The most of `steps` decode steps whose new blocks the free blocks cover."""
+        if not self.running or self._crossings(self.step, self.step + steps) <= self.free:
+            return steps
+        size, left = self.config.block_size, self.free
+        cycles = min(left // len(self.running), steps // size)
+        left -= cycles * len(self.running)
+        k = cycles * size
+        while k < steps and self.residue[(self.step + k) % size] <= left:
+            left -= self.residue[(self.step + k) % size]
+            k += 1
+        return k
 
     def _live(self, heap, entry) -> bool:
         request = self.running.get(entry[2])
@@ -144,23 +173,15 @@ class Instance:
             request.context = 0
             request.state = WAITING
             self.waiting.appendleft(request)
+            self.waiting_tokens += request.to_prefill
         outcome.preempted.append(request)
 
-    def _grow_blocks(self, outcome: Outcome) -> None:
-        """Give a block to every running request that needs a new slot at this step,
-        preempting the latest arrival (as vLLM) while there are not enough."""
-        while (cross := self._next(self.block_heap)) is not None and cross <= self.step:
-            entry = heapq.heappop(self.block_heap)
-            request = self.running[entry[2]]
-            while self.free < 1:
-                victim = max(self.running.values(), key=lambda r: (r.arrival, r.id))
-                self._preempt(victim, outcome)
-                if victim is request:
-                    break
-            if request.id in self.running and request.epoch == entry[3]:
-                self.free -= 1
-                request.blocks += 1
-                self._push_crossing(request)
+    def _make_room(self, outcome: Outcome) -> None:
+        """Preempt the latest arrival (as vLLM) while the blocks this step needs are not free."""
+        size = self.config.block_size
+        while self.running and self.residue[self.step % size] > self.free:
+            victim = max(self.running.values(), key=lambda r: (r.arrival, r.id))
+            self._preempt(victim, outcome)
 
     def reserve(self, blocks: int) -> bool:
         if self.free - blocks < self.watermark_blocks:
@@ -176,6 +197,7 @@ class Instance:
     def enqueue(self, request: Request) -> None:
         request.state, request.instance = WAITING, self.id
         self.waiting.append(request)
+        self.waiting_tokens += request.to_prefill
 
     def admit_decode(self, request: Request, blocks: int) -> None:
         """A request whose KV arrived here (`blocks` already reserved) joins at the next boundary."""
@@ -186,7 +208,10 @@ class Instance:
         """Take a request out of this instance wherever it is, freeing its blocks."""
         if request.id in self.running:
             self._leave(request)
-        for queue in (self.waiting, self.swapped, self.arriving):
+        if request in self.waiting:
+            self.waiting.remove(request)
+            self.waiting_tokens -= request.to_prefill
+        for queue in (self.swapped, self.arriving):
             if request in queue:
                 queue.remove(request)
         if request in self.prefilling:
@@ -201,18 +226,17 @@ class Instance:
 
     def load(self) -> tuple[int, int, int]:
         """Queued requests, their tokens to prefill, and the decode batch size."""
-        queued = len(self.waiting) + len(self.swapped) + len(self.arriving)
-        return queued, sum(r.to_prefill for r in self.waiting) if len(self.waiting) < 64 else -1, len(self.running)
+        return len(self.waiting) + len(self.swapped) + len(self.arriving), self.waiting_tokens, len(self.running)
 
     # ---- planning ---------------------------------------------------------
     def plan(self, now: float, outcome: Outcome) -> float | None:
         """Choose the next batch at boundary `now`; returns when it ends, or None if idle."""
-        self._grow_blocks(outcome)
+        self._make_room(outcome)
         self._swap_in()
         while self.arriving and len(self.running) + len(self.prefilling) < self.config.max_num_seqs:
             request = self.arriving.popleft()
             self._join(request)
-        self._grow_blocks(outcome)
+        self._make_room(outcome)
         prefill = self._admit_prefills()
         if self.config.chunked_prefill:
             chunks = self._chunks(prefill)
@@ -249,6 +273,7 @@ class Instance:
             if self.free - need < self.watermark_blocks:
                 break
             self.waiting.popleft()
+            self.waiting_tokens -= size
             self.free -= need
             request.blocks, request.prefilled, request.state = need, 0, PREFILLING
             admitted.append(request)
@@ -268,12 +293,10 @@ class Instance:
         return chunks
 
     def _decode_steps_until_event(self) -> int:
+        """Steps until the next finish, or until the free blocks run out."""
         finish = self._next(self.finish_heap)
-        cross = self._next(self.block_heap)
         end = finish + 1 if finish is not None else self.step + self.config.max_segment_steps
-        if cross is not None:
-            end = min(end, cross)
-        return max(1, min(end - self.step, self.config.max_segment_steps))
+        return max(1, self._affordable(min(end - self.step, self.config.max_segment_steps)))
 
     def _start(self, now: float, steps: int, chunks: list[tuple[Request, int]]) -> float:
         """Time a segment: `steps` decode iterations (0: one prefill-only iteration), with
@@ -294,6 +317,7 @@ class Instance:
             for m in range(1, steps):
                 t += model.decode_time(batch, context + m * batch)
                 ends.append(t)
+        self.free -= self._crossings(self.step, self.step + steps)
         self.segment = Segment(self.step, steps, ends, chunks, self.pending_extra_s)
         self.pending_extra_s = 0.0
         return ends[-1]
@@ -346,6 +370,7 @@ class Instance:
                 break
         if index + 1 >= segment.steps:
             return None
+        self.free += self._crossings(self.step + index + 1, self.step + segment.steps)
         segment.steps = index + 1
         del segment.ends[index + 1:]
         return segment.ends[-1]

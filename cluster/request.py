@@ -25,6 +25,7 @@ class Request:
     epoch: int = 0
     join_step: int = 0
     join_generated: int = 0
+    first_crossing: int = 0
     prefill_times: list[float] = field(default_factory=list)
     decode_runs: list[tuple[int, int, int]] = field(default_factory=list)
     reason: str = ""

@@ -119,16 +119,17 @@ class Simulator:
             done = self._settle(instance, outcome)
             if end is not None:
                 self._schedule(instance, end)
+            self._sync(instance)
             return done
         end = instance.interrupt(self.now)
         if end is not None:
             self._schedule(instance, end)
+        self._sync(instance)
         return 0
 
     def _schedule(self, instance: Instance, end: float) -> None:
         self.versions[instance.id] += 1
         self._push(end, WAKE, instance.id, self.versions[instance.id])
-        self._sync(instance)
 
     def _settle(self, instance: Instance, outcome: Outcome) -> int:
         for request in outcome.preempted:
@@ -138,7 +139,6 @@ class Simulator:
         for request in outcome.prefilled:
             self.record.event(self.now, "prefill_end", request.id, instance.id)
             self.to_hand_off[request.id] = request
-        self._sync(instance)
         return len(outcome.finished)
 
     def _sync(self, instance: Instance) -> None:
@@ -157,6 +157,8 @@ class Simulator:
                            tracker.slack(self.now))
 
     def _decide(self, event: str) -> int:
+        if not (self.to_dispatch or self.to_hand_off or event in self.plan.policy.events):
+            return 0
         snapshot = Snapshot(self.now, event, self.plan.table.view,
                             tuple(self._view(r) for r in self.to_dispatch.values()),
                             tuple(self._view(r) for r in self.to_hand_off.values()))

@@ -15,6 +15,9 @@ class Policy:
     snapshot and their constructor's `seed`."""
 
     name: ClassVar[str] = ""
+    events: ClassVar[frozenset[str]] = frozenset()
+    """Events the policy wants to see even when no request awaits a decision
+    (`handoff_done`, `finished`, `preempted`, `tick`)."""
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed

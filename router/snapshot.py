@@ -29,13 +29,14 @@ class Instances:
     running: np.ndarray
     step_time_s: np.ndarray
     block_size: int
+    by_role: dict[int, tuple[int, ...]]
 
     def __len__(self) -> int:
         return len(self.role)
 
-    def serving(self, role: int) -> np.ndarray:
+    def serving(self, role: int) -> tuple[int, ...]:
         """Ids of live instances that can do `role`'s work (a colocated one does both)."""
-        return np.flatnonzero(self.alive & ((self.role == role) | (self.role == COLOCATED)))
+        return self.by_role[role]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,4 +83,15 @@ class InstanceTable:
             view = getattr(self, column).view()
             view.flags.writeable = False
             views[column] = view
-        self.view = Instances(block_size=block_size, **views)
+        self.by_role: dict[int, tuple[int, ...]] = {}
+        self.view = Instances(block_size=block_size, by_role=self.by_role, **views)
+        self._index_roles()
+
+    def set_alive(self, instance: int, alive: bool) -> None:
+        self.alive[instance] = alive
+        self._index_roles()
+
+    def _index_roles(self) -> None:
+        for role in (PREFILL, DECODE):
+            serving = self.alive & ((self.role == role) | (self.role == COLOCATED))
+            self.by_role[role] = tuple(int(i) for i in np.flatnonzero(serving))

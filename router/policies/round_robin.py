@@ -19,13 +19,13 @@ class RoundRobin(Policy):
         prefill = snapshot.instances.serving(PREFILL)
         for request in snapshot.to_dispatch:
             if len(prefill):
-                actions.append(Dispatch(request.id, int(prefill[self.next_prefill % len(prefill)])))
+                actions.append(Dispatch(request.id, prefill[self.next_prefill % len(prefill)]))
                 self.next_prefill += 1
         decode = snapshot.instances.serving(DECODE)
         for request in snapshot.to_hand_off:
             if snapshot.instances.role[request.instance] != PREFILL:
                 actions.append(Handoff(request.id, request.instance))
             elif len(decode):
-                actions.append(Handoff(request.id, int(decode[self.next_decode % len(decode)])))
+                actions.append(Handoff(request.id, decode[self.next_decode % len(decode)]))
                 self.next_decode += 1
         return actions
