@@ -19,7 +19,6 @@ class Recorder:
         self.codes = {kind: code for code, kind in enumerate(EVENT_KINDS)}
         self.end_s = 0.0
         self.requests = pd.DataFrame()
-        self.tokens = pd.DataFrame()
 
     def event(self, time: float, kind: str, request: int = -1, instance: int = -1, peer: int = -1,
               nbytes: float = 0.0) -> None:
@@ -52,7 +51,7 @@ class Recorder:
                 if done:
                     request.decode_runs.append((instance.id, request.join_step, done))
                 request.generated = request.join_generated + done
-        times, counts = _token_times(ordered, instances)
+        self.source, self.pieces, counts = _token_pieces(ordered, instances)
         ids = np.fromiter((r.id for r in ordered), dtype=np.int64, count=len(ordered))
         self.requests = pd.DataFrame({
             "request_id": ids,
@@ -63,15 +62,42 @@ class Recorder:
             "tenant": [r.tenant for r in ordered],
             "planned_output_tokens": np.fromiter((r.target for r in ordered), dtype=np.int64, count=len(ordered)),
         })
-        index = np.arange(1, len(times) + 1, dtype=np.int64)
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.requests["output_tokens"].sum())
+
+    @property
+    def tokens(self) -> pd.DataFrame:
+        return self._token_frame(0, len(self.requests))
+
+    def token_chunks(self, max_rows: int):
+        """The tokens table in pieces of whole requests, at most `max_rows` rows each
+        (or one request's tokens, if it alone has more)."""
+        ends = np.cumsum(self.requests["output_tokens"].to_numpy())
+        first = 0
+        while first < len(self.requests):
+            base = ends[first - 1] if first else 0
+            last = max(first + 1, int(np.searchsorted(ends, base + max_rows, side="right")))
+            yield first, last, self._token_frame(first, last)
+            first = last
+
+    def _token_frame(self, first: int, last: int) -> pd.DataFrame:
+        owner, start, length = self.pieces
+        lo, hi = np.searchsorted(owner, [first, last])
+        start, length = start[lo:hi], length[lo:hi]
+        gather = np.arange(int(length.sum()), dtype=np.int64)
+        gather += np.repeat(start - (np.cumsum(length) - length), length)
+        counts = self.requests["output_tokens"].to_numpy()[first:last]
+        index = np.arange(1, len(gather) + 1, dtype=np.int64)
         index -= np.repeat(np.cumsum(counts) - counts, counts)
-        self.tokens = pd.DataFrame({"request_id": np.repeat(ids, counts), "index": index, "time_s": times},
-                                   copy=False)
+        ids = np.repeat(self.requests["request_id"].to_numpy()[first:last], counts)
+        return pd.DataFrame({"request_id": ids, "index": index, "time_s": self.source[gather]}, copy=False)
 
 
-def _token_times(ordered, instances) -> tuple[np.ndarray, np.ndarray]:
-    """Every request's token times in order: pieces (a prefill's token, a run of decode
-    steps) are slices of one source array, sorted by (request, start) and gathered."""
+def _token_pieces(ordered, instances) -> tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray]:
+    """Every request's tokens as pieces (a prefill's token, a run of decode steps), each a
+    slice of one source array of times, sorted by (request, time): compact until asked for."""
     steps = [np.frombuffer(instance.step_end, dtype=np.float64) for instance in instances]
     base = np.concatenate([[0], np.cumsum([len(s) for s in steps])]).astype(np.int64)
     prefill = [t for r in ordered for t in r.prefill_times]
@@ -87,7 +113,5 @@ def _token_times(ordered, instances) -> tuple[np.ndarray, np.ndarray]:
     owner, start, length = (np.frombuffer(a, dtype=np.int64) for a in (owner, start, length))
     order = np.lexsort((source[start] if len(start) else start, owner))
     owner, start, length = owner[order], start[order], length[order]
-    total = int(length.sum())
-    gather = np.arange(total, dtype=np.int64) + np.repeat(start - (np.cumsum(length) - length), length)
     counts = np.bincount(owner, weights=length, minlength=len(ordered)).astype(np.int64)
-    return source[gather], counts
+    return source, (owner, start, length), counts

@@ -170,7 +170,7 @@ def _sorted_tokens(requests: pd.DataFrame, tokens: pd.DataFrame) -> tuple[pd.Dat
     order = np.arange(len(index)) if in_order else np.lexsort((index, position))
     pos, idx = (position, index) if in_order else (position[order], index[order])
     counts = np.bincount(pos, minlength=len(requests))
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    starts = np.cumsum(counts) - counts
     expected = np.arange(len(idx)) - np.repeat(starts, counts) + 1
     wrong = idx != expected
     if wrong.any():
@@ -241,6 +241,40 @@ def write_run(run: Run, path: str | os.PathLike) -> Path:
     try:
         for name in TABLES:
             getattr(run, name).to_parquet(staging / f"{name}.parquet", index=False)
+        (staging / "run.json").write_text(json.dumps(run.meta, indent=2, sort_keys=True, default=str) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target
+
+
+def write_run_chunked(run: Run, chunks, path: str | os.PathLike) -> Path:
+    """`write_run` for a run too large to hold its tokens table at once: `run.tokens` is
+    ignored and the tokens come from `chunks`, (first, last, frame) per range of
+    requests in `run.requests` order, each validated with its requests."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        head = validate(Run(run.requests.iloc[:0], run.tokens.iloc[:0], run.events, run.meta))
+        writer = None
+        for first, last, frame in chunks:
+            checked = validate(Run(run.requests.iloc[first:last], frame, meta=run.meta)).tokens
+            table = pa.Table.from_pandas(checked, preserve_index=False)
+            writer = writer or pq.ParquetWriter(staging / "tokens.parquet", table.schema)
+            writer.write_table(table)
+        if writer is None:
+            run.tokens.iloc[:0].to_parquet(staging / "tokens.parquet", index=False)
+        else:
+            writer.close()
+        run.requests.to_parquet(staging / "requests.parquet", index=False)
+        head.events.to_parquet(staging / "events.parquet", index=False)
         (staging / "run.json").write_text(json.dumps(run.meta, indent=2, sort_keys=True, default=str) + "\n")
         if target.exists():
             shutil.rmtree(target)

@@ -11,16 +11,19 @@ import pandas as pd
 from cluster.instance import Instance, SchedulerConfig
 from cluster.perfmodel import iteration_model, kv_capacity_tokens, load_iteration_model
 from cluster.request import Request
+from cluster.recorder import Recorder
 from cluster.simulator import Plan, Simulator
 from cluster.specs import load_hardware, load_model
 from cluster.topology import link_pool, place
 from experiments.config import ExperimentConfig
-from experiments.runformat import Run, validate, write_run
+from experiments.runformat import Run, validate, write_run, write_run_chunked
 from experiments.workloads import generate, tenant_slos
 from migration.cost import TransferCost
 from router.policy import make_policy
 from router.slo import SLO
 from router.snapshot import ROLES, InstanceTable
+
+STREAM_TOKENS = 20_000_000
 
 
 def build_plan(config: ExperimentConfig, workload: pd.DataFrame) -> Plan:
@@ -59,7 +62,7 @@ def versions() -> dict:
     return found
 
 
-def simulate(config: ExperimentConfig) -> Run:
+def _simulate(config: ExperimentConfig) -> tuple[Recorder, dict]:
     workload = generate(config.workload, config.seed)
     plan = build_plan(config, workload)
     record = Simulator(plan).run()
@@ -67,10 +70,23 @@ def simulate(config: ExperimentConfig) -> Run:
             "versions": versions(), "slo": config.slo,
             "tenant_slo": {t: s.as_dict() for t, s in plan.slos.items()},
             "iterations": int(sum(i.iterations for i in plan.instances))}
+    return record, meta
+
+
+def simulate(config: ExperimentConfig) -> Run:
+    record, meta = _simulate(config)
     return validate(Run(record.requests, record.tokens, record.events(), meta))
 
 
 def run_experiment(config: ExperimentConfig, out: Path) -> Path:
+    """Simulate and write the run folder; a run of more than STREAM_TOKENS tokens
+    has its tokens table written in chunks, never whole in memory."""
     if config.runtime != "sim":
         raise ValueError(f"runtime: {config.runtime!r} is not available yet; use runtime: sim")
-    return write_run(simulate(config), out)
+    record, meta = _simulate(config)
+    if record.total_tokens <= STREAM_TOKENS:
+        return write_run(Run(record.requests, record.tokens, record.events(), meta), out)
+    empty = pd.DataFrame({"request_id": pd.Series(dtype="int64"), "index": pd.Series(dtype="int64"),
+                          "time_s": pd.Series(dtype="float64")})
+    return write_run_chunked(Run(record.requests, empty, record.events(), meta),
+                             record.token_chunks(STREAM_TOKENS), out)

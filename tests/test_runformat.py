@@ -112,3 +112,23 @@ def test_missing_folder_and_table(tmp_path, pdlab):
     (tmp_path / "empty").mkdir()
     code, _, err = pdlab("metrics", tmp_path / "empty")
     assert code == 2 and "no requests.parquet or requests.csv" in err
+
+
+def test_chunked_writing_equals_writing_whole(tmp_path):
+    from experiments.config import ExperimentConfig
+    from experiments.runformat import write_run_chunked
+    from experiments.runner import _simulate
+
+    config = ExperimentConfig.model_validate({
+        "cluster": {"instances": [{"role": "prefill"}, {"role": "decode"}]},
+        "workload": {"requests": 60, "arrival": {"process": "poisson", "rate": 4.0},
+                     "lengths": {"dist": "uniform", "prompt": [10, 300], "output": [1, 80]}}})
+    record, meta = _simulate(config)
+    whole = read_run(write_run(Run(record.requests, record.tokens, record.events(), meta), tmp_path / "whole"))
+    chunks = list(record.token_chunks(500))
+    assert len(chunks) > 3 and all(len(frame) <= 500 or last - first == 1 for first, last, frame in chunks)
+    parts = read_run(write_run_chunked(Run(record.requests, record.tokens.iloc[:0], record.events(), meta),
+                                       record.token_chunks(500), tmp_path / "parts"))
+    pd.testing.assert_frame_equal(whole.tokens, parts.tokens)
+    pd.testing.assert_frame_equal(whole.requests, parts.requests)
+    assert score(whole)[1] == score(parts)[1]
