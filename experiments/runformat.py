@@ -8,11 +8,14 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 STATUSES = ("finished", "aborted", "rejected", "unfinished")
 REQUEST_COLUMNS = {"request_id": "id", "arrival_s": "float", "prompt_tokens": "int", "output_tokens": "int", "status": "status"}
@@ -232,37 +235,39 @@ def read_run(path: str | os.PathLike) -> Run:
     return validate(Run(requests, tokens, empty_events() if events is None else events, meta))
 
 
-def write_run(run: Run, path: str | os.PathLike) -> Path:
-    """Validate, then write all tables at once: a failure leaves no half-written folder."""
-    run = validate(run)
+@contextmanager
+def _staged(path: str | os.PathLike, meta: dict):
+    """A staging folder beside `path`, renamed into place (with run.json) only if the
+    block succeeds: a failure leaves no half-written run."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        for name in TABLES:
-            getattr(run, name).to_parquet(staging / f"{name}.parquet", index=False)
-        (staging / "run.json").write_text(json.dumps(run.meta, indent=2, sort_keys=True, default=str) + "\n")
+        yield staging
+        (staging / "run.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    return target
+
+
+def write_run(run: Run, path: str | os.PathLike) -> Path:
+    """Validate, then write all tables."""
+    run = validate(run)
+    with _staged(path, run.meta) as staging:
+        for name in TABLES:
+            getattr(run, name).to_parquet(staging / f"{name}.parquet", index=False)
+    return Path(path)
 
 
 def write_run_chunked(run: Run, chunks, path: str | os.PathLike) -> Path:
     """`write_run` for a run too large to hold its tokens table at once: `run.tokens` is
     ignored and the tokens come from `chunks`, (first, last, frame) per range of
     requests in `run.requests` order, each validated with its requests."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        head = validate(Run(run.requests.iloc[:0], run.tokens.iloc[:0], run.events, run.meta))
+    head = validate(Run(run.requests.iloc[:0], run.tokens.iloc[:0], run.events, run.meta))
+    with _staged(path, run.meta) as staging:
         writer = None
         for first, last, frame in chunks:
             checked = validate(Run(run.requests.iloc[first:last], frame, meta=run.meta)).tokens
@@ -270,16 +275,9 @@ def write_run_chunked(run: Run, chunks, path: str | os.PathLike) -> Path:
             writer = writer or pq.ParquetWriter(staging / "tokens.parquet", table.schema)
             writer.write_table(table)
         if writer is None:
-            run.tokens.iloc[:0].to_parquet(staging / "tokens.parquet", index=False)
+            head.tokens.to_parquet(staging / "tokens.parquet", index=False)
         else:
             writer.close()
         run.requests.to_parquet(staging / "requests.parquet", index=False)
         head.events.to_parquet(staging / "events.parquet", index=False)
-        (staging / "run.json").write_text(json.dumps(run.meta, indent=2, sort_keys=True, default=str) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return target
+    return Path(path)
