@@ -103,6 +103,10 @@ class Instance:
         self.context_base += request.context
         finish = self.step + request.target - request.generated - 1
         heapq.heappush(self.finish_heap, (finish, request.arrival, request.id, request.epoch))
+        spare = request.blocks - blocks_for(request.context, self.config.block_size)
+        if spare > 0:
+            self.free += spare
+            request.blocks -= spare
         request.first_crossing = self.step + request.blocks * self.config.block_size - request.context
         self.residue[request.first_crossing % self.config.block_size] += 1
 
@@ -182,6 +186,32 @@ class Instance:
         while self.running and self.residue[self.step % size] > self.free:
             victim = max(self.running.values(), key=lambda r: (r.arrival, r.id))
             self._preempt(victim, outcome)
+
+    def context_of(self, request: Request) -> int:
+        """Tokens of KV a running request holds after the completed steps."""
+        return request.context + self.step - request.join_step
+
+    def detach(self, request: Request) -> None:
+        """Take a running request out of the batch at a boundary, keeping its KV here
+        (the last stage of a live migration copies it away)."""
+        self._leave(request)
+
+    def preempt(self, request: Request, mode: str) -> float:
+        """Preempt a running request at a boundary, as the router asked; returns the
+        bytes swapped out (0 for recompute). The request leaves this instance."""
+        self._leave(request)
+        if mode == "swap":
+            nbytes = request.blocks * self.config.block_size * self.kv_bytes_per_token
+            self.pending_extra_s += nbytes / self.swap_bandwidth
+            self.free += request.blocks
+            return nbytes
+        self._free(request)
+        request.context = 0
+        return 0.0
+
+    def resume_swapped(self, request: Request) -> None:
+        request.state, request.instance = SWAPPED, self.id
+        self.swapped.append(request)
 
     def reserve(self, blocks: int) -> bool:
         if self.free - blocks < self.watermark_blocks:

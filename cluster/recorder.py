@@ -16,18 +16,20 @@ class Recorder:
     def __init__(self) -> None:
         self.time, self.nbytes = array("d"), array("d")
         self.kind, self.request, self.instance, self.peer = array("b"), array("q"), array("q"), array("q")
+        self.detail: list[str] = []
         self.codes = {kind: code for code, kind in enumerate(EVENT_KINDS)}
         self.end_s = 0.0
         self.requests = pd.DataFrame()
 
     def event(self, time: float, kind: str, request: int = -1, instance: int = -1, peer: int = -1,
-              nbytes: float = 0.0) -> None:
+              nbytes: float = 0.0, detail: str = "") -> None:
         self.time.append(time)
         self.kind.append(self.codes[kind])
         self.request.append(request)
         self.instance.append(instance)
         self.peer.append(peer)
         self.nbytes.append(nbytes)
+        self.detail.append(detail)
 
     def kinds(self) -> list[str]:
         return [EVENT_KINDS[code] for code in self.kind]
@@ -38,7 +40,7 @@ class Recorder:
                              "request_id": np.frombuffer(self.request, dtype=np.int64),
                              "instance": np.frombuffer(self.instance, dtype=np.int64),
                              "peer": np.frombuffer(self.peer, dtype=np.int64),
-                             "bytes": np.frombuffer(self.nbytes)})
+                             "bytes": np.frombuffer(self.nbytes), "detail": self.detail})
 
     def close(self, end_s: float, requests, instances) -> None:
         """Settle every request's tokens up to `end_s` and build the tables."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 WAITING, PREFILLING, HANDOFF, TRANSFER, DECODING, SWAPPED = "waiting", "prefilling", "handoff", "transfer", "decoding", "swapped"
+PREEMPTED, MIGRATING = "preempted", "migrating"
 FINISHED, ABORTED, REJECTED, UNFINISHED = "finished", "aborted", "rejected", "unfinished"
 FINAL = (FINISHED, ABORTED, REJECTED)
 

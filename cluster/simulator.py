@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+
+import numpy as np
 from typing import Callable
 
 from cluster.instance import Instance, Outcome, blocks_for
+from cluster.moves import Moves
 from cluster.recorder import Recorder
-from cluster.request import FINAL, HANDOFF, REJECTED, TRANSFER, Request
+from cluster.request import DECODING, FINAL, HANDOFF, REJECTED, TRANSFER, Request
 from migration.cost import TransferCost
 from migration.links import LinkPool
-from router.actions import Dispatch, Handoff, Reject
+from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume
 from router.policy import Policy
 from router.slo import SLO
 from router.snapshot import InstanceTable, RequestView, Snapshot
@@ -49,7 +52,9 @@ class Simulator:
         self.to_dispatch: dict[int, Request] = {}
         self.to_hand_off: dict[int, Request] = {}
         self.transfers: dict[int, tuple[Request, int, int, int]] = {}
+        self.deferred: dict[int, list[Callable[[], None]]] = {}
         self.record = Recorder()
+        self.moves = Moves(self)
 
     def _push(self, time: float, kind: int, a: int = 0, b: int = 0) -> None:
         self.seq += 1
@@ -87,23 +92,27 @@ class Simulator:
         instance = self.instances[index]
         outcome = instance.complete()
         done = self._settle(instance, outcome)
-        done += self._kick(instance)
+        for operation in self.deferred.pop(index, []):
+            operation()
+        done += self.kick(instance)
         if outcome.prefilled:
             done += self._decide("prefill_done")
         elif outcome.finished:
             done += self._decide("finished")
         return done
 
-    def _transfer_done(self, request_id: int, version: int) -> int:
+    def _transfer_done(self, key, version: int) -> int:
         if version != self.link_version:
             return 0
-        request, source, target, blocks = self.transfers.pop(request_id)
-        self.plan.links.finish(request_id, self.now)
+        self.plan.links.finish(key, self.now)
         self._reschedule_links()
+        if isinstance(key, tuple):
+            return self.moves.stage_done(key[1])
+        request, source, target, blocks = self.transfers.pop(key)
         self.instances[source].release(request)
         self.instances[target].admit_decode(request, blocks)
         self.record.event(self.now, "transfer_end", request.id, source, target, request.context * self.plan.kv_bytes_per_token)
-        return self._kick(self.instances[source]) + self._kick(self.instances[target]) + self._decide("handoff_done")
+        return self.kick(self.instances[source]) + self.kick(self.instances[target]) + self._decide("handoff_done")
 
     def _tick(self, _: int, __: int) -> int:
         if any(not r.final for r in self.requests.values()) or self.heap:
@@ -111,7 +120,7 @@ class Simulator:
         return self._decide("tick")
 
     # ---- instances ------------------------------------------------------------
-    def _kick(self, instance: Instance) -> int:
+    def kick(self, instance: Instance) -> int:
         """Let an instance react to a change: plan if idle, else cut its decode segment short."""
         if instance.idle:
             outcome = Outcome()
@@ -126,6 +135,21 @@ class Simulator:
             self._schedule(instance, end)
         self._sync(instance)
         return 0
+
+    def at_boundary(self, instance: Instance, operation: Callable[[], None]) -> None:
+        """Run `operation` when `instance` is between steps: now if idle, else after the step in flight."""
+        if instance.idle:
+            operation()
+            self.kick(instance)
+            return
+        self.deferred.setdefault(instance.id, []).append(operation)
+        end = instance.interrupt(self.now)
+        if end is not None:
+            self._schedule(instance, end)
+
+    def start_transfer(self, key, nbytes: float, source: int, target: int) -> None:
+        self.plan.links.start(key, nbytes, self.plan.path(source, target), self.now, self.plan.cost.stage_overhead_s)
+        self._reschedule_links()
 
     def _schedule(self, instance: Instance, end: float) -> None:
         self.versions[instance.id] += 1
@@ -147,33 +171,50 @@ class Simulator:
         table.queued[i], table.queued_tokens[i], table.running[i] = instance.load()
 
     # ---- the router -------------------------------------------------------------
+    def _times(self, request: Request) -> np.ndarray:
+        """Absolute times of every token the request has received so far, in order."""
+        parts = [np.asarray(request.prefill_times, dtype=np.float64)]
+        runs = list(request.decode_runs)
+        if request.state == DECODING:
+            runs.append((request.instance, request.join_step, self.instances[request.instance].step - request.join_step))
+        for index, first, count in runs:
+            parts.append(np.frombuffer(self.instances[index].step_end, dtype=np.float64)[first:first + count])
+        times = np.concatenate(parts)
+        times.sort()
+        return times
+
     def _view(self, request: Request) -> RequestView:
-        slo = self.plan.slos[request.tenant]
-        tracker = RequestTracker(request.arrival, slo)
-        for time in request.prefill_times:
-            tracker.add_tokens(time)
+        tracker = RequestTracker(request.arrival, self.plan.slos[request.tenant])
+        if request.prefill_times or request.decode_runs or request.state == DECODING:
+            tracker.add_times(self._times(request))
         return RequestView(request.id, request.tenant, request.arrival, request.prompt, request.target,
-                           request.generated, request.instance, tracker.idle_latency(self.now, False),
+                           tracker.n, request.instance, tracker.idle_latency(self.now, False),
                            tracker.slack(self.now))
 
     def _decide(self, event: str) -> int:
-        if not (self.to_dispatch or self.to_hand_off or event in self.plan.policy.events):
+        policy = self.plan.policy
+        preempted = self.moves.preempted
+        if not (self.to_dispatch or self.to_hand_off or preempted or event in policy.events):
             return 0
+        running = ()
+        if policy.needs_running:
+            running = tuple(self._view(r) for instance in self.instances for r in instance.running.values())
         snapshot = Snapshot(self.now, event, self.plan.table.view,
                             tuple(self._view(r) for r in self.to_dispatch.values()),
-                            tuple(self._view(r) for r in self.to_hand_off.values()))
+                            tuple(self._view(r) for r in self.to_hand_off.values()),
+                            tuple(self._view(r) for r in preempted.values()), running)
         done = 0
-        for action in self.plan.policy.decide(snapshot):
+        for action in policy.decide(snapshot):
             done += self._apply(action)
         return done
 
     def _apply(self, action) -> int:
         if isinstance(action, Dispatch):
             request = self._pending(self.to_dispatch, action, "dispatch")
-            instance = self._instance(action.instance, action)
+            instance = self.instance(action.instance, action)
             instance.enqueue(request)
             self.record.event(self.now, "dispatch", request.id, instance.id)
-            return self._kick(instance)
+            return self.kick(instance)
         if isinstance(action, Handoff):
             return self._hand_off(self._pending(self.to_hand_off, action, "hand off"), action)
         if isinstance(action, Reject):
@@ -183,7 +224,13 @@ class Simulator:
             request.state, request.reason = REJECTED, action.reason
             self.record.event(self.now, "reject", request.id, request.instance)
             return 1
-        raise ValueError(f"policy {self.plan.policy.name!r}: {type(action).__name__} is not supported by the simulator yet")
+        if isinstance(action, Migrate):
+            return self.moves.migrate(action)
+        if isinstance(action, Preempt):
+            return self.moves.preempt(action)
+        if isinstance(action, Resume):
+            return self.moves.resume(action)
+        raise ValueError(f"policy {self.plan.policy.name!r}: {action!r} is not an action")
 
     def _pending(self, pending: dict[int, Request], action, verb: str) -> Request:
         request = pending.pop(action.request, None)
@@ -192,16 +239,16 @@ class Simulator:
                              f"which is not waiting for that")
         return request
 
-    def _instance(self, index: int, action) -> Instance:
+    def instance(self, index: int, action) -> Instance:
         if not 0 <= index < len(self.instances) or not self.plan.table.alive[index]:
             raise ValueError(f"policy {self.plan.policy.name!r}: {action} names no live instance")
         return self.instances[index]
 
     def _hand_off(self, request: Request, action: Handoff) -> int:
-        source, target = self.instances[request.instance], self._instance(action.target, action)
+        source, target = self.instances[request.instance], self.instance(action.target, action)
         if target is source:
             source.admit_decode(request, request.blocks)
-            return self._kick(source)
+            return self.kick(source)
         blocks = blocks_for(request.context, source.config.block_size)
         if not target.reserve(blocks):
             self.to_hand_off[request.id] = request
@@ -210,10 +257,8 @@ class Simulator:
         request.state = TRANSFER
         nbytes = request.context * self.plan.kv_bytes_per_token
         self.transfers[request.id] = (request, source.id, target.id, blocks)
-        self.plan.links.start(request.id, nbytes, self.plan.path(source.id, target.id), self.now,
-                              self.plan.cost.stage_overhead_s)
+        self.start_transfer(request.id, nbytes, source.id, target.id)
         self.record.event(self.now, "transfer_start", request.id, source.id, target.id, nbytes)
-        self._reschedule_links()
         return 0
 
     def _reschedule_links(self) -> None:

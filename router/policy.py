@@ -18,6 +18,8 @@ class Policy:
     events: ClassVar[frozenset[str]] = frozenset()
     """Events the policy wants to see even when no request awaits a decision
     (`handoff_done`, `finished`, `preempted`, `tick`)."""
+    needs_running: ClassVar[bool] = False
+    """Whether the snapshot must list every decoding request (costs O(running))."""
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed

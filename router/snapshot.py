@@ -6,7 +6,7 @@ A snapshot is valid for the duration of one `decide` call.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -59,7 +59,8 @@ class Snapshot:
     instances: Instances
     to_dispatch: tuple[RequestView, ...] = ()
     to_hand_off: tuple[RequestView, ...] = ()
-    extra: dict = field(default_factory=dict)
+    preempted: tuple[RequestView, ...] = ()
+    running: tuple[RequestView, ...] = ()
 
 
 class InstanceTable:

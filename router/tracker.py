@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from router.slo import SLO, TOLERANCE_S, benefit
 
 
@@ -37,6 +39,25 @@ class RequestTracker:
         self.display = max(t + v * (count - 1), self.display + v * count)
         self.n += count
         self.last = t
+
+    def add_times(self, times: np.ndarray) -> None:
+        """Record tokens received at absolute `times` (in order), one per entry."""
+        if len(times) == 0:
+            return
+        t = np.asarray(times, dtype=np.float64) - self.arrival
+        v = self.slo.v
+        if self.n == 0:
+            self.first = float(t[0])
+            gaps = np.diff(t)
+        else:
+            gaps = np.diff(t, prepend=self.last)
+        if len(gaps):
+            self.max_gap = max(self.max_gap, float(gaps.max()))
+        late = float((t - v * np.arange(self.n + 1, self.n + len(t) + 1)).max())
+        self.lateness = max(self.lateness, late)
+        self.n += len(t)
+        self.display = v * self.n + self.lateness
+        self.last = float(t[-1])
 
     def idle_latency(self, now: float | None = None, finished: bool = True) -> float:
         """Idle latency so far; an unfinished request also waits for its next token until `now`."""

@@ -71,8 +71,10 @@ class CheckedSimulator(Simulator):
             horizon = instance.step + (instance.segment.steps if instance.segment else 0)
             held = sum(instance.blocks_of(r, horizon) if r.state == "decoding" else r.blocks
                        for r in self.requests.values()
-                       if r.instance == instance.id and r.state in ("prefilling", "decoding", "handoff", "transfer"))
+                       if r.instance == instance.id
+                       and r.state in ("prefilling", "decoding", "handoff", "transfer", "migrating"))
             reserved = sum(blocks for _, _, target, blocks in self.transfers.values() if target == instance.id)
+            reserved += sum(m.reserved_blocks for m in self.moves.live.values() if m.target == instance.id)
             assert 0 <= instance.free <= instance.total_blocks
             assert instance.free + held + reserved == instance.total_blocks
             for request in instance.running.values():

@@ -134,3 +134,20 @@ def test_online_and_vectorised_slack_agree(gaps, v, at):
             tracker.add_tokens(5.0 + t)
     tl = Timelines.from_lists([times])
     assert slack(tl, v, np.array([0]), np.array([at]))[0] == pytest.approx(tracker.slack(5.0 + at), abs=1e-9)
+
+
+@given(st.lists(gaps, min_size=1, max_size=5), st.floats(0.01, 0.5))
+def test_adding_tokens_in_batches_equals_one_by_one(batches, v):
+    slo = SLO(v=v)
+    one, many = RequestTracker(1.0, slo), RequestTracker(1.0, slo)
+    clock = 1.0
+    for batch in batches:
+        times = clock + np.cumsum(batch)
+        for t in times:
+            one.add_tokens(float(t))
+        many.add_times(times)
+        clock = float(times[-1]) if len(times) else clock
+    for field in ("n", "lateness", "display", "max_gap"):
+        assert getattr(many, field) == pytest.approx(getattr(one, field), abs=1e-9), field
+    for scheme in SCHEMES:
+        assert many.meets(scheme) == one.meets(scheme)
