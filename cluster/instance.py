@@ -15,7 +15,7 @@ from array import array
 from collections import deque
 from dataclasses import dataclass, field
 
-from cluster.request import DECODING, FINISHED, HANDOFF, PREFILLING, SWAPPED, WAITING, Request
+from cluster.request import DECODING, FINISHED, HANDOFF, PREFILL_PIECE, PREFILLING, SWAPPED, WAITING, Request
 from router.snapshot import PREFILL
 
 PREEMPTION_MODES = ("recompute", "swap")
@@ -120,7 +120,7 @@ class Instance:
         self._sync_context()
         done = self.step - request.join_step
         if done:
-            request.decode_runs.append((self.id, request.join_step, done))
+            request.pieces.append((self.id, request.join_step, done))
         request.generated = request.join_generated + done
         request.context += done
         self.context_base -= request.context
@@ -369,7 +369,7 @@ class Instance:
             if request in self.prefilling:
                 self.prefilling.remove(request)
             request.context = request.to_prefill
-            request.prefill_times.append(end)
+            request.pieces.append((PREFILL_PIECE, end, 1))
             request.generated += 1
             if request.generated >= request.target:
                 self._finish(request, outcome)

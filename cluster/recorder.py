@@ -6,7 +6,7 @@ from array import array
 import numpy as np
 import pandas as pd
 
-from cluster.request import DECODING, FINAL, UNFINISHED
+from cluster.request import DECODING, FINAL, PREFILL_PIECE, UNFINISHED
 
 EVENT_KINDS = ("arrive", "dispatch", "prefill_end", "transfer_start", "transfer_end", "preempt", "resume",
                "migrate_start", "migrate_stage", "migrate_end", "migrate_abort", "finish", "abort", "reject", "fault")
@@ -51,7 +51,7 @@ class Recorder:
                 instance = instances[request.instance]
                 done = instance.step - request.join_step
                 if done:
-                    request.decode_runs.append((instance.id, request.join_step, done))
+                    request.pieces.append((instance.id, request.join_step, done))
                 request.generated = request.join_generated + done
         self.source, self.pieces, counts = _token_pieces(ordered, instances)
         ids = np.fromiter((r.id for r in ordered), dtype=np.int64, count=len(ordered))
@@ -98,22 +98,23 @@ class Recorder:
 
 
 def _token_pieces(ordered, instances) -> tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray]:
-    """Every request's tokens as pieces (a prefill's token, a run of decode steps), each a
-    slice of one source array of times, sorted by (request, time): compact until asked for."""
+    """Every request's tokens as pieces (a prefill's token, a run of decode steps) in
+    order, each a slice of one source array of times: compact until asked for."""
     steps = [np.frombuffer(instance.step_end, dtype=np.float64) for instance in instances]
     base = np.concatenate([[0], np.cumsum([len(s) for s in steps])]).astype(np.int64)
-    prefill = [t for r in ordered for t in r.prefill_times]
+    prefill = [time for r in ordered for index, time, _ in r.pieces if index == PREFILL_PIECE]
     source = np.concatenate(steps + [np.asarray(prefill, dtype=np.float64)])
     owner, start, length = array("q"), array("q"), array("q")
     next_prefill = int(base[-1])
     for position, request in enumerate(ordered):
-        for _ in request.prefill_times:
-            owner.append(position), start.append(next_prefill), length.append(1)
-            next_prefill += 1
-        for instance, first, count in request.decode_runs:
-            owner.append(position), start.append(int(base[instance]) + first), length.append(count)
+        for index, first, count in request.pieces:
+            owner.append(position)
+            length.append(count)
+            if index == PREFILL_PIECE:
+                start.append(next_prefill)
+                next_prefill += 1
+            else:
+                start.append(int(base[index]) + first)
     owner, start, length = (np.frombuffer(a, dtype=np.int64) for a in (owner, start, length))
-    order = np.lexsort((source[start] if len(start) else start, owner))
-    owner, start, length = owner[order], start[order], length[order]
     counts = np.bincount(owner, weights=length, minlength=len(ordered)).astype(np.int64)
     return source, (owner, start, length), counts

@@ -1,5 +1,6 @@
-"""A request's state inside a runtime, with its delivered tokens kept compactly:
-decode tokens as runs of an instance's decode iterations, prefill tokens as times."""
+"""A request's state inside a runtime, with its delivered tokens kept compactly as
+pieces in the order they came: `(PREFILL_PIECE, time, 1)` for the token a prefill
+produced, `(instance, first step, count)` for a run of an instance's decode steps."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,6 +9,7 @@ WAITING, PREFILLING, HANDOFF, TRANSFER, DECODING, SWAPPED = "waiting", "prefilli
 PREEMPTED, MIGRATING = "preempted", "migrating"
 FINISHED, ABORTED, REJECTED, UNFINISHED = "finished", "aborted", "rejected", "unfinished"
 FINAL = (FINISHED, ABORTED, REJECTED)
+PREFILL_PIECE = -1
 
 
 @dataclass(slots=True, eq=False)
@@ -27,8 +29,9 @@ class Request:
     join_step: int = 0
     join_generated: int = 0
     first_crossing: int = 0
-    prefill_times: list[float] = field(default_factory=list)
-    decode_runs: list[tuple[int, int, int]] = field(default_factory=list)
+    pieces: list[tuple[int, float, int]] = field(default_factory=list)
+    tracker: object = None
+    fed: tuple[int, int] = (0, 0)
     reason: str = ""
 
     @property

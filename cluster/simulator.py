@@ -11,7 +11,7 @@ from typing import Callable
 from cluster.instance import Instance, Outcome, blocks_for
 from cluster.moves import Moves
 from cluster.recorder import Recorder
-from cluster.request import DECODING, FINAL, HANDOFF, REJECTED, TRANSFER, Request
+from cluster.request import DECODING, FINAL, HANDOFF, PREFILL_PIECE, REJECTED, TRANSFER, Request
 from migration.cost import TransferCost
 from migration.links import LinkPool
 from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume
@@ -171,25 +171,40 @@ class Simulator:
         table.queued[i], table.queued_tokens[i], table.running[i] = instance.load()
 
     # ---- the router -------------------------------------------------------------
-    def _times(self, request: Request) -> np.ndarray:
-        """Absolute times of every token the request has received so far, in order."""
-        parts = [np.asarray(request.prefill_times, dtype=np.float64)]
-        runs = list(request.decode_runs)
+    def _feed(self, request: Request) -> RequestTracker:
+        """The request's tracker, fed every token received since the last call."""
+        if request.tracker is None:
+            request.tracker = RequestTracker(request.arrival, self.plan.slos[request.tenant])
+        tracker, (piece, offset) = request.tracker, request.fed
+        for index, first, count in request.pieces[piece:]:
+            self._feed_piece(tracker, index, first, count, offset)
+            offset = 0
+        piece = len(request.pieces)
         if request.state == DECODING:
-            runs.append((request.instance, request.join_step, self.instances[request.instance].step - request.join_step))
-        for index, first, count in runs:
-            parts.append(np.frombuffer(self.instances[index].step_end, dtype=np.float64)[first:first + count])
-        times = np.concatenate(parts)
-        times.sort()
-        return times
+            done = self.instances[request.instance].step - request.join_step
+            self._feed_piece(tracker, request.instance, request.join_step, done, offset)
+            offset = max(offset, done)
+        request.fed = (piece, offset)
+        return tracker
+
+    def _feed_piece(self, tracker: RequestTracker, index: int, first, count: int, offset: int) -> None:
+        if count <= offset:
+            return
+        if index == PREFILL_PIECE:
+            tracker.add_tokens(first)
+        else:
+            steps = np.frombuffer(self.instances[index].step_end, dtype=np.float64)
+            tracker.add_times(steps[first + offset:first + count])
 
     def _view(self, request: Request) -> RequestView:
-        tracker = RequestTracker(request.arrival, self.plan.slos[request.tenant])
-        if request.prefill_times or request.decode_runs or request.state == DECODING:
-            tracker.add_times(self._times(request))
+        tracker = self._feed(request)
+        context = request.context
+        if request.state == DECODING:
+            context = self.instances[request.instance].context_of(request)
         return RequestView(request.id, request.tenant, request.arrival, request.prompt, request.target,
                            tracker.n, request.instance, tracker.idle_latency(self.now, False),
-                           tracker.slack(self.now))
+                           tracker.slack(self.now), request.arrival + tracker.last, context,
+                           tracker.missed_ttft_tbt(self.now), tracker.slo)
 
     def _decide(self, event: str) -> int:
         policy = self.plan.policy

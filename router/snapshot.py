@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from router.slo import SLO
+
 PREFILL, DECODE, COLOCATED = 0, 1, 2
 ROLES = {"prefill": PREFILL, "decode": DECODE, "colocated": COLOCATED}
 INSTANCE_COLUMNS = ("role", "node", "alive", "total_blocks", "free_blocks", "watermark_blocks",
@@ -41,6 +43,9 @@ class Instances:
 
 @dataclass(frozen=True, slots=True)
 class RequestView:
+    """A request as a policy sees it. `idle_s` counts the wait for the next token up to
+    now; `missed` says it already broke its `ttft_tbt` SLO; `context_tokens` is the KV it
+    holds (what a migration moves)."""
     id: int
     tenant: str
     arrival_s: float
@@ -50,6 +55,10 @@ class RequestView:
     instance: int
     idle_s: float
     slack_s: float
+    last_token_s: float
+    context_tokens: int
+    missed: bool
+    slo: SLO
 
 
 @dataclass(frozen=True)

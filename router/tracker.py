@@ -74,6 +74,13 @@ class RequestTracker:
         """Absolute deadline of token `index` (1-based) under the `smooth` scheme."""
         return self.arrival + self.slo.l + self.slo.v * index
 
+    def missed_ttft_tbt(self, now: float) -> bool:
+        """Whether the `ttft_tbt` SLO is already broken at `now`, finished or not."""
+        slo, eps, waited = self.slo, TOLERANCE_S, now - self.arrival
+        if self.n == 0:
+            return waited > slo.ttft + eps
+        return self.first > slo.ttft + eps or self.max_gap > slo.tbt + eps or waited - self.last > slo.tbt + eps
+
     def meets(self, scheme: str, finished: bool = True) -> bool:
         if not finished:
             return False
