@@ -13,56 +13,10 @@ from __future__ import annotations
 import heapq
 from array import array
 from collections import deque
-from dataclasses import dataclass, field
 
 from cluster.request import DECODING, FINISHED, HANDOFF, PREFILL_PIECE, PREFILLING, SWAPPED, WAITING, Request
+from cluster.scheduling import Outcome, SchedulerConfig, Segment, blocks_for
 from router.snapshot import PREFILL
-
-PREEMPTION_MODES = ("recompute", "swap")
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
-    block_size: int = 16
-    watermark: float = 0.01
-    chunked_prefill: bool = False
-    preemption: str = "recompute"
-    max_segment_steps: int = 4096
-
-    def __post_init__(self) -> None:
-        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "max_segment_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"scheduler.{name}: expected an integer >= 1, got {getattr(self, name)!r}")
-        if not 0 <= self.watermark < 1:
-            raise ValueError(f"scheduler.watermark: expected a fraction in [0, 1), got {self.watermark!r}")
-        if self.preemption not in PREEMPTION_MODES:
-            raise ValueError(f"scheduler.preemption: expected one of {list(PREEMPTION_MODES)}, got {self.preemption!r}")
-        if self.chunked_prefill and self.max_num_batched_tokens < self.max_num_seqs:
-            raise ValueError("scheduler.max_num_batched_tokens: must be >= max_num_seqs with chunked prefill")
-
-
-@dataclass
-class Outcome:
-    """What a finished segment did, for the runtime to act on."""
-    prefilled: list[Request] = field(default_factory=list)
-    finished: list[Request] = field(default_factory=list)
-    preempted: list[Request] = field(default_factory=list)
-
-
-@dataclass
-class Segment:
-    start_step: int
-    steps: int
-    ends: list[float]
-    prefill: list[tuple[Request, int]]
-    extra_s: float = 0.0
-
-
-def blocks_for(tokens: int, block_size: int) -> int:
-    return -(-tokens // block_size)
-
 
 class Instance:
     def __init__(self, id: int, role: int, model, config: SchedulerConfig, total_blocks: int,
@@ -186,6 +140,10 @@ class Instance:
         while self.running and self.residue[self.step % size] > self.free:
             victim = max(self.running.values(), key=lambda r: (r.arrival, r.id))
             self._preempt(victim, outcome)
+
+    def context_now(self) -> int:
+        """Tokens of KV the decode batch holds after the completed steps."""
+        return self.context_base + (self.step - self.context_step) * len(self.running)
 
     def context_of(self, request: Request) -> int:
         """Tokens of KV a running request holds after the completed steps."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cluster.instance import blocks_for
+from cluster.scheduling import blocks_for
 from cluster.request import DECODING, MIGRATING, PREEMPTED, Request
 from migration.live import LiveMigration
 from router.actions import Migrate, Preempt, Resume

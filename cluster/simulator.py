@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from typing import Callable
 
-from cluster.instance import Instance, Outcome, blocks_for
+from cluster.instance import Instance
+from cluster.scheduling import Outcome, blocks_for
 from cluster.moves import Moves
 from cluster.recorder import Recorder
 from cluster.request import DECODING, FINAL, HANDOFF, PREFILL_PIECE, REJECTED, TRANSFER, Request
@@ -169,6 +170,9 @@ class Simulator:
         table, i = self.plan.table, instance.id
         table.free_blocks[i] = instance.free
         table.queued[i], table.queued_tokens[i], table.running[i] = instance.load()
+        table.context_tokens[i] = instance.context_now()
+        table.step_time_s[i] = instance.model.decode_time(table.running[i], table.context_tokens[i]) \
+            if table.running[i] else 0.0
 
     # ---- the router -------------------------------------------------------------
     def _feed(self, request: Request) -> RequestTracker:

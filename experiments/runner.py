@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cluster.instance import Instance, SchedulerConfig
+from cluster.instance import Instance
+from cluster.scheduling import SchedulerConfig
 from cluster.perfmodel import iteration_model, kv_capacity_tokens, load_iteration_model
 from cluster.request import Request
 from cluster.recorder import Recorder
@@ -40,7 +41,7 @@ def build_plan(config: ExperimentConfig, workload: pd.DataFrame) -> Plan:
                                   hardware.link("pcie").bandwidth))
     table = InstanceTable([p.role for p in placements], [p.node for p in placements],
                           [i.total_blocks for i in instances], [i.watermark_blocks for i in instances],
-                          scheduler.block_size)
+                          scheduler.block_size, [i.model.prefill for i in instances], [i.model.decode for i in instances])
     links, path = link_pool(placements, hardware)
     overrides = tenant_slos(config.workload)
     slos = {tenant: SLO(**{**config.slo, **overrides.get(tenant, {})}) for tenant in workload["tenant"].unique()}

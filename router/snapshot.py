@@ -15,7 +15,8 @@ from router.slo import SLO
 PREFILL, DECODE, COLOCATED = 0, 1, 2
 ROLES = {"prefill": PREFILL, "decode": DECODE, "colocated": COLOCATED}
 INSTANCE_COLUMNS = ("role", "node", "alive", "total_blocks", "free_blocks", "watermark_blocks",
-                    "queued", "queued_tokens", "running", "step_time_s")
+                    "queued", "queued_tokens", "running", "context_tokens", "step_time_s", "prefill_coeffs",
+                    "decode_coeffs")
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,10 @@ class Instances:
     queued: np.ndarray
     queued_tokens: np.ndarray
     running: np.ndarray
+    context_tokens: np.ndarray
     step_time_s: np.ndarray
+    prefill_coeffs: np.ndarray
+    decode_coeffs: np.ndarray
     block_size: int
     by_role: dict[int, tuple[int, ...]]
 
@@ -39,6 +43,22 @@ class Instances:
     def serving(self, role: int) -> tuple[int, ...]:
         """Ids of live instances that can do `role`'s work (a colocated one does both)."""
         return self.by_role[role]
+
+    def decode_step_s(self, instance: int, add_batch: int = 0, add_context: int = 0) -> float:
+        """Predicted decode step time with `add_batch` more requests holding `add_context` more tokens."""
+        a, b, c = self.decode_coeffs[instance]
+        batch = self.running[instance] + add_batch
+        return 0.0 if batch <= 0 else a + b * batch + c * (self.context_tokens[instance] + add_context)
+
+    def prefill_s(self, instance: int, tokens: int) -> float:
+        a, b, c = self.prefill_coeffs[instance]
+        return 0.0 if tokens <= 0 else a + b * tokens + c * tokens * tokens
+
+    def queue_wait_s(self, instance: int) -> float:
+        """Predicted time to prefill what is queued, as one batch (a lower bound)."""
+        a, b, _ = self.prefill_coeffs[instance]
+        queued = self.queued_tokens[instance]
+        return 0.0 if queued <= 0 else a + b * queued
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +96,8 @@ class InstanceTable:
     """The runtime's writable side of `Instances`."""
 
     def __init__(self, roles: list[int], nodes: list[int], total_blocks: list[int], watermark_blocks: list[int],
-                 block_size: int) -> None:
+                 block_size: int, prefill_coeffs: list[tuple[float, float, float]],
+                 decode_coeffs: list[tuple[float, float, float]]) -> None:
         n = len(roles)
         self.role = np.array(roles, dtype=np.int8)
         self.node = np.array(nodes, dtype=np.int32)
@@ -87,7 +108,10 @@ class InstanceTable:
         self.queued = np.zeros(n, dtype=np.int64)
         self.queued_tokens = np.zeros(n, dtype=np.int64)
         self.running = np.zeros(n, dtype=np.int64)
+        self.context_tokens = np.zeros(n, dtype=np.int64)
         self.step_time_s = np.zeros(n, dtype=np.float64)
+        self.prefill_coeffs = np.array(prefill_coeffs, dtype=np.float64).reshape(n, 3)
+        self.decode_coeffs = np.array(decode_coeffs, dtype=np.float64).reshape(n, 3)
         views = {}
         for column in INSTANCE_COLUMNS:
             view = getattr(self, column).view()

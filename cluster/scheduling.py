@@ -1,0 +1,51 @@
+"""What an instance's scheduler is told (its settings) and what its steps produce."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cluster.request import Request
+
+PREEMPTION_MODES = ("recompute", "swap")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    block_size: int = 16
+    watermark: float = 0.01
+    chunked_prefill: bool = False
+    preemption: str = "recompute"
+    max_segment_steps: int = 4096
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "max_segment_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"scheduler.{name}: expected an integer >= 1, got {getattr(self, name)!r}")
+        if not 0 <= self.watermark < 1:
+            raise ValueError(f"scheduler.watermark: expected a fraction in [0, 1), got {self.watermark!r}")
+        if self.preemption not in PREEMPTION_MODES:
+            raise ValueError(f"scheduler.preemption: expected one of {list(PREEMPTION_MODES)}, got {self.preemption!r}")
+        if self.chunked_prefill and self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError("scheduler.max_num_batched_tokens: must be >= max_num_seqs with chunked prefill")
+
+
+@dataclass
+class Outcome:
+    """What a finished segment did, for the runtime to act on."""
+    prefilled: list[Request] = field(default_factory=list)
+    finished: list[Request] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+
+@dataclass
+class Segment:
+    start_step: int
+    steps: int
+    ends: list[float]
+    prefill: list[tuple[Request, int]]
+    extra_s: float = 0.0
+
+
+def blocks_for(tokens: int, block_size: int) -> int:
+    return -(-tokens // block_size)
