@@ -43,6 +43,11 @@ class Moves:
             self.swapped_at[request.id] = instance.id
         self.sim.record.event(self.sim.now, "preempt", request.id, instance.id, -1, nbytes, detail=mode)
 
+    def abandon(self, request_id: int) -> Request | None:
+        """Give up a request the router preempted (its KV, if swapped, is dropped)."""
+        self.swapped_at.pop(request_id, None)
+        return self.preempted.pop(request_id, None)
+
     def resume(self, action: Resume) -> int:
         request = self.preempted.pop(action.request, None)
         if request is None:

@@ -217,7 +217,8 @@ class Simulator:
             return 0
         running = ()
         if policy.needs_running:
-            running = tuple(self._view(r) for instance in self.instances for r in instance.running.values())
+            running = tuple(self._view(r) for instance in self.instances for r in instance.running.values()
+                            if r.id not in self.moves.live)
         snapshot = Snapshot(self.now, event, self.plan.table.view,
                             tuple(self._view(r) for r in self.to_dispatch.values()),
                             tuple(self._view(r) for r in self.to_hand_off.values()),
@@ -237,11 +238,12 @@ class Simulator:
         if isinstance(action, Handoff):
             return self._hand_off(self._pending(self.to_hand_off, action, "hand off"), action)
         if isinstance(action, Reject):
-            request = self.to_dispatch.pop(action.request, None) or self._pending(self.to_hand_off, action, "reject")
+            request = (self.to_dispatch.pop(action.request, None) or self.moves.abandon(action.request)
+                       or self._pending(self.to_hand_off, action, "reject"))
             if request.state == HANDOFF:
                 self.instances[request.instance].release(request)
             request.state, request.reason = REJECTED, action.reason
-            self.record.event(self.now, "reject", request.id, request.instance)
+            self.record.event(self.now, "reject", request.id, request.instance, detail=action.reason)
             return 1
         if isinstance(action, Migrate):
             return self.moves.migrate(action)

@@ -42,3 +42,56 @@ def token_timelines(runs: dict[str, Run], request_ids: list, slo: SLO, path: Pat
         axis.set_ylabel("tokens received")
     axes[0][0].legend(fontsize=8)
     return _save(figure, path)
+
+
+def _in_order(values) -> list:
+    return list(dict.fromkeys(values))
+
+
+def versus_rate(table, columns: list[tuple[str, str]], path: Path, xlabel: str = "rate") -> list[Path]:
+    """A sweep's results against rate: one row of panels per (column, label), one
+    panel column per cluster, one line per policy (the mean over seeds, with the
+    seeds' range shaded when there are several)."""
+    clusters, policies = _in_order(table["cluster"]), _in_order(table["policy"])
+    figure, axes = plt.subplots(len(columns), len(clusters), figsize=(4.4 * len(clusters), 3.0 * len(columns)),
+                                squeeze=False, sharex="col")
+    for row, (column, label) in enumerate(columns):
+        for col, cluster in enumerate(clusters):
+            axis = axes[row][col]
+            for policy in policies:
+                part = table[(table["cluster"] == cluster) & (table["policy"] == policy)]
+                stats = part.groupby("rate")[column].agg(["mean", "min", "max"]).sort_index()
+                line, = axis.plot(stats.index, stats["mean"], marker="o", markersize=4, label=policy)
+                if part["seed"].nunique() > 1:
+                    axis.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
+            axis.grid(alpha=0.3)
+            if row == 0:
+                axis.set_title(cluster)
+            if col == 0:
+                axis.set_ylabel(label)
+            if row == len(columns) - 1:
+                axis.set_xlabel(xlabel)
+    axes[0][0].legend(fontsize=8)
+    return _save(figure, path)
+
+
+def counts_by_policy(table, columns: list[tuple[str, str]], path: Path) -> list[Path]:
+    """Grouped bars of event counts per policy, summed over rates and seeds, one panel per cluster."""
+    clusters, policies = _in_order(table["cluster"]), _in_order(table["policy"])
+    panel_width = max(4.4, 0.5 * len(policies) * len(columns))
+    figure, axes = plt.subplots(1, len(clusters), figsize=(panel_width * len(clusters), 3.4), squeeze=False,
+                                sharey=True)
+    width = 0.8 / len(columns)
+    positions = np.arange(len(policies))
+    for axis, cluster in zip(axes[0], clusters):
+        totals = table[table["cluster"] == cluster].groupby("policy")[[c for c, _ in columns]].sum()
+        for k, (column, label) in enumerate(columns):
+            values = [float(totals[column].get(policy, 0)) for policy in policies]
+            axis.bar(positions + (k - (len(columns) - 1) / 2) * width, values, width, label=label)
+        axis.set_xticks(positions, policies, rotation=20, ha="right")
+        axis.set_ylim(0, max(1.0, 1.1 * float(totals.to_numpy().max(initial=0))))
+        axis.set_title(f"{cluster} (total over rates and seeds)", fontsize=9)
+        axis.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("count")
+    axes[0][0].legend(fontsize=8)
+    return _save(figure, path)

@@ -123,3 +123,18 @@ def test_bad_moves_are_refused_with_a_clear_error():
                      "lengths": {"dist": "fixed", "prompt": 10, "output": 5}}})
     with pytest.raises(ValueError, match="Migrate: request 0 is not decoding"):
         CheckedSimulator(build_plan(config, generate(config.workload, 0))).run()
+
+
+@pytest.mark.parametrize("policy", ["least_loaded", "classic_goodput", "smooth_goodput"])
+def test_every_policy_runs_a_memory_tight_cluster_to_the_end(policy):
+    config = ExperimentConfig.model_validate({
+        "cluster": {"instances": [{"role": "prefill"}, {"role": "decode", "count": 2}], "kv_blocks": 600},
+        "router": {"policy": policy, "tick_s": 0.5},
+        "workload": {"requests": 120, "arrival": {"process": "poisson", "rate": 6.0},
+                     "lengths": {"dist": "uniform", "prompt": [100, 1500], "output": [100, 600]}}})
+    workload = generate(config.workload, 0)
+    simulator = CheckedSimulator(build_plan(config, workload))
+    record = simulator.run()
+    assert set(record.requests["status"]) <= {"finished", "rejected"}
+    if policy == "smooth_goodput":
+        assert (record.requests["status"] == "finished").all()

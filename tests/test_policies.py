@@ -1,0 +1,116 @@
+"""Each policy held to its documented behaviour on small hand-made clusters."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume
+from router.policy import make_policy
+from router.slo import SLO
+from router.snapshot import COLOCATED, DECODE, PREFILL, InstanceTable, RequestView, Snapshot
+
+SLO_ = SLO(ttft=1.0, tbt=0.05, v=0.1)
+PREFILL_COEFFS = (0.01, 1e-4, 0.0)
+DECODE_COEFFS = (0.01, 1e-4, 1e-7)
+
+
+def table(roles, free=None, queued_tokens=None, running=None, context=None, total=1000):
+    n = len(roles)
+    t = InstanceTable(roles, [0] * n, [total] * n, [0] * n, 16, [PREFILL_COEFFS] * n, [DECODE_COEFFS] * n)
+    for column, values in (("free_blocks", free), ("queued_tokens", queued_tokens), ("running", running),
+                           ("context_tokens", context)):
+        if values is not None:
+            getattr(t, column)[:] = values
+    for i in range(n):
+        t.step_time_s[i] = t.view.decode_step_s(i)
+    return t
+
+
+def request(id, instance=-1, arrival=0.0, prompt=100, context=0, generated=0, idle=0.0, slack=0.0, missed=False):
+    return RequestView(id, "default", arrival, prompt, 100, generated, instance, idle, slack, math.nan,
+                       context, missed, SLO_)
+
+
+def snapshot(t, event="arrival", now=0.0, **requests):
+    return Snapshot(now, event, t.view, **requests)
+
+
+def test_least_loaded_dispatches_to_least_queued_work_and_hands_off_to_most_free_kv():
+    t = table([PREFILL, PREFILL, DECODE, DECODE], free=[1000, 1000, 300, 700], queued_tokens=[5000, 100, 0, 0])
+    policy = make_policy("least_loaded")
+    actions = policy.decide(snapshot(t, to_dispatch=(request(1),), to_hand_off=(request(2, instance=0, context=100),)))
+    assert Dispatch(1, 1) in actions and Handoff(2, 3) in actions
+
+
+def test_least_loaded_migrates_the_shortest_request_from_fullest_to_emptiest_decode():
+    t = table([PREFILL, DECODE, DECODE], free=[1000, 100, 900])
+    running = (request(1, instance=1, context=900), request(2, instance=1, context=50), request(3, instance=2, context=10))
+    actions = make_policy("least_loaded").decide(snapshot(t, "tick", running=running))
+    assert actions == [Migrate(2, 2, "live")]
+    t.free_blocks[:] = [1000, 800, 900]
+    assert make_policy("least_loaded").decide(snapshot(t, "tick", running=running)) == []
+
+
+def test_classic_serves_most_urgent_first_and_can_abandon_the_late():
+    t = table([PREFILL, DECODE])
+    late, urgent, relaxed = request(1, arrival=-5.0, missed=True), request(2, arrival=-0.5), request(3, arrival=0.0)
+    actions = make_policy("classic_goodput").decide(snapshot(t, to_dispatch=(relaxed, late, urgent)))
+    assert [a.request for a in actions] == [2, 3, 1]
+    actions = make_policy("classic_goodput", {"abandon": True}).decide(snapshot(t, to_dispatch=(relaxed, late, urgent)))
+    assert Reject(1, "abandoned: misses its TTFT") in actions and Dispatch(2, 0) in actions
+
+
+def test_classic_hands_off_within_tbt_or_sacrifices_an_instance_already_over():
+    t = table([PREFILL, DECODE, DECODE], running=[0, 10, 400], context=[0, 10_000, 100_000])
+    assert t.view.decode_step_s(1, 1, 100) <= SLO_.tbt < t.view.decode_step_s(2)
+    actions = make_policy("classic_goodput").decide(snapshot(t, "prefill_done", to_hand_off=(request(1, 0, context=100),)))
+    assert actions == [Handoff(1, 1)]
+    t.running[:] = [0, 390, 400]
+    t.step_time_s[1], t.step_time_s[2] = t.view.decode_step_s(1), t.view.decode_step_s(2)
+    assert t.view.decode_step_s(1, 1, 100) > SLO_.tbt
+    actions = make_policy("classic_goodput").decide(snapshot(t, "prefill_done", to_hand_off=(request(1, 0, context=100),)))
+    assert actions == [Handoff(1, 2)]
+
+
+def test_classic_rescues_an_instance_over_tbt():
+    t = table([PREFILL, DECODE, DECODE], running=[0, 400, 1], context=[0, 10_000, 100])
+    running = (request(1, 1, context=50), request(2, 1, context=50, missed=True), request(3, 2, context=50))
+    actions = make_policy("classic_goodput").decide(snapshot(t, "tick", running=running))
+    assert Migrate(1, 2, "live") in actions and Preempt(2, "recompute") in actions
+
+
+def test_smooth_never_abandons_and_resumes_preempted_first():
+    t = table([PREFILL, DECODE, DECODE], running=[0, 900, 0], context=[0, 10_000, 0])
+    actions = make_policy("smooth_goodput").decide(snapshot(
+        t, "tick", preempted=(request(9, -1, context=300, idle=3.0),), to_dispatch=(request(1, missed=True),)))
+    assert actions[0] == Resume(9, 2) and Dispatch(1, 0) in actions
+    assert not any(isinstance(a, Reject) for a in actions)
+
+
+def test_smooth_moves_only_requests_whose_slack_covers_the_stall():
+    t = table([PREFILL, DECODE, DECODE], running=[0, 900, 1], context=[0, 10_000, 100])
+    assert t.step_time_s[1] > SLO_.v
+    running = (request(1, 1, context=50, slack=2.0), request(2, 1, context=50, slack=0.0), request(3, 2, context=10))
+    actions = make_policy("smooth_goodput").decide(snapshot(t, "tick", running=running))
+    assert actions == [Migrate(1, 2, "live")]
+
+
+def test_smooth_hands_off_where_it_adds_the_least_idle():
+    t = table([PREFILL, DECODE, DECODE], running=[0, 900, 10], context=[0, 10_000, 1000])
+    actions = make_policy("smooth_goodput").decide(snapshot(t, "prefill_done", to_hand_off=(request(1, 0, context=100),)))
+    assert actions == [Handoff(1, 2)]
+
+
+def test_colocated_requests_decode_where_they_were_prefilled():
+    t = table([COLOCATED, COLOCATED])
+    for name in ("round_robin", "least_loaded", "classic_goodput", "smooth_goodput"):
+        actions = make_policy(name).decide(snapshot(t, "prefill_done", to_hand_off=(request(1, 1, context=10),)))
+        assert actions == [Handoff(1, 1)], name
+
+
+def test_unknown_parameters_are_named():
+    with pytest.raises(ValueError, match="router.params"):
+        make_policy("smooth_goodput", {"alpha_boost": 2})
+    with pytest.raises(ValueError, match="classic_goodput.scheme"):
+        make_policy("classic_goodput", {"scheme": "e2e"})
