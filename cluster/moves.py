@@ -25,14 +25,15 @@ class Moves:
         self.live: dict[int, LiveMigration] = {}
 
     # ---- preemption -----------------------------------------------------------
-    def preempt(self, action: Preempt) -> int:
+    def preempt(self, action: Preempt, decision: int = -1) -> int:
         request = self._running(action.request, action)
         if action.mode not in ("recompute", "swap"):
             raise ValueError(f"Preempt mode: expected 'recompute' or 'swap', got {action.mode!r}")
-        self.sim.at_boundary(self.sim.instances[request.instance], lambda: self._preempt_now(request, action.mode))
+        self.sim.at_boundary(self.sim.instances[request.instance],
+                             lambda: self._preempt_now(request, action.mode, decision))
         return 0
 
-    def _preempt_now(self, request: Request, mode: str) -> None:
+    def _preempt_now(self, request: Request, mode: str, decision: int) -> None:
         if request.state != DECODING:
             return
         instance = self.sim.instances[request.instance]
@@ -41,7 +42,8 @@ class Moves:
         self.preempted[request.id] = request
         if mode == "swap":
             self.swapped_at[request.id] = instance.id
-        self.sim.record.event(self.sim.now, "preempt", request.id, instance.id, -1, nbytes, detail=mode)
+        self.sim.record.event(self.sim.now, "preempt", request.id, instance.id, -1, nbytes, detail=mode,
+                              decision=decision)
 
     def abandon(self, request_id: int) -> Request | None:
         """Give up a request the router preempted (its KV, if swapped, is dropped)."""
@@ -65,7 +67,7 @@ class Moves:
         return self.sim.kick(instance)
 
     # ---- migration ------------------------------------------------------------
-    def migrate(self, action: Migrate) -> int:
+    def migrate(self, action: Migrate, decision: int = -1) -> int:
         request = self._running(action.request, action)
         target = self.sim.instance(action.target, action)
         source = self.sim.instances[request.instance]
@@ -73,7 +75,8 @@ class Moves:
             raise ValueError(f"Migrate: request {request.id} is on instance {source.id} already"
                              if target is source else f"Migrate: request {request.id} is migrating already")
         if action.mode == "recompute":
-            self.sim.record.event(self.sim.now, "migrate_start", request.id, source.id, target.id, detail="recompute")
+            self.sim.record.event(self.sim.now, "migrate_start", request.id, source.id, target.id, detail="recompute",
+                                  decision=decision)
             self.sim.at_boundary(source, lambda: self._recompute_now(request, target))
             return 0
         if action.mode != "live":
@@ -85,7 +88,8 @@ class Moves:
             return 0
         migration = LiveMigration(request.id, source.id, target.id, self.sim.now, self.sim.plan.cost, reserved)
         self.live[request.id] = migration
-        self.sim.record.event(self.sim.now, "migrate_start", request.id, source.id, target.id, detail="live")
+        self.sim.record.event(self.sim.now, "migrate_start", request.id, source.id, target.id, detail="live",
+                              decision=decision)
         self._next_stage(request, migration, context)
         return 0
 

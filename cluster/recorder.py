@@ -9,7 +9,8 @@ import pandas as pd
 from cluster.request import DECODING, FINAL, PREFILL_PIECE, UNFINISHED
 
 EVENT_KINDS = ("arrive", "dispatch", "prefill_end", "transfer_start", "transfer_end", "preempt", "resume",
-               "migrate_start", "migrate_stage", "migrate_end", "migrate_abort", "finish", "abort", "reject", "fault")
+               "migrate_start", "migrate_stage", "migrate_end", "migrate_abort", "finish", "abort", "reject", "fault",
+               "vetoed")
 
 
 class Recorder:
@@ -17,12 +18,13 @@ class Recorder:
         self.time, self.nbytes = array("d"), array("d")
         self.kind, self.request, self.instance, self.peer = array("b"), array("q"), array("q"), array("q")
         self.detail: list[str] = []
+        self.decision = array("q")
         self.codes = {kind: code for code, kind in enumerate(EVENT_KINDS)}
         self.end_s = 0.0
         self.requests = pd.DataFrame()
 
     def event(self, time: float, kind: str, request: int = -1, instance: int = -1, peer: int = -1,
-              nbytes: float = 0.0, detail: str = "") -> None:
+              nbytes: float = 0.0, detail: str = "", decision: int = -1) -> None:
         self.time.append(time)
         self.kind.append(self.codes[kind])
         self.request.append(request)
@@ -30,6 +32,7 @@ class Recorder:
         self.peer.append(peer)
         self.nbytes.append(nbytes)
         self.detail.append(detail)
+        self.decision.append(decision)
 
     def kinds(self) -> list[str]:
         return [EVENT_KINDS[code] for code in self.kind]
@@ -40,7 +43,8 @@ class Recorder:
                              "request_id": np.frombuffer(self.request, dtype=np.int64),
                              "instance": np.frombuffer(self.instance, dtype=np.int64),
                              "peer": np.frombuffer(self.peer, dtype=np.int64),
-                             "bytes": np.frombuffer(self.nbytes), "detail": self.detail})
+                             "bytes": np.frombuffer(self.nbytes), "detail": self.detail,
+                             "decision": np.frombuffer(self.decision, dtype=np.int64)})
 
     def close(self, end_s: float, requests, instances) -> None:
         """Settle every request's tokens up to `end_s` and build the tables."""

@@ -38,6 +38,7 @@ class Plan:
     kv_bytes_per_token: float
     horizon_s: float = float("inf")
     tick_s: float | None = None
+    veto: frozenset[int] = frozenset()
 
 
 class Simulator:
@@ -56,6 +57,7 @@ class Simulator:
         self.deferred: dict[int, list[Callable[[], None]]] = {}
         self.record = Recorder()
         self.moves = Moves(self)
+        self.decisions = 0
 
     def _push(self, time: float, kind: int, a: int = 0, b: int = 0) -> None:
         self.seq += 1
@@ -158,7 +160,7 @@ class Simulator:
 
     def _settle(self, instance: Instance, outcome: Outcome) -> int:
         for request in outcome.preempted:
-            self.record.event(self.now, "preempt", request.id, instance.id)
+            self.record.event(self.now, "preempt", request.id, instance.id, detail=f"engine-{instance.config.preemption}")
         for request in outcome.finished:
             self.record.event(self.now, "finish", request.id, instance.id)
         for request in outcome.prefilled:
@@ -245,10 +247,15 @@ class Simulator:
             request.state, request.reason = REJECTED, action.reason
             self.record.event(self.now, "reject", request.id, request.instance, detail=action.reason)
             return 1
-        if isinstance(action, Migrate):
-            return self.moves.migrate(action)
-        if isinstance(action, Preempt):
-            return self.moves.preempt(action)
+        if isinstance(action, (Migrate, Preempt)):
+            self.decisions += 1
+            decision = self.decisions - 1
+            if decision in self.plan.veto:
+                self.record.event(self.now, "vetoed", action.request, detail=type(action).__name__, decision=decision)
+                return 0
+            if isinstance(action, Migrate):
+                return self.moves.migrate(action, decision)
+            return self.moves.preempt(action, decision)
         if isinstance(action, Resume):
             return self.moves.resume(action)
         raise ValueError(f"policy {self.plan.policy.name!r}: {action!r} is not an action")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from experiments.calibrate import add_parser as add_calibrate
 from experiments.delay import delay_output
+from experiments.harm import add_parser as add_harm
 from experiments.imports import read_any
 from experiments.metrics import Window, score
 from experiments.runformat import RunFormatError, validate, write_run
@@ -141,6 +142,7 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     add_calibrate(commands)
+    add_harm(commands)
 
     quick = commands.add_parser("quickstart", help="the quickstart experiment")
     quick.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")

@@ -83,13 +83,15 @@ def counts_by_policy(table, columns: list[tuple[str, str]], path: Path) -> list[
                                 sharey=True)
     width = 0.8 / len(columns)
     positions = np.arange(len(policies))
+    names = [c for c, _ in columns]
+    highest = float(table.groupby(["cluster", "policy"])[names].sum().to_numpy().max(initial=0))
     for axis, cluster in zip(axes[0], clusters):
-        totals = table[table["cluster"] == cluster].groupby("policy")[[c for c, _ in columns]].sum()
+        totals = table[table["cluster"] == cluster].groupby("policy")[names].sum()
         for k, (column, label) in enumerate(columns):
             values = [float(totals[column].get(policy, 0)) for policy in policies]
             axis.bar(positions + (k - (len(columns) - 1) / 2) * width, values, width, label=label)
         axis.set_xticks(positions, policies, rotation=20, ha="right")
-        axis.set_ylim(0, max(1.0, 1.1 * float(totals.to_numpy().max(initial=0))))
+        axis.set_ylim(0, max(1.0, 1.1 * highest))
         axis.set_title(f"{cluster} (total over rates and seeds)", fontsize=9)
         axis.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("count")

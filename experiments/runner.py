@@ -27,7 +27,7 @@ from router.snapshot import ROLES, InstanceTable
 STREAM_TOKENS = 20_000_000
 
 
-def build_plan(config: ExperimentConfig, workload: pd.DataFrame) -> Plan:
+def build_plan(config: ExperimentConfig, workload: pd.DataFrame, veto: frozenset[int] = frozenset()) -> Plan:
     section = config.cluster
     model, hardware = load_model(section.model), load_hardware(section.hardware)
     groups = [(ROLES[g.role], g.tp, g.node) for g in section.instances for _ in range(g.count)]
@@ -50,7 +50,7 @@ def build_plan(config: ExperimentConfig, workload: pd.DataFrame) -> Plan:
                     workload["output_tokens"])]
     return Plan(instances, table, make_policy(config.router.policy, config.router.params, config.seed), requests,
                 slos, links, path, TransferCost(**config.migration.model_dump()), float(model.kv_bytes_per_token),
-                config.horizon_s or float("inf"), config.router.tick_s)
+                config.horizon_s or float("inf"), config.router.tick_s, veto)
 
 
 def versions() -> dict:
@@ -63,9 +63,9 @@ def versions() -> dict:
     return found
 
 
-def _simulate(config: ExperimentConfig) -> tuple[Recorder, dict]:
+def _simulate(config: ExperimentConfig, veto: frozenset[int] = frozenset()) -> tuple[Recorder, dict]:
     workload = generate(config.workload, config.seed)
-    plan = build_plan(config, workload)
+    plan = build_plan(config, workload, veto)
     record = Simulator(plan).run()
     meta = {"end_s": record.end_s, "runtime": "sim", "seed": config.seed, "config": config.model_dump(mode="json"),
             "versions": versions(), "slo": config.slo,
@@ -74,8 +74,10 @@ def _simulate(config: ExperimentConfig) -> tuple[Recorder, dict]:
     return record, meta
 
 
-def simulate(config: ExperimentConfig) -> Run:
-    record, meta = _simulate(config)
+def simulate(config: ExperimentConfig, veto: frozenset[int] = frozenset()) -> Run:
+    """Run the simulator; `veto` drops the router's migrations and preemptions with
+    those decision numbers (for counterfactual replays)."""
+    record, meta = _simulate(config, veto)
     return validate(Run(record.requests, record.tokens, record.events(), meta))
 
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import math
 import re
 import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pandas as pd
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -40,7 +39,7 @@ KEYS = ("cluster", "policy", "rate", "seed")
 
 def _check_label(label: str) -> str:
     if not LABEL.match(label):
-        raise ValueError(f"expected a label of letters, digits, '.', '_' or '-' (it names a folder), got {label!r}")
+        raise ValueError("expected a label of letters, digits, '.', '_' or '-' (it names a folder)")
     return label
 
 
@@ -63,7 +62,7 @@ class PolicyChoice(Strict):
         from router.policy import POLICIES
 
         if name not in POLICIES:
-            raise ValueError(f"unknown policy {name!r}; expected one of {sorted(POLICIES)}")
+            raise ValueError(f"unknown policy; expected one of {sorted(POLICIES)}")
         return name
 
     @field_validator("label")
@@ -76,16 +75,16 @@ class PolicyChoice(Strict):
         return self.label or self.name
 
 
-def _unique(labels: list[str], what: str) -> None:
+def _unique(labels: list[str], what: str, hint: str = "") -> None:
     seen = set()
     for index, label in enumerate(labels):
         if label in seen:
-            raise ValueError(f"entry {index}: duplicate {what} {label!r}; give each entry its own label")
+            raise ValueError(f"entry {index}: duplicate {what} {label!r}{hint}")
         seen.add(label)
 
 
 class SweepAxes(Strict):
-    rates: list[float] = Field(min_length=1)
+    rates: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=1)
     policies: list[PolicyChoice] = Field(min_length=1)
     clusters: dict[str, list[str]] = Field(default_factory=lambda: {"base": []}, min_length=1)
     seeds: list[int] | None = Field(None, min_length=1)
@@ -94,23 +93,23 @@ class SweepAxes(Strict):
     @field_validator("rates")
     @classmethod
     def _rates(cls, rates: list[float]) -> list[float]:
-        for index, rate in enumerate(rates):
-            if not math.isfinite(rate) or rate <= 0:
-                raise ValueError(f"entry {index}: expected a rate > 0, got {rate!r}")
         _unique([f"{r:g}" for r in rates], "rate")
         return rates
 
     @field_validator("policies")
     @classmethod
     def _policies(cls, policies: list[PolicyChoice]) -> list[PolicyChoice]:
-        _unique([p.key for p in policies], "policy label")
+        _unique([p.key for p in policies], "policy label", "; give each entry its own label")
         return policies
 
     @field_validator("clusters")
     @classmethod
     def _clusters(cls, clusters: dict[str, list[str]]) -> dict[str, list[str]]:
         for label in clusters:
-            _check_label(label)
+            try:
+                _check_label(label)
+            except ValueError as exc:
+                raise ValueError(f"{label!r}: {exc}") from None
         return clusters
 
     @field_validator("seeds")
@@ -171,16 +170,22 @@ class Sweep:
         return self.spec.sweep.seeds or [self.base.seed]
 
 
-def _validate(data: dict, where: str) -> ExperimentConfig:
+def _error(exc: ValidationError, where: str, section: str = "") -> ConfigError:
+    lines = _explain(exc, where).replace(": Value error, ", ": ").splitlines()
+    return ConfigError("\n".join(line.replace(f"{where}: ", f"{where}: {section}", 1) for line in lines))
+
+
+def _validate(data: dict, where: str, section: str = "") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, where)) from None
+        raise _error(exc, where, section) from None
 
 
 def _base_data(path: Path, spec: SweepFile, overrides: list[str]) -> tuple[dict, ExperimentConfig]:
+    section = "base." if spec.base is not None else ""
     if spec.base is not None:
-        data, where = copy.deepcopy(spec.base), f"{path}, base"
+        data, where = copy.deepcopy(spec.base), str(path)
     else:
         base_path = (path.parent / spec.base_config).resolve()
         if not base_path.is_file():
@@ -189,10 +194,10 @@ def _base_data(path: Path, spec: SweepFile, overrides: list[str]) -> tuple[dict,
         data, where = _read(base_path), str(base_path)
     data = apply_overrides(data, [*spec.set, *overrides], where)
     if "variants" in data:
-        raise ConfigError(f"{where}: variants: a sweep's base takes no variants; use sweep.clusters instead")
-    base = _validate(data, where)
+        raise ConfigError(f"{where}: {section}variants: a sweep's base takes no variants; use sweep.clusters instead")
+    base = _validate(data, where, section)
     if base.runtime != "sim":
-        raise ConfigError(f"{where}: runtime: sweeps run on the simulator; expected sim, got {base.runtime!r}")
+        raise ConfigError(f"{where}: {section}runtime: sweeps run on the simulator; expected sim, got {base.runtime!r}")
     return data, base
 
 
@@ -224,10 +229,12 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     path = Path(path)
     own, base_overrides = _split(list(overrides))
     raw = apply_overrides(_read(path), own, str(path))
+    if ("base" in raw) == ("base_config" in raw):
+        raise ConfigError(f"{path}: base: give base (an experiment config) or base_config (its path), exactly one")
     try:
         spec = SweepFile.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, str(path))) from None
+        raise _error(exc, str(path)) from None
     data, base = _base_data(path, spec, base_overrides)
     rate_key = _rate_key(data, spec)
     seeds = spec.sweep.seeds or [base.seed]
@@ -304,12 +311,11 @@ def run_points(sweep: Sweep, out: Path, jobs: int = 1, keep_runs: bool = True, c
     with _progress(console or Console(stderr=True), quiet) as progress:
         task = progress.add_task(f"sweep {sweep.name}", total=len(work))
         if jobs == 1:
-            done = map(_job, work)
-            for index, row, ids in done:
+            for index, row, ids in map(_job, work):
                 rows[index], stalled[index] = row, ids
                 progress.advance(task)
         else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
+            with ProcessPoolExecutor(max_workers=min(jobs, len(work))) as pool:
                 for future in as_completed([pool.submit(_job, job) for job in work]):
                     index, row, ids = future.result()
                     rows[index], stalled[index] = row, ids
