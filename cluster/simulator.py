@@ -217,10 +217,10 @@ class Simulator:
         preempted = self.moves.preempted
         if not (self.to_dispatch or self.to_hand_off or preempted or event in policy.events):
             return 0
-        running = ()
+        running = {}
         if policy.needs_running:
-            running = tuple(self._view(r) for instance in self.instances for r in instance.running.values()
-                            if r.id not in self.moves.live)
+            running = {instance.id: tuple(self._view(r) for r in instance.running.values() if r.id not in self.moves.live)
+                       for instance in self.instances if instance.running}
         snapshot = Snapshot(self.now, event, self.plan.table.view,
                             tuple(self._view(r) for r in self.to_dispatch.values()),
                             tuple(self._view(r) for r in self.to_hand_off.values()),

@@ -6,7 +6,7 @@ A snapshot is valid for the duration of one `decide` call.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -89,7 +89,8 @@ class Snapshot:
     to_dispatch: tuple[RequestView, ...] = ()
     to_hand_off: tuple[RequestView, ...] = ()
     preempted: tuple[RequestView, ...] = ()
-    running: tuple[RequestView, ...] = ()
+    running: dict[int, tuple[RequestView, ...]] = field(default_factory=dict)
+    """Decoding requests by instance, when the policy `needs_running`."""
 
 
 class InstanceTable:

@@ -27,8 +27,8 @@ class MigrateOnce(Policy):
         actions = [Dispatch(r.id, 0) for r in snapshot.to_dispatch]
         actions += [Handoff(r.id, 1) for r in snapshot.to_hand_off]
         if snapshot.event == "tick":
-            for r in snapshot.running:
-                if r.instance == 1 and r.id not in self.moved:
+            for r in snapshot.running.get(1, ()):
+                if r.id not in self.moved:
                     self.moved.add(r.id)
                     actions.append(Migrate(r.id, 2, self.mode))
         return actions
@@ -51,7 +51,7 @@ class PreemptAndResume(Policy):
             target = self.home[r.id] if self.mode == "swap" else 1 - self.home[r.id]
             actions.append(Resume(r.id, target))
         if snapshot.event == "tick" and snapshot.running:
-            victim = snapshot.running[0]
+            victim = next(iter(snapshot.running.values()))[0]
             self.home[victim.id] = victim.instance
             actions.append(Preempt(victim.id, self.mode))
         return actions

@@ -32,8 +32,11 @@ def request(id, instance=-1, arrival=0.0, prompt=100, context=0, generated=0, id
                        context, missed, SLO_)
 
 
-def snapshot(t, event="arrival", now=0.0, **requests):
-    return Snapshot(now, event, t.view, **requests)
+def snapshot(t, event="arrival", now=0.0, running=(), **requests):
+    grouped = {}
+    for r in running:
+        grouped.setdefault(r.instance, []).append(r)
+    return Snapshot(now, event, t.view, running={i: tuple(rs) for i, rs in grouped.items()}, **requests)
 
 
 def test_least_loaded_dispatches_to_least_queued_work_and_hands_off_to_most_free_kv():

@@ -11,10 +11,12 @@ that missed, or are predicted to miss their TTFT, are rejected instead.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from router.actions import Action, Dispatch, Handoff, Migrate, Preempt, Reject, Resume
-from router.policies.common import blocks_needed, by_instance, first_token_s, room, stays_local
+from router.policies.common import Ledger, busy_instances, stays_local
 from router.policy import Policy
-from router.snapshot import DECODE, PREFILL, Instances, RequestView, Snapshot
+from router.snapshot import RequestView, Snapshot
 
 SCHEMES = ("ttft_tbt", "ttft_tpot")
 
@@ -35,78 +37,77 @@ class ClassicGoodput(Policy):
         return request.slo.tbt if self.scheme == "ttft_tbt" else request.slo.tpot
 
     def decide(self, snapshot: Snapshot) -> list[Action]:
-        actions = self._dispatch(snapshot)
-        taken: dict[int, int] = {}
+        ledger = Ledger(snapshot.instances)
+        actions = self._dispatch(snapshot, ledger)
         for request in sorted(snapshot.to_hand_off, key=lambda r: (r.missed, r.arrival_s)):
             if stays_local(snapshot, request):
                 actions.append(Handoff(request.id, request.instance))
                 continue
-            target = self._decode_target(snapshot.instances, request, taken)
+            target = self._decode_target(snapshot, ledger, request)
             if target is not None:
-                taken[target] = taken.get(target, 0) + blocks_needed(request, snapshot.instances)
-                actions.append(Handoff(request.id, target))
-        actions += self._preempted(snapshot, taken)
+                actions.append(Handoff(request.id, ledger.give(target, request)))
+        actions += self._preempted(snapshot, ledger)
         if snapshot.event == "tick":
-            actions += self._rescue(snapshot, taken)
+            actions += self._rescue(snapshot, ledger)
         return actions
 
-    def _dispatch(self, snapshot: Snapshot) -> list[Action]:
-        instances, queued, actions = snapshot.instances, {}, []
-        candidates = instances.serving(PREFILL)
+    def _dispatch(self, snapshot: Snapshot, ledger: Ledger) -> list[Action]:
+        actions: list[Action] = []
         for request in sorted(snapshot.to_dispatch, key=lambda r: (r.missed, r.arrival_s + r.slo.ttft, r.id)):
-            if not candidates:
-                break
-            target = min(candidates, key=lambda i: (first_token_s(instances, i, request, queued), i))
-            predicted = snapshot.now + first_token_s(instances, target, request, queued) - request.arrival_s
-            if self.abandon and (request.missed or predicted > request.slo.ttft):
-                actions.append(Reject(request.id, "abandoned: misses its TTFT"))
-                continue
-            queued[target] = queued.get(target, 0) + request.prompt_tokens
-            actions.append(Dispatch(request.id, target))
+            if self.abandon:
+                waits = ledger.first_token_s(request) if len(ledger.prefill) else np.array([np.inf])
+                if request.missed or snapshot.now + waits.min() - request.arrival_s > request.slo.ttft:
+                    actions.append(Reject(request.id, "abandoned: misses its TTFT"))
+                    continue
+            target = ledger.fastest_prefill(request)
+            if target is not None:
+                actions.append(Dispatch(request.id, target))
         return actions
 
-    def _decode_target(self, instances: Instances, request: RequestView, taken: dict[int, int]) -> int | None:
-        need = blocks_needed(request, instances)
-        fits = [i for i in instances.serving(DECODE) if room(instances, i, taken) >= need]
-        if not fits:
+    def _decode_target(self, snapshot: Snapshot, ledger: Ledger, request: RequestView, exclude: int = -1,
+                       within_only: bool = False) -> int | None:
+        fits = ledger.fitting(request, exclude)
+        if not len(fits):
             return None
+        step = ledger.step_with(fits, request.context_tokens)
         limit = self._limit(request)
-        step = {i: instances.decode_step_s(i, 1, request.context_tokens) for i in fits}
-        within = [i for i in fits if step[i] <= limit]
-        if within:
-            return min(within, key=lambda i: (step[i], i))
-        lost = [i for i in fits if instances.step_time_s[i] > limit]
-        return max(lost or fits, key=lambda i: (instances.step_time_s[i], -i))
+        within = step <= limit
+        if within.any():
+            return int(ledger.decode[fits[within][np.argmin(step[within])]])
+        if within_only:
+            return None
+        now = ledger.step_now[fits]
+        lost = now > limit
+        pool, times = (fits[lost], now[lost]) if lost.any() else (fits, now)
+        return int(ledger.decode[pool[np.argmax(times)]])
 
-    def _preempted(self, snapshot: Snapshot, taken: dict[int, int]) -> list[Action]:
+    def _preempted(self, snapshot: Snapshot, ledger: Ledger) -> list[Action]:
         actions: list[Action] = []
         for request in sorted(snapshot.preempted, key=lambda r: (r.missed, r.arrival_s)):
             if self.abandon and request.missed:
                 actions.append(Reject(request.id, "abandoned: missed its SLO"))
                 continue
-            instances = snapshot.instances
-            fits = [i for i in instances.serving(DECODE) if room(instances, i, taken) >= blocks_needed(request, instances)
-                    and instances.decode_step_s(i, 1, request.context_tokens) <= self._limit(request)]
-            if fits:
-                target = min(fits, key=lambda i: (instances.step_time_s[i], i))
-                taken[target] = taken.get(target, 0) + blocks_needed(request, instances)
-                actions.append(Resume(request.id, target))
+            target = self._decode_target(snapshot, ledger, request, within_only=True)
+            if target is not None:
+                actions.append(Resume(request.id, ledger.give(target, request)))
         return actions
 
-    def _rescue(self, snapshot: Snapshot, taken: dict[int, int]) -> list[Action]:
-        instances, actions = snapshot.instances, []
-        for source, requests in sorted(by_instance(snapshot.running).items()):
-            if len(actions) >= self.moves_per_tick or instances.step_time_s[source] <= self._limit(requests[0]):
-                continue
-            for request in sorted(requests, key=lambda r: (r.missed, r.arrival_s)):
+    def _rescue(self, snapshot: Snapshot, ledger: Ledger) -> list[Action]:
+        ids, groups = busy_instances(snapshot)
+        if not len(ids):
+            return []
+        limits = np.array([self._limit(requests[0]) for requests in groups])
+        over = np.flatnonzero(snapshot.instances.step_time_s[ids] > limits)
+        actions: list[Action] = []
+        for index in over:
+            source = int(ids[index])
+            for request in sorted(groups[index], key=lambda r: (r.missed, r.arrival_s)):
                 if len(actions) >= self.moves_per_tick:
-                    break
+                    return actions
                 if request.missed:
                     actions.append(Preempt(request.id, "recompute"))
                     continue
-                target = self._decode_target(instances, request, taken)
-                if target is not None and target != source and \
-                        instances.decode_step_s(target, 1, request.context_tokens) <= self._limit(request):
-                    taken[target] = taken.get(target, 0) + blocks_needed(request, instances)
-                    actions.append(Migrate(request.id, target, self.mode))
+                target = self._decode_target(snapshot, ledger, request, exclude=source, within_only=True)
+                if target is not None:
+                    actions.append(Migrate(request.id, ledger.give(target, request), self.mode))
         return actions

@@ -1,41 +1,109 @@
-"""What several policies share: predicted waits, KV room, and the requests on each instance."""
+"""What several policies share, vectorised over instances: predicted waits and step
+times, KV room left after this decision's own choices, and picking the best."""
 from __future__ import annotations
 
-from collections import defaultdict
+from functools import cached_property
 
-from router.snapshot import PREFILL, Instances, RequestView, Snapshot
+import numpy as np
+
+from router.snapshot import DECODE, PREFILL, Instances, RequestView, Snapshot
 
 
 def blocks_needed(request: RequestView, instances: Instances) -> int:
     return -(-max(request.context_tokens, request.prompt_tokens) // instances.block_size)
 
 
-def room(instances: Instances, instance: int, taken: dict[int, int]) -> int:
-    """KV blocks an instance can still take, after what this decision already gave it."""
-    return int(instances.free_blocks[instance] - instances.watermark_blocks[instance]) - taken.get(instance, 0)
+class Ledger:
+    """The instances as one decision sees them: each role's columns sliced once, then
+    updated with what the decision already gave (queued prompt tokens, KV blocks,
+    requests), so later choices in the same decision account for earlier ones."""
+
+    def __init__(self, instances: Instances) -> None:
+        self.instances = instances
+
+    @cached_property
+    def prefill(self) -> np.ndarray:
+        return np.array(self.instances.serving(PREFILL), dtype=np.int64)
+
+    @cached_property
+    def _prefill_columns(self) -> tuple[np.ndarray, ...]:
+        coeffs = self.instances.prefill_coeffs[self.prefill]
+        return coeffs[:, 0], coeffs[:, 1], coeffs[:, 2], self.instances.queued_tokens[self.prefill].astype(np.float64)
+
+    @cached_property
+    def decode(self) -> np.ndarray:
+        return np.array(self.instances.serving(DECODE), dtype=np.int64)
+
+    @cached_property
+    def _decode_columns(self) -> tuple[np.ndarray, ...]:
+        i, d = self.instances, self.decode
+        coeffs = i.decode_coeffs[d]
+        return (coeffs[:, 0], coeffs[:, 1], coeffs[:, 2], i.running[d].astype(np.float64),
+                i.context_tokens[d].astype(np.float64), (i.free_blocks[d] - i.watermark_blocks[d]).astype(np.float64),
+                i.step_time_s[d])
+
+    @cached_property
+    def position(self) -> dict[int, int]:
+        return {int(i): k for k, i in enumerate(self.decode)}
+
+    @property
+    def ahead(self) -> np.ndarray:
+        return self._prefill_columns[3]
+
+    @property
+    def batch(self) -> np.ndarray:
+        return self._decode_columns[3]
+
+    @property
+    def context(self) -> np.ndarray:
+        return self._decode_columns[4]
+
+    @property
+    def rooms(self) -> np.ndarray:
+        return self._decode_columns[5]
+
+    @property
+    def step_now(self) -> np.ndarray:
+        return self._decode_columns[6]
+
+    def first_token_s(self, request: RequestView) -> np.ndarray:
+        """Predicted seconds to `request`'s first token on each prefill instance."""
+        a, b, c, ahead = self._prefill_columns
+        own = request.prompt_tokens
+        return np.where(ahead > 0, a + b * ahead, 0.0) + a + b * own + c * own * own
+
+    def fastest_prefill(self, request: RequestView) -> int | None:
+        if not len(self.prefill):
+            return None
+        best = int(np.argmin(self.first_token_s(request)))
+        self.ahead[best] += request.prompt_tokens
+        return int(self.prefill[best])
+
+    def fitting(self, request: RequestView, exclude: int = -1) -> np.ndarray:
+        """Positions (in `decode`) of the decode instances with room for `request`."""
+        ok = self.rooms >= blocks_needed(request, self.instances)
+        if exclude in self.position:
+            ok[self.position[exclude]] = False
+        return np.flatnonzero(ok)
+
+    def step_with(self, positions: np.ndarray, context: int) -> np.ndarray:
+        """Predicted decode step at `positions` with one more request holding `context` tokens."""
+        a, b, c, batch, held = self._decode_columns[:5]
+        return a[positions] + b[positions] * (batch[positions] + 1) + c[positions] * (held[positions] + context)
+
+    def give(self, instance: int, request: RequestView) -> int:
+        if instance in self.position:
+            k = self.position[instance]
+            self.rooms[k] -= blocks_needed(request, self.instances)
+            self.batch[k] += 1
+            self.context[k] += request.context_tokens
+        return instance
 
 
-def first_token_s(instances: Instances, instance: int, request: RequestView, queued: dict[int, int]) -> float:
-    """Predicted seconds until `request` gets its first token on prefill `instance`."""
-    a, b, _ = instances.prefill_coeffs[instance]
-    ahead = instances.queued_tokens[instance] + queued.get(instance, 0)
-    return (a + b * ahead if ahead else 0.0) + instances.prefill_s(instance, request.prompt_tokens)
-
-
-def fastest_prefill(snapshot: Snapshot, request: RequestView, queued: dict[int, int]) -> int | None:
-    candidates = snapshot.instances.serving(PREFILL)
-    if not candidates:
-        return None
-    best = min(candidates, key=lambda i: (first_token_s(snapshot.instances, i, request, queued), i))
-    queued[best] = queued.get(best, 0) + request.prompt_tokens
-    return best
-
-
-def by_instance(requests: tuple[RequestView, ...]) -> dict[int, list[RequestView]]:
-    grouped: dict[int, list[RequestView]] = defaultdict(list)
-    for request in requests:
-        grouped[request.instance].append(request)
-    return grouped
+def busy_instances(snapshot: Snapshot) -> tuple[np.ndarray, list[tuple[RequestView, ...]]]:
+    """Instances with decoding requests, in id order, and their requests."""
+    ids = sorted(i for i, requests in snapshot.running.items() if requests)
+    return np.array(ids, dtype=np.int64), [snapshot.running[i] for i in ids]
 
 
 def stays_local(snapshot: Snapshot, request: RequestView) -> bool:

@@ -4,10 +4,12 @@ tick a migration from the fullest decode instance to the emptiest when they diff
 by more than `imbalance` (the request with the shortest context, cheapest to move)."""
 from __future__ import annotations
 
+import numpy as np
+
 from router.actions import Action, Dispatch, Handoff, Migrate
-from router.policies.common import blocks_needed, by_instance, fastest_prefill, room, stays_local
+from router.policies.common import Ledger, stays_local
 from router.policy import Policy
-from router.snapshot import DECODE, Snapshot
+from router.snapshot import Snapshot
 
 
 class LeastLoaded(Policy):
@@ -20,34 +22,31 @@ class LeastLoaded(Policy):
         self.imbalance, self.migrations_per_tick, self.mode = imbalance, migrations_per_tick, mode
 
     def decide(self, snapshot: Snapshot) -> list[Action]:
-        instances, queued, taken = snapshot.instances, {}, {}
+        ledger = Ledger(snapshot.instances)
         actions: list[Action] = []
         for request in snapshot.to_dispatch:
-            target = fastest_prefill(snapshot, request, queued)
+            target = ledger.fastest_prefill(request)
             if target is not None:
                 actions.append(Dispatch(request.id, target))
         for request in snapshot.to_hand_off:
             if stays_local(snapshot, request):
                 actions.append(Handoff(request.id, request.instance))
                 continue
-            need = blocks_needed(request, instances)
-            fits = [i for i in instances.serving(DECODE) if room(instances, i, taken) >= need]
-            if fits:
-                target = max(fits, key=lambda i: (room(instances, i, taken), -i))
-                taken[target] = taken.get(target, 0) + need
-                actions.append(Handoff(request.id, target))
+            fits = ledger.fitting(request)
+            if len(fits):
+                target = int(ledger.decode[fits[np.argmax(ledger.rooms[fits])]])
+                actions.append(Handoff(request.id, ledger.give(target, request)))
         if snapshot.event == "tick":
-            actions += self._rebalance(snapshot)
+            actions += self._rebalance(snapshot, ledger)
         return actions
 
-    def _rebalance(self, snapshot: Snapshot) -> list[Action]:
-        instances = snapshot.instances
-        decode = instances.serving(DECODE)
+    def _rebalance(self, snapshot: Snapshot, ledger: Ledger) -> list[Action]:
+        instances, decode = snapshot.instances, ledger.decode
         if len(decode) < 2:
             return []
-        usage = {i: 1.0 - instances.free_blocks[i] / instances.total_blocks[i] for i in decode}
-        source, target = max(decode, key=lambda i: (usage[i], -i)), min(decode, key=lambda i: (usage[i], i))
-        if usage[source] - usage[target] <= self.imbalance:
+        usage = 1.0 - instances.free_blocks[decode] / instances.total_blocks[decode]
+        source, target = int(decode[np.argmax(usage)]), int(decode[np.argmin(usage)])
+        if usage.max() - usage.min() <= self.imbalance:
             return []
-        movable = sorted(by_instance(snapshot.running).get(source, []), key=lambda r: (r.context_tokens, r.id))
+        movable = sorted(snapshot.running.get(source, ()), key=lambda r: (r.context_tokens, r.id))
         return [Migrate(r.id, target, self.mode) for r in movable[:self.migrations_per_tick]]

@@ -4,23 +4,27 @@ A reader idles only once tokens come slower than they read (a decode step longer
 than V) and the text already delivered is read. So a request goes to the decode
 instance where it adds the least idle: the rise in the instance's idle rate,
 (requests) x max(0, 1 - V / step time). New requests are dispatched to the fastest
-prefill, those waiting longest first. At each tick, requests on an instance that
-runs slower than its readers move to one with headroom, but only those whose
-reading slack exceeds the predicted stall, largest slack first; when an instance
-is about to run out of KV blocks, the request with the most slack is preempted.
-Preempted requests are resumed first, wherever they fit. Nothing is ever abandoned.
+prefill, in arrival order. At each tick, requests on an instance that runs slower
+than its readers move to one with headroom, but only those whose reading slack
+exceeds the predicted stall, largest slack first; when an instance is about to run
+out of KV blocks, the request with the most slack is preempted if its slack covers
+the re-prefill. Preempted requests are resumed first, the longest idle first,
+wherever they fit. Nothing is ever abandoned.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from router.actions import Action, Dispatch, Handoff, Migrate, Preempt, Resume
-from router.policies.common import blocks_needed, by_instance, fastest_prefill, room, stays_local
+from router.policies.common import Ledger, busy_instances, stays_local
 from router.policy import Policy
-from router.snapshot import DECODE, Instances, RequestView, Snapshot
+from router.snapshot import RequestView, Snapshot
 
 
-def idle_rate(requests: int, step_s: float, v: float) -> float:
+def idle_rate(requests, step_s, v: float):
     """Seconds of reader idle per second across an instance's requests."""
-    return requests * max(0.0, 1.0 - v / step_s) if step_s > 0 else 0.0
+    step = np.maximum(step_s, 1e-12)
+    return np.where(step_s > 0, requests * np.maximum(0.0, 1.0 - v / step), 0.0)
 
 
 class SmoothGoodput(Policy):
@@ -35,57 +39,67 @@ class SmoothGoodput(Policy):
         self.reserve_blocks = reserve_blocks
 
     def decide(self, snapshot: Snapshot) -> list[Action]:
-        instances, taken = snapshot.instances, {}
+        ledger = Ledger(snapshot.instances)
         actions: list[Action] = []
         for request in sorted(snapshot.preempted, key=lambda r: (-r.idle_s, r.id)):
-            target = self._decode_target(instances, request, taken)
+            target = self._decode_target(snapshot, ledger, request)
             if target is not None:
-                actions.append(Resume(request.id, target))
-        queued: dict[int, int] = {}
-        for request in sorted(snapshot.to_dispatch, key=lambda r: (r.arrival_s, r.id)):
-            target = fastest_prefill(snapshot, request, queued)
+                actions.append(Resume(request.id, ledger.give(target, request)))
+        for request in snapshot.to_dispatch:
+            target = ledger.fastest_prefill(request)
             if target is not None:
                 actions.append(Dispatch(request.id, target))
         for request in sorted(snapshot.to_hand_off, key=lambda r: (-r.idle_s, r.id)):
-            target = request.instance if stays_local(snapshot, request) else self._decode_target(instances, request, taken)
+            if stays_local(snapshot, request):
+                actions.append(Handoff(request.id, request.instance))
+                continue
+            target = self._decode_target(snapshot, ledger, request)
             if target is not None:
-                actions.append(Handoff(request.id, target))
+                actions.append(Handoff(request.id, ledger.give(target, request)))
         if snapshot.event == "tick":
-            actions += self._spend_slack(snapshot, taken)
+            actions += self._spend_slack(snapshot, ledger)
         return actions
 
-    def marginal_idle(self, instances: Instances, instance: int, request: RequestView) -> float:
-        before = idle_rate(instances.running[instance], instances.step_time_s[instance], request.slo.v)
-        after_step = instances.decode_step_s(instance, 1, request.context_tokens)
-        return idle_rate(instances.running[instance] + 1, after_step, request.slo.v) - before
+    def _marginal_idle(self, ledger: Ledger, positions: np.ndarray, request: RequestView) -> np.ndarray:
+        v, batch = request.slo.v, ledger.batch[positions]
+        before = idle_rate(batch, ledger.step_now[positions], v)
+        return idle_rate(batch + 1, ledger.step_with(positions, request.context_tokens), v) - before
 
-    def _decode_target(self, instances: Instances, request: RequestView, taken: dict[int, int],
-                       exclude: int = -1) -> int | None:
-        need = blocks_needed(request, instances)
-        fits = [i for i in instances.serving(DECODE) if i != exclude and room(instances, i, taken) >= need]
-        if not fits:
+    def _decode_target(self, snapshot: Snapshot, ledger: Ledger, request: RequestView, exclude: int = -1) -> int | None:
+        fits = ledger.fitting(request, exclude)
+        if not len(fits):
             return None
-        target = min(fits, key=lambda i: (self.marginal_idle(instances, i, request), -room(instances, i, taken), i))
-        taken[target] = taken.get(target, 0) + need
-        return target
+        order = np.lexsort((fits, -ledger.rooms[fits], self._marginal_idle(ledger, fits, request)))
+        return int(ledger.decode[fits[order[0]]])
 
-    def _spend_slack(self, snapshot: Snapshot, taken: dict[int, int]) -> list[Action]:
-        instances, actions = snapshot.instances, []
-        for source, requests in sorted(by_instance(snapshot.running).items()):
-            roomy = sorted(requests, key=lambda r: (-r.slack_s, r.id))
-            if room(instances, source, taken) < len(requests) + self.reserve_blocks and roomy \
-                    and roomy[0].slack_s > instances.prefill_s(source, roomy[0].context_tokens):
+    def _spend_slack(self, snapshot: Snapshot, ledger: Ledger) -> list[Action]:
+        """Screen all instances at once; only the short or slow ones are looked into.
+        An instance's reading speed is its first request's V."""
+        ids, groups = busy_instances(snapshot)
+        if not len(ids):
+            return []
+        instances = snapshot.instances
+        counts = np.array([len(requests) for requests in groups])
+        rooms = (instances.free_blocks[ids] - instances.watermark_blocks[ids]).astype(np.float64)
+        short = rooms < counts + self.reserve_blocks
+        slow = instances.step_time_s[ids] > np.array([requests[0].slo.v for requests in groups])
+        actions: list[Action] = []
+        for index in np.flatnonzero(short | slow):
+            source = int(ids[index])
+            roomy = sorted(groups[index], key=lambda r: (-r.slack_s, r.id))
+            if short[index] and roomy[0].slack_s > instances.prefill_s(source, roomy[0].context_tokens):
                 actions.append(Preempt(roomy[0].id, "recompute"))
                 roomy = roomy[1:]
-            slow = instances.step_time_s[source] > min(r.slo.v for r in requests)
-            for request in roomy:
-                if not slow or len(actions) >= self.moves_per_tick or request.slack_s <= self.live_stall_s:
+            for request in roomy if slow[index] else ():
+                if len(actions) >= self.moves_per_tick or request.slack_s <= self.live_stall_s:
                     break
-                target = self._decode_target(instances, request, taken, exclude=source)
+                target = self._decode_target(snapshot, ledger, request, exclude=source)
                 if target is None:
                     break
-                gain = self.marginal_idle(instances, target, request) - idle_rate(1, instances.step_time_s[source],
-                                                                                  request.slo.v)
+                gain = self._marginal_idle(ledger, np.array([ledger.position[target]]), request)[0] \
+                    - idle_rate(1, instances.step_time_s[source], request.slo.v)
                 if gain < 0:
-                    actions.append(Migrate(request.id, target, self.mode))
+                    actions.append(Migrate(request.id, ledger.give(target, request), self.mode))
+            if len(actions) >= self.moves_per_tick:
+                break
         return actions
