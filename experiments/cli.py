@@ -11,6 +11,7 @@ from pathlib import Path
 from experiments.calibrate import add_parser as add_calibrate
 from experiments.delay import delay_output
 from experiments.harm import add_parser as add_harm
+from experiments.sweep import add_parser as add_sweep
 from experiments.imports import read_any
 from experiments.metrics import Window, score
 from experiments.runformat import RunFormatError, validate, write_run
@@ -143,6 +144,7 @@ def parser() -> argparse.ArgumentParser:
 
     add_calibrate(commands)
     add_harm(commands)
+    add_sweep(commands)
 
     quick = commands.add_parser("quickstart", help="the quickstart experiment")
     quick.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")

@@ -34,7 +34,6 @@ EVENT_COUNTS = {"migrations_started": "migrate_start", "migrations_completed": "
 DISTRIBUTIONS = {"ttft_p50_s": ("ttft_s", "p50"), "ttft_p99_s": ("ttft_s", "p99"), "tbt_p99_s": ("tbt_s", "p99"),
                  "tpot_p99_s": ("tpot_s", "p99"), "idle_latency_mean_s": ("idle_latency_s", "mean"),
                  "idle_latency_p99_s": ("idle_latency_s", "p99")}
-KEYS = ("cluster", "policy", "rate", "seed")
 
 
 def _check_label(label: str) -> str:
@@ -69,6 +68,16 @@ class PolicyChoice(Strict):
     @classmethod
     def _label(cls, label: str | None) -> str | None:
         return None if label is None else _check_label(label)
+
+    @model_validator(mode="after")
+    def _params(self) -> PolicyChoice:
+        from router.policy import make_policy
+
+        try:
+            make_policy(self.name, self.params)
+        except ValueError as exc:
+            raise ValueError(f"params: {str(exc).removeprefix('router.params: ')}") from None
+        return self
 
     @property
     def key(self) -> str:
@@ -281,7 +290,10 @@ def run_point(point: Point, window: Window, folder: Path | None, stalled: int) -
 
 def _job(args: tuple) -> tuple[int, dict, list]:
     index, point, window, folder, stalled = args
-    return (index, *run_point(point, window, folder, stalled))
+    try:
+        return (index, *run_point(point, window, folder, stalled))
+    except ValueError as exc:
+        raise ValueError(f"point {point.folder.as_posix()}: {exc}") from None
 
 
 def timeline_points(sweep: Sweep) -> list[Point]:

@@ -115,6 +115,8 @@ def test_same_table_with_two_jobs_and_no_runs(swept, capsys, tmp_path):
      "sweep.yaml: sweep.policies.1.name: unknown policy"),
     ({"sweep": {**SWEEP["sweep"], "policies": ["round_robin", "round_robin"]}},
      "sweep.yaml: sweep.policies: entry 1: duplicate policy label 'round_robin'"),
+    ({"sweep": {**SWEEP["sweep"], "policies": [{"name": "round_robin", "params": {"speed": 3}}]}},
+     "sweep.yaml: sweep.policies.0: params: "),
     ({"base": {**BASE, "clster": {}}}, "sweep.yaml: base.clster: Extra inputs"),
     ({"sweep": {**SWEEP["sweep"], "clusters": {"big": ["cluster.instances=[{role: middle}]"]}}},
      "sweep.yaml, point big/round_robin/rate=5/seed=0: cluster.instances.0.role"),
