@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from router.actions import Action, Dispatch, Handoff, Migrate, Preempt, Reject, Resume
-from router.policies.common import Ledger, busy_instances, stays_local
+from router.actions import Action, Dispatch, Migrate, Preempt, Reject, Resume
+from router.policies.common import Ledger, busy_instances, hand_off
 from router.policy import Policy
 from router.snapshot import RequestView, Snapshot
 
@@ -39,13 +39,8 @@ class ClassicGoodput(Policy):
     def decide(self, snapshot: Snapshot) -> list[Action]:
         ledger = Ledger(snapshot.instances)
         actions = self._dispatch(snapshot, ledger)
-        for request in sorted(snapshot.to_hand_off, key=lambda r: (r.missed, r.arrival_s)):
-            if stays_local(snapshot, request):
-                actions.append(Handoff(request.id, request.instance))
-                continue
-            target = self._decode_target(snapshot, ledger, request)
-            if target is not None:
-                actions.append(Handoff(request.id, ledger.give(target, request)))
+        urgent = sorted(snapshot.to_hand_off, key=lambda r: (r.missed, r.arrival_s))
+        actions += hand_off(snapshot, ledger, urgent, self._decode_target)
         actions += self._preempted(snapshot, ledger)
         if snapshot.event == "tick":
             actions += self._rescue(snapshot, ledger)

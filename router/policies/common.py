@@ -6,6 +6,7 @@ from functools import cached_property
 
 import numpy as np
 
+from router.actions import Handoff
 from router.snapshot import DECODE, PREFILL, Instances, RequestView, Snapshot
 
 
@@ -109,3 +110,17 @@ def busy_instances(snapshot: Snapshot) -> tuple[np.ndarray, list[tuple[RequestVi
 def stays_local(snapshot: Snapshot, request: RequestView) -> bool:
     """A request prefilled on a colocated (or decode) instance decodes where it is."""
     return snapshot.instances.role[request.instance] != PREFILL
+
+
+def hand_off(snapshot: Snapshot, ledger: Ledger, requests, choose) -> list[Handoff]:
+    """Hand off `requests` in the order given: in place when colocated, else to
+    `choose(snapshot, ledger, request)`; a request with no target waits."""
+    actions = []
+    for request in requests:
+        if stays_local(snapshot, request):
+            actions.append(Handoff(request.id, request.instance))
+            continue
+        target = choose(snapshot, ledger, request)
+        if target is not None:
+            actions.append(Handoff(request.id, ledger.give(target, request)))
+    return actions

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from router.actions import Action, Dispatch, Handoff, Migrate
-from router.policies.common import Ledger, stays_local
+from router.actions import Action, Dispatch, Migrate
+from router.policies.common import Ledger, hand_off
 from router.policy import Policy
 from router.snapshot import Snapshot
 
@@ -28,17 +28,15 @@ class LeastLoaded(Policy):
             target = ledger.fastest_prefill(request)
             if target is not None:
                 actions.append(Dispatch(request.id, target))
-        for request in snapshot.to_hand_off:
-            if stays_local(snapshot, request):
-                actions.append(Handoff(request.id, request.instance))
-                continue
-            fits = ledger.fitting(request)
-            if len(fits):
-                target = int(ledger.decode[fits[np.argmax(ledger.rooms[fits])]])
-                actions.append(Handoff(request.id, ledger.give(target, request)))
+        actions += hand_off(snapshot, ledger, snapshot.to_hand_off, self._most_room)
         if snapshot.event == "tick":
             actions += self._rebalance(snapshot, ledger)
         return actions
+
+    @staticmethod
+    def _most_room(snapshot: Snapshot, ledger: Ledger, request) -> int | None:
+        fits = ledger.fitting(request)
+        return int(ledger.decode[fits[np.argmax(ledger.rooms[fits])]]) if len(fits) else None
 
     def _rebalance(self, snapshot: Snapshot, ledger: Ledger) -> list[Action]:
         instances, decode = snapshot.instances, ledger.decode

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from router.actions import Action, Dispatch, Handoff, Migrate, Preempt, Resume
-from router.policies.common import Ledger, busy_instances, stays_local
+from router.actions import Action, Dispatch, Migrate, Preempt, Resume
+from router.policies.common import Ledger, busy_instances, hand_off
 from router.policy import Policy
 from router.snapshot import RequestView, Snapshot
 
@@ -49,13 +49,8 @@ class SmoothGoodput(Policy):
             target = ledger.fastest_prefill(request)
             if target is not None:
                 actions.append(Dispatch(request.id, target))
-        for request in sorted(snapshot.to_hand_off, key=lambda r: (-r.idle_s, r.id)):
-            if stays_local(snapshot, request):
-                actions.append(Handoff(request.id, request.instance))
-                continue
-            target = self._decode_target(snapshot, ledger, request)
-            if target is not None:
-                actions.append(Handoff(request.id, ledger.give(target, request)))
+        waiting = sorted(snapshot.to_hand_off, key=lambda r: (-r.idle_s, r.id))
+        actions += hand_off(snapshot, ledger, waiting, self._decode_target)
         if snapshot.event == "tick":
             actions += self._spend_slack(snapshot, ledger)
         return actions
