@@ -42,6 +42,7 @@ class Instance:
         self.pending_extra_s = 0.0
         self.iterations = 0
         self.waiting_tokens = 0
+        self.choose_victim = None
 
     # ---- the decode batch -------------------------------------------------
     def _sync_context(self) -> None:
@@ -135,10 +136,13 @@ class Instance:
         outcome.preempted.append(request)
 
     def _make_room(self, outcome: Outcome) -> None:
-        """Preempt the latest arrival (as vLLM) while the blocks this step needs are not free."""
+        """Preempt while the blocks this step needs are not free: the router's choice
+        when it makes one (`choose_victim`), else the latest arrival, as vLLM."""
         size = self.config.block_size
         while self.running and self.residue[self.step % size] > self.free:
-            victim = max(self.running.values(), key=lambda r: (r.arrival, r.id))
+            victim = self.choose_victim(self) if self.choose_victim else None
+            if victim is None or victim.id not in self.running:
+                victim = max(self.running.values(), key=lambda r: (r.arrival, r.id))
             self._preempt(victim, outcome)
 
     def context_now(self) -> int:

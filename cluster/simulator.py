@@ -58,6 +58,9 @@ class Simulator:
         self.record = Recorder()
         self.moves = Moves(self)
         self.decisions = 0
+        if type(plan.policy).choose_victim is not Policy.choose_victim:
+            for instance in self.instances:
+                instance.choose_victim = self._victim
 
     def _push(self, time: float, kind: int, a: int = 0, b: int = 0) -> None:
         self.seq += 1
@@ -211,6 +214,12 @@ class Simulator:
                            tracker.n, request.instance, tracker.idle_latency(self.now, False),
                            tracker.slack(self.now), request.arrival + tracker.last, context,
                            tracker.missed_ttft_tbt(self.now), tracker.slo)
+
+    def _victim(self, instance: Instance) -> Request | None:
+        running = {instance.id: tuple(self._view(r) for r in instance.running.values())}
+        snapshot = Snapshot(self.now, "preempting", self.plan.table.view, running=running)
+        chosen = self.plan.policy.choose_victim(snapshot, instance.id)
+        return instance.running.get(chosen) if chosen is not None else None
 
     def _decide(self, event: str) -> int:
         policy = self.plan.policy

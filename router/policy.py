@@ -27,6 +27,11 @@ class Policy:
     def decide(self, snapshot: Snapshot) -> list[Action]:
         raise NotImplementedError
 
+    def choose_victim(self, snapshot: Snapshot, instance: int) -> int | None:
+        """Which of `snapshot.running[instance]` the engine preempts when its KV runs out;
+        None leaves vLLM's choice (the latest arrival)."""
+        return None
+
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         if cls.name:

@@ -117,3 +117,16 @@ def test_unknown_parameters_are_named():
         make_policy("smooth_goodput", {"alpha_boost": 2})
     with pytest.raises(ValueError, match="classic_goodput.scheme"):
         make_policy("classic_goodput", {"scheme": "e2e"})
+
+
+def test_who_goes_when_kv_runs_out():
+    t = table([DECODE])
+    running = (request(1, 0, arrival=-3.0, slack=0.1), request(2, 0, arrival=-2.0, slack=2.0, missed=True),
+               request(3, 0, arrival=-1.0, slack=0.5))
+    shot = snapshot(t, "preempting", running=running)
+    assert make_policy("classic_goodput").choose_victim(shot, 0) == 2       # already missed
+    assert make_policy("smooth_goodput").choose_victim(shot, 0) == 2        # most slack
+    assert make_policy("round_robin").choose_victim(shot, 0) is None        # vLLM's choice
+    calm = snapshot(t, "preempting", running=(request(1, 0, arrival=-3.0, slack=3.0), request(3, 0, arrival=-1.0)))
+    assert make_policy("classic_goodput").choose_victim(calm, 0) is None
+    assert make_policy("smooth_goodput").choose_victim(calm, 0) == 1

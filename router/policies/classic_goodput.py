@@ -46,6 +46,11 @@ class ClassicGoodput(Policy):
             actions += self._rescue(snapshot, ledger)
         return actions
 
+    def choose_victim(self, snapshot: Snapshot, instance: int) -> int | None:
+        """Out of KV: give up first on a request that already missed, the latest such."""
+        missed = [r for r in snapshot.running.get(instance, ()) if r.missed]
+        return max(missed, key=lambda r: (r.arrival_s, r.id)).id if missed else None
+
     def _dispatch(self, snapshot: Snapshot, ledger: Ledger) -> list[Action]:
         actions: list[Action] = []
         for request in sorted(snapshot.to_dispatch, key=lambda r: (r.missed, r.arrival_s + r.slo.ttft, r.id)):

@@ -55,6 +55,11 @@ class SmoothGoodput(Policy):
             actions += self._spend_slack(snapshot, ledger)
         return actions
 
+    def choose_victim(self, snapshot: Snapshot, instance: int) -> int | None:
+        """Out of KV: stop the request whose reader has the most text left to read."""
+        running = snapshot.running.get(instance, ())
+        return max(running, key=lambda r: (r.slack_s, r.id)).id if running else None
+
     def _marginal_idle(self, ledger: Ledger, positions: np.ndarray, request: RequestView) -> np.ndarray:
         v, batch = request.slo.v, ledger.batch[positions]
         before = idle_rate(batch, ledger.step_now[positions], v)
