@@ -65,6 +65,15 @@ def analyse(run: Run, slo: SLO, tenant_slos: dict[str, SLO], replays: int, seed:
     return table
 
 
+def harm_counts(run: Run, slo: SLO, tenant_slos: dict[str, SLO], replays: int) -> dict:
+    """A run's moves, those that added visible idle, and the verdicts of `replays` counterfactuals."""
+    table = analyse(run, slo, tenant_slos, replays, console=Console(quiet=True))
+    counts = {"moves": int(len(table)), "visible_harm": int((table["visible_idle_s"] > 0).sum())}
+    if replays:
+        counts.update({verdict: int((table["verdict"] == verdict).sum()) for verdict in ("harmful", "neutral", "helpful")})
+    return counts
+
+
 def summary(table: pd.DataFrame) -> dict:
     out = {}
     for (kind, mode), part in table.groupby(["kind", "mode"], sort=True):

@@ -21,7 +21,8 @@ RATE_PLOTS = {
     "ttft_p99": ("p99 TTFT", [("ttft_p99_s", "p99 TTFT (s)")]),
     "tbt_p99": ("p99 TBT", [("tbt_p99_s", "p99 TBT (s)")]),
 }
-COUNTS = (("migrations_started", "migrations"), ("preemptions", "preemptions"), ("harmful", "harmful"))
+COUNTS = (("migrations_started", "migrations"), ("preemptions", "preemptions"), ("visible_harm", "with visible idle"),
+          ("harmful", "harmful (replayed)"))
 SHOWN = {  # column -> (header, format)
     "cluster": ("cluster", "{}"), "policy": ("policy", "{}"), "rate": ("rate", "{:g}"), "seed": ("seed", "{:d}"),
     "throughput_tokens_per_s": ("throughput tok/s", "{:.1f}"), "ttft_tbt_token_goodput": ("classic goodput tok/s", "{:.1f}"),

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from experiments.config import ConfigError, ExperimentConfig, Strict, _explain, _read, apply_overrides
+from experiments.harm import harm_counts
 from experiments.metrics import Window, score
 from experiments.runformat import Run, write_run
 from experiments.runner import simulate
@@ -144,6 +145,7 @@ class SweepFile(Strict):
     sweep: SweepAxes
     window: WindowSection = Field(default_factory=WindowSection)
     timeline_requests: int = Field(3, ge=1, le=8)
+    harm_replays: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _one_base(self) -> SweepFile:
@@ -274,9 +276,10 @@ def headline(run: Run, summary: dict) -> dict:
     return row
 
 
-def run_point(point: Point, window: Window, folder: Path | None, stalled: int) -> tuple[dict, list]:
-    """Simulate and score one point; write its run folder when `folder` is given.
-    Returns its table row and the ids of its `stalled` requests of largest idle latency."""
+def run_point(point: Point, window: Window, folder: Path | None, stalled: int, replays: int = 0) -> tuple[dict, list]:
+    """Simulate and score one point; write its run folder when `folder` is given; count
+    its harmful moves (`replays` counterfactuals). Returns its table row and the ids of
+    its `stalled` requests of largest idle latency."""
     run = simulate(point.config)
     if folder is not None:
         write_run(run, folder)
@@ -284,14 +287,14 @@ def run_point(point: Point, window: Window, folder: Path | None, stalled: int) -
     table, summary = score(run, SLO(**(run.meta.get("slo") or {})), window, tenants)
     worst = table.sort_values(["idle_latency_s", "request_id"], ascending=[False, True], kind="stable")
     row = {"cluster": point.cluster, "policy": point.policy, "rate": point.rate, "seed": point.seed,
-           **headline(run, summary)}
+           **headline(run, summary), **harm_counts(run, SLO(**(run.meta.get("slo") or {})), tenants, replays)}
     return row, worst["request_id"].head(stalled).tolist()
 
 
 def _job(args: tuple) -> tuple[int, dict, list]:
-    index, point, window, folder, stalled = args
+    index, point, window, folder, stalled, replays = args
     try:
-        return (index, *run_point(point, window, folder, stalled))
+        return (index, *run_point(point, window, folder, stalled, replays))
     except ValueError as exc:
         raise ValueError(f"point {point.folder.as_posix()}: {exc}") from None
 
@@ -306,7 +309,7 @@ def _jobs(sweep: Sweep, out: Path, keep_runs: bool) -> list[tuple]:
     window = Window(sweep.spec.window.warmup_s, sweep.spec.window.cooldown_s)
     kept = {id(p) for p in (sweep.points if keep_runs else timeline_points(sweep))}
     return [(index, point, window, out / "runs" / point.folder if id(point) in kept else None,
-             sweep.spec.timeline_requests) for index, point in enumerate(sweep.points)]
+             sweep.spec.timeline_requests, sweep.spec.harm_replays) for index, point in enumerate(sweep.points)]
 
 
 def _progress(console: Console, quiet: bool) -> Progress:

@@ -178,3 +178,15 @@ def test_reading_states_the_peaks_and_winners_of_the_numbers(values):
         winners = " = ".join(f"p{p}" for p, v in enumerate(column) if v == max(column))
         assert f"rate {r + 1}: classic goodput" in lines and f"smooth goodput highest with {winners} " in lines
     assert "throughput is highest at rate 3 (30.0 tok/s) and first within 5% of that at rate 3" in lines
+
+
+def test_harm_columns_count_moves_and_replayed_verdicts(tmp_path):
+    from experiments.harm import harm_counts
+    from experiments.runner import simulate
+    from router.slo import SLO
+    from tests.test_harm import config
+
+    run = simulate(config())
+    counts = harm_counts(run, SLO(), {}, replays=2)
+    assert counts["moves"] > 0 and counts["harmful"] + counts["neutral"] + counts["helpful"] >= 2
+    assert "harmful" not in harm_counts(run, SLO(), {}, replays=0)
