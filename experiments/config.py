@@ -106,7 +106,7 @@ def apply_overrides(data: dict, overrides: list[str], where: str) -> dict:
     return data
 
 
-def _explain(error: ValidationError, where: str) -> str:
+def explain(error: ValidationError, where: str) -> str:
     lines = []
     for problem in error.errors():
         key = ".".join(str(p) for p in problem["loc"]) or "(top level)"
@@ -116,7 +116,7 @@ def _explain(error: ValidationError, where: str) -> str:
     return "\n".join(lines)
 
 
-def _read(path: Path) -> dict:
+def read_mapping(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
@@ -132,12 +132,12 @@ def _validate(data: dict, where: str) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, where)) from None
+        raise ConfigError(explain(exc, where)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
     path = Path(path)
-    return _validate(apply_overrides(_read(path), list(overrides), str(path)), str(path))
+    return _validate(apply_overrides(read_mapping(path), list(overrides), str(path)), str(path))
 
 
 def load_variants(path: str | Path, overrides: list[str] = ()) -> dict[str, ExperimentConfig]:
@@ -148,7 +148,7 @@ def load_variants(path: str | Path, overrides: list[str] = ()) -> dict[str, Expe
         return {base.name: base}
     configs = {}
     for name, changes in base.variants.items():
-        data = apply_overrides(_read(Path(path)), [*changes, *overrides], f"{path} variant {name}")
+        data = apply_overrides(read_mapping(Path(path)), [*changes, *overrides], f"{path} variant {name}")
         data.pop("variants")
         data["name"] = f"{base.name}-{name}"
         configs[name] = _validate(data, f"{path} variant {name}")

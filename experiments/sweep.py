@@ -20,7 +20,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from experiments.config import ConfigError, ExperimentConfig, Strict, _explain, _read, apply_overrides
+from experiments.config import ConfigError, ExperimentConfig, Strict, apply_overrides, explain, read_mapping
 from experiments.harm import harm_counts
 from experiments.metrics import Window, score
 from experiments.runformat import Run, write_run
@@ -182,7 +182,7 @@ class Sweep:
 
 
 def _error(exc: ValidationError, where: str, section: str = "") -> ConfigError:
-    lines = _explain(exc, where).replace(": Value error, ", ": ").splitlines()
+    lines = explain(exc, where).replace(": Value error, ", ": ").splitlines()
     return ConfigError("\n".join(line.replace(f"{where}: ", f"{where}: {section}", 1) for line in lines))
 
 
@@ -202,7 +202,7 @@ def _base_data(path: Path, spec: SweepFile, overrides: list[str]) -> tuple[dict,
         if not base_path.is_file():
             raise ConfigError(f"{path}: base_config: no such config file {str(base_path)!r} "
                               "(a path relative to the sweep file)")
-        data, where = _read(base_path), str(base_path)
+        data, where = read_mapping(base_path), str(base_path)
     data = apply_overrides(data, [*spec.set, *overrides], where)
     if "variants" in data:
         raise ConfigError(f"{where}: {section}variants: a sweep's base takes no variants; use sweep.clusters instead")
@@ -239,7 +239,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     `overrides` starting with `sweep.` change the sweep file; the others the base config."""
     path = Path(path)
     own, base_overrides = _split(list(overrides))
-    raw = apply_overrides(_read(path), own, str(path))
+    raw = apply_overrides(read_mapping(path), own, str(path))
     if ("base" in raw) == ("base_config" in raw):
         raise ConfigError(f"{path}: base: give base (an experiment config) or base_config (its path), exactly one")
     try:
