@@ -83,11 +83,11 @@ def test_classic_rescues_an_instance_over_tbt():
     assert Migrate(1, 2, "live") in actions and Preempt(2, "recompute") in actions
 
 
-def test_smooth_never_abandons_and_resumes_preempted_first():
+def test_smooth_never_abandons_and_re_prefills_preempted_first():
     t = table([PREFILL, DECODE, DECODE], running=[0, 900, 0], context=[0, 10_000, 0])
     actions = make_policy("smooth_goodput").decide(snapshot(
         t, "tick", preempted=(request(9, -1, context=300, idle=3.0),), to_dispatch=(request(1, missed=True),)))
-    assert actions[0] == Resume(9, 2) and Dispatch(1, 0) in actions
+    assert actions[0] == Resume(9, 0) and Dispatch(1, 0) in actions          # re-prefilled on the prefill instance
     assert not any(isinstance(a, Reject) for a in actions)
 
 
@@ -103,6 +103,14 @@ def test_smooth_hands_off_where_it_adds_the_least_idle():
     t = table([PREFILL, DECODE, DECODE], running=[0, 900, 10], context=[0, 10_000, 1000])
     actions = make_policy("smooth_goodput").decide(snapshot(t, "prefill_done", to_hand_off=(request(1, 0, context=100),)))
     assert actions == [Handoff(1, 2)]
+
+
+def test_smooth_leaves_room_for_growth_and_never_preempts_by_itself():
+    t = table([PREFILL, DECODE, DECODE], running=[0, 10, 10], free=[1000, 12, 40], context=[0, 1000, 1000])
+    actions = make_policy("smooth_goodput").decide(snapshot(t, "prefill_done", to_hand_off=(request(1, 0, context=100),)))
+    assert actions == [Handoff(1, 2)]              # instance 1 fits its 7 blocks but not 10 more of growth
+    running = (request(2, 1, context=50, slack=9.0),)
+    assert make_policy("smooth_goodput").decide(snapshot(t, "tick", running=running)) == []
 
 
 def test_colocated_requests_decode_where_they_were_prefilled():

@@ -80,9 +80,11 @@ class Ledger:
         self.ahead[best] += request.prompt_tokens
         return int(self.prefill[best])
 
-    def fitting(self, request: RequestView, exclude: int = -1) -> np.ndarray:
-        """Positions (in `decode`) of the decode instances with room for `request`."""
-        ok = self.rooms >= blocks_needed(request, self.instances)
+    def fitting(self, request: RequestView, exclude: int = -1, growth: bool = False) -> np.ndarray:
+        """Positions (in `decode`) of the decode instances with room for `request`; with
+        `growth`, also for one more block per request already decoding there."""
+        need = blocks_needed(request, self.instances)
+        ok = self.rooms >= need + (self.batch if growth else 0)
         if exclude in self.position:
             ok[self.position[exclude]] = False
         return np.flatnonzero(ok)

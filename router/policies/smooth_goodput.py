@@ -3,19 +3,21 @@
 A reader idles only once tokens come slower than they read (a decode step longer
 than V) and the text already delivered is read. So a request goes to the decode
 instance where it adds the least idle: the rise in the instance's idle rate,
-(requests) x max(0, 1 - V / step time). New requests are dispatched to the fastest
-prefill, in arrival order. At each tick, requests on an instance that runs slower
-than its readers move to one with headroom, but only those whose reading slack
-exceeds the predicted stall, largest slack first; when an instance is about to run
-out of KV blocks, the request with the most slack is preempted if its slack covers
-the re-prefill. Preempted requests are resumed first, the longest idle first,
-wherever they fit. Nothing is ever abandoned.
+(requests) x max(0, 1 - V / step time), among those with room for it and a block of
+growth for each request already there (so that taking it does not force a
+preemption). New requests are dispatched to the fastest prefill, in arrival order.
+At each tick, requests on an instance that runs slower than its readers move to one
+with headroom, but only those whose reading slack exceeds the predicted stall,
+largest slack first. It never preempts on its own: when an engine runs out of KV, it
+stops the request whose reader has the most text left (`choose_victim`). A request
+preempted by the router is re-prefilled on the fastest prefill instance, then handed
+off again, so it never stalls a decode batch. Nothing is ever abandoned.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from router.actions import Action, Dispatch, Migrate, Preempt, Resume
+from router.actions import Action, Dispatch, Migrate, Resume
 from router.policies.common import Ledger, busy_instances, hand_off
 from router.policy import Policy
 from router.snapshot import RequestView, Snapshot
@@ -32,19 +34,17 @@ class SmoothGoodput(Policy):
     events = frozenset({"tick"})
     needs_running = True
 
-    def __init__(self, seed: int = 0, mode: str = "live", moves_per_tick: int = 2, live_stall_s: float = 0.005,
-                 reserve_blocks: int = 0) -> None:
+    def __init__(self, seed: int = 0, mode: str = "live", moves_per_tick: int = 2, live_stall_s: float = 0.005) -> None:
         super().__init__(seed)
         self.mode, self.moves_per_tick, self.live_stall_s = mode, moves_per_tick, live_stall_s
-        self.reserve_blocks = reserve_blocks
 
     def decide(self, snapshot: Snapshot) -> list[Action]:
         ledger = Ledger(snapshot.instances)
         actions: list[Action] = []
         for request in sorted(snapshot.preempted, key=lambda r: (-r.idle_s, r.id)):
-            target = self._decode_target(snapshot, ledger, request)
+            target = ledger.fastest_prefill(request)
             if target is not None:
-                actions.append(Resume(request.id, ledger.give(target, request)))
+                actions.append(Resume(request.id, target))
         for request in snapshot.to_dispatch:
             target = ledger.fastest_prefill(request)
             if target is not None:
@@ -66,31 +66,24 @@ class SmoothGoodput(Policy):
         return idle_rate(batch + 1, ledger.step_with(positions, request.context_tokens), v) - before
 
     def _decode_target(self, snapshot: Snapshot, ledger: Ledger, request: RequestView, exclude: int = -1) -> int | None:
-        fits = ledger.fitting(request, exclude)
+        fits = ledger.fitting(request, exclude, growth=True)
         if not len(fits):
             return None
         order = np.lexsort((fits, -ledger.rooms[fits], self._marginal_idle(ledger, fits, request)))
         return int(ledger.decode[fits[order[0]]])
 
     def _spend_slack(self, snapshot: Snapshot, ledger: Ledger) -> list[Action]:
-        """Screen all instances at once; only the short or slow ones are looked into.
-        An instance's reading speed is its first request's V."""
+        """Screen all instances at once; only those slower than their readers are
+        looked into. An instance's reading speed is its first request's V."""
         ids, groups = busy_instances(snapshot)
         if not len(ids):
             return []
         instances = snapshot.instances
-        counts = np.array([len(requests) for requests in groups])
-        rooms = (instances.free_blocks[ids] - instances.watermark_blocks[ids]).astype(np.float64)
-        short = rooms < counts + self.reserve_blocks
         slow = instances.step_time_s[ids] > np.array([requests[0].slo.v for requests in groups])
         actions: list[Action] = []
-        for index in np.flatnonzero(short | slow):
+        for index in np.flatnonzero(slow):
             source = int(ids[index])
-            roomy = sorted(groups[index], key=lambda r: (-r.slack_s, r.id))
-            if short[index] and roomy[0].slack_s > instances.prefill_s(source, roomy[0].context_tokens):
-                actions.append(Preempt(roomy[0].id, "recompute"))
-                roomy = roomy[1:]
-            for request in roomy if slow[index] else ():
+            for request in sorted(groups[index], key=lambda r: (-r.slack_s, r.id)):
                 if len(actions) >= self.moves_per_tick or request.slack_s <= self.live_stall_s:
                     break
                 target = self._decode_target(snapshot, ledger, request, exclude=source)
