@@ -58,6 +58,7 @@ class Simulator:
         self.record = Recorder()
         self.moves = Moves(self)
         self.decisions = 0
+        self.unfinished = len(self.requests)
         if type(plan.policy).choose_victim is not Policy.choose_victim:
             for instance in self.instances:
                 instance.choose_victim = self._victim
@@ -72,15 +73,15 @@ class Simulator:
         if self.plan.tick_s:
             self._push(self.plan.tick_s, TICK)
         handlers = {ARRIVE: self._arrive, WAKE: self._wake, TRANSFER_DONE: self._transfer_done, TICK: self._tick}
-        unfinished = len(self.requests)
+        self.unfinished = len(self.requests)
         while self.heap:
             time, _, kind, a, b = heapq.heappop(self.heap)
             if time > self.plan.horizon_s:
                 self.now = self.plan.horizon_s
                 break
             self.now = time
-            unfinished -= handlers[kind](a, b)
-            if unfinished == 0:
+            self.unfinished -= handlers[kind](a, b)
+            if self.unfinished == 0:
                 break
         self.record.close(self.now, self.requests.values(), self.instances)
         return self.record
@@ -121,7 +122,7 @@ class Simulator:
         return self.kick(self.instances[source]) + self.kick(self.instances[target]) + self._decide("handoff_done")
 
     def _tick(self, _: int, __: int) -> int:
-        if any(not r.final for r in self.requests.values()) or self.heap:
+        if self.unfinished > 0:
             self._push(self.now + self.plan.tick_s, TICK)
         return self._decide("tick")
 
