@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import heapq
 from array import array
+from bisect import bisect_right
 from collections import deque
+
+import numpy as np
 
 from cluster.request import DECODING, FINISHED, HANDOFF, PREFILL_PIECE, PREFILLING, SWAPPED, WAITING, Request
 from cluster.scheduling import Outcome, SchedulerConfig, Segment, blocks_for
@@ -39,7 +42,8 @@ class Instance:
         self.finish_heap: list[tuple[int, float, int, int]] = []
         self.residue = [0] * config.block_size
         self.segment: Segment | None = None
-        self.pending_extra_s = 0.0
+        self.busy_until = 0.0
+        self.now = 0.0
         self.iterations = 0
         self.waiting_tokens = 0
         self.choose_victim = None
@@ -120,10 +124,15 @@ class Instance:
         self.free += request.blocks
         request.blocks = 0
 
+    def _copy(self, blocks: int) -> None:
+        """A swap between GPU and host memory: the instance's next step waits for it."""
+        seconds = blocks * self.config.block_size * self.kv_bytes_per_token / self.swap_bandwidth
+        self.busy_until = max(self.busy_until, self.now) + seconds
+
     def _preempt(self, request: Request, outcome: Outcome) -> None:
         self._leave(request)
         if self.config.preemption == "swap":
-            self.pending_extra_s += request.blocks * self.config.block_size * self.kv_bytes_per_token / self.swap_bandwidth
+            self._copy(request.blocks)
             request.state = SWAPPED
             self.free += request.blocks
             self.swapped.append(request)
@@ -145,26 +154,42 @@ class Instance:
                 victim = max(self.running.values(), key=lambda r: (r.arrival, r.id))
             self._preempt(victim, outcome)
 
-    def context_now(self) -> int:
-        """Tokens of KV the decode batch holds after the completed steps."""
-        return self.context_base + (self.step - self.context_step) * len(self.running)
+    def steps_done(self, now: float | None = None) -> int:
+        """Decode steps completed, counting by `now` those of the segment in flight."""
+        segment = self.segment
+        if now is None or segment is None or not segment.steps:
+            return self.step
+        return self.step + bisect_right(segment.ends, now)
 
-    def context_of(self, request: Request) -> int:
-        """Tokens of KV a running request holds after the completed steps."""
-        return request.context + self.step - request.join_step
+    def step_times(self, first: int, stop: int) -> np.ndarray:
+        """End times of decode steps [first, stop), completed or in the segment in flight."""
+        done = np.frombuffer(self.step_end, dtype=np.float64)[first:min(stop, self.step)]
+        if stop <= self.step:
+            return done
+        extra = np.asarray(self.segment.ends[max(first, self.step) - self.step:stop - self.step], dtype=np.float64)
+        return np.concatenate([done, extra])
+
+    def context_now(self, now: float | None = None) -> int:
+        """Tokens of KV the decode batch holds after the steps done by `now`."""
+        return self.context_base + (self.steps_done(now) - self.context_step) * len(self.running)
+
+    def context_of(self, request: Request, now: float | None = None) -> int:
+        """Tokens of KV a running request holds after the steps done by `now`."""
+        return request.context + self.steps_done(now) - request.join_step
 
     def detach(self, request: Request) -> None:
         """Take a running request out of the batch at a boundary, keeping its KV here
         (the last stage of a live migration copies it away)."""
         self._leave(request)
 
-    def preempt(self, request: Request, mode: str) -> float:
+    def preempt(self, request: Request, mode: str, now: float) -> float:
         """Preempt a running request at a boundary, as the router asked; returns the
         bytes swapped out (0 for recompute). The request leaves this instance."""
         self._leave(request)
         if mode == "swap":
             nbytes = request.blocks * self.config.block_size * self.kv_bytes_per_token
-            self.pending_extra_s += nbytes / self.swap_bandwidth
+            self.now = now
+            self._copy(request.blocks)
             self.free += request.blocks
             return nbytes
         self._free(request)
@@ -223,6 +248,7 @@ class Instance:
     # ---- planning ---------------------------------------------------------
     def plan(self, now: float, outcome: Outcome) -> float | None:
         """Choose the next batch at boundary `now`; returns when it ends, or None if idle."""
+        self.now = now
         self._make_room(outcome)
         self._swap_in()
         while self.arriving and len(self.running) + len(self.prefilling) < self.config.max_num_seqs:
@@ -246,7 +272,7 @@ class Instance:
                 and len(self.running) < self.config.max_num_seqs:
             request = self.swapped.popleft()
             self.free -= request.blocks
-            self.pending_extra_s += request.blocks * self.config.block_size * self.kv_bytes_per_token / self.swap_bandwidth
+            self._copy(request.blocks)
             self._join(request)
 
     def _admit_prefills(self) -> list[Request]:
@@ -262,7 +288,8 @@ class Instance:
                 break
             if config.chunked_prefill and tokens >= budget:
                 break
-            if self.free - need < self.watermark_blocks:
+            decoding = self.residue[self.step % config.block_size] if config.chunked_prefill else 0
+            if self.free - need - decoding < self.watermark_blocks:
                 break
             self.waiting.popleft()
             self.waiting_tokens -= size
@@ -298,7 +325,7 @@ class Instance:
         context = self.context_base
         tokens = sum(size for _, size in chunks)
         squares = sum(size * (size + request.prefilled) for request, size in chunks)
-        t = now + self.pending_extra_s
+        t = max(now, self.busy_until)
         ends = []
         if steps == 0:
             t += model.prefill_time(tokens, squares)
@@ -310,8 +337,7 @@ class Instance:
                 t += model.decode_time(batch, context + m * batch)
                 ends.append(t)
         self.free -= self._crossings(self.step, self.step + steps)
-        self.segment = Segment(self.step, steps, ends, chunks, self.pending_extra_s)
-        self.pending_extra_s = 0.0
+        self.segment = Segment(self.step, steps, ends, chunks)
         return ends[-1]
 
     # ---- completing and cutting segments -----------------------------------
@@ -350,6 +376,22 @@ class Instance:
         self._free(request)
         request.state = FINISHED
         outcome.finished.append(request)
+
+    def finish_by(self, time: float) -> Outcome | None:
+        """The run ends at `time`: keep the steps of the segment in flight that ended by
+        then and apply them; drop the rest."""
+        segment = self.segment
+        if segment is None:
+            return None
+        done = bisect_right(segment.ends, time)
+        if segment.steps:
+            self.free += self._crossings(self.step + done, self.step + segment.steps)
+            segment.steps = done
+        del segment.ends[done:]
+        if not done:
+            self.segment = None
+            return None
+        return self.complete()
 
     def interrupt(self, now: float) -> float | None:
         """Something changed at `now`: end the current decode segment after the step in

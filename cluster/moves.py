@@ -37,7 +37,7 @@ class Moves:
         if request.state != DECODING:
             return
         instance = self.sim.instances[request.instance]
-        nbytes = instance.preempt(request, mode)
+        nbytes = instance.preempt(request, mode, self.sim.now)
         request.state = PREEMPTED
         self.preempted[request.id] = request
         if mode == "swap":
@@ -81,7 +81,7 @@ class Moves:
             return 0
         if action.mode != "live":
             raise ValueError(f"Migrate mode: expected 'live' or 'recompute', got {action.mode!r}")
-        context = source.context_of(request)
+        context = source.context_of(request, self.sim.now)
         reserved = blocks_for(context + self.sim.plan.cost.final_stage_tokens + 1, source.config.block_size)
         if not target.reserve(reserved):
             self.sim.record.event(self.sim.now, "migrate_abort", request.id, source.id, target.id, detail="target_full")
@@ -138,7 +138,7 @@ class Moves:
             if request.state != DECODING:
                 self._abort(request, migration, "finished" if request.final else "preempted")
                 return 0
-            self._next_stage(request, migration, self.sim.instances[migration.source].context_of(request))
+            self._next_stage(request, migration, self.sim.instances[migration.source].context_of(request, self.sim.now))
             return 0
         del self.live[request_id]
         source, target = self.sim.instances[migration.source], self.sim.instances[migration.target]

@@ -47,9 +47,10 @@ class Recorder:
                              "decision": np.frombuffer(self.decision, dtype=np.int64)})
 
     def close(self, end_s: float, requests, instances) -> None:
-        """Settle every request's tokens up to `end_s` and build the tables."""
+        """Settle every request's tokens up to `end_s` and build the tables; requests
+        that had not arrived by then are not part of the run."""
         self.end_s = end_s
-        ordered = sorted(requests, key=lambda r: (r.arrival, r.id))
+        ordered = sorted((r for r in requests if r.arrival <= end_s), key=lambda r: (r.arrival, r.id))
         for request in ordered:
             if request.state == DECODING:
                 instance = instances[request.instance]

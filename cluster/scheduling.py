@@ -44,7 +44,6 @@ class Segment:
     steps: int
     ends: list[float]
     prefill: list[tuple[Request, int]]
-    extra_s: float = 0.0
 
 
 def blocks_for(tokens: int, block_size: int) -> int:

@@ -77,7 +77,7 @@ class Simulator:
         while self.heap:
             time, _, kind, a, b = heapq.heappop(self.heap)
             if time > self.plan.horizon_s:
-                self.now = self.plan.horizon_s
+                self._stop_at(self.plan.horizon_s)
                 break
             self.now = time
             self.unfinished -= handlers[kind](a, b)
@@ -85,6 +85,14 @@ class Simulator:
                 break
         self.record.close(self.now, self.requests.values(), self.instances)
         return self.record
+
+    def _stop_at(self, horizon: float) -> None:
+        """The clock stops: every instance keeps the steps that ended by then."""
+        self.now = horizon
+        for instance in self.instances:
+            outcome = instance.finish_by(horizon)
+            if outcome is not None:
+                self.unfinished -= self._settle(instance, outcome)
 
     # ---- events -------------------------------------------------------------
     def _arrive(self, request_id: int, _: int) -> int:
@@ -174,11 +182,11 @@ class Simulator:
 
     def _sync(self, instance: Instance) -> None:
         table, i = self.plan.table, instance.id
-        table.free_blocks[i] = instance.free
-        table.queued[i], table.queued_tokens[i], table.running[i] = instance.load()
-        table.context_tokens[i] = instance.context_now()
-        table.step_time_s[i] = instance.model.decode_time(table.running[i], table.context_tokens[i]) \
-            if table.running[i] else 0.0
+        queued, tokens, running = instance.load()
+        context = instance.context_now(self.now)
+        table.free_blocks[i], table.queued[i], table.queued_tokens[i] = instance.free, queued, tokens
+        table.running[i], table.context_tokens[i] = running, context
+        table.step_time_s[i] = instance.model.decode_time(running, context) if running else 0.0
 
     # ---- the router -------------------------------------------------------------
     def _feed(self, request: Request) -> RequestTracker:
@@ -191,9 +199,11 @@ class Simulator:
             offset = 0
         piece = len(request.pieces)
         if request.state == DECODING:
-            done = self.instances[request.instance].step - request.join_step
-            self._feed_piece(tracker, request.instance, request.join_step, done, offset)
-            offset = max(offset, done)
+            instance = self.instances[request.instance]
+            done = instance.steps_done(self.now) - request.join_step
+            if done > offset:
+                tracker.add_times(instance.step_times(request.join_step + offset, request.join_step + done))
+                offset = done
         request.fed = (piece, offset)
         return tracker
 
@@ -210,7 +220,7 @@ class Simulator:
         tracker = self._feed(request)
         context = request.context
         if request.state == DECODING:
-            context = self.instances[request.instance].context_of(request)
+            context = self.instances[request.instance].context_of(request, self.now)
         return RequestView(request.id, request.tenant, request.arrival, request.prompt, request.target,
                            tracker.n, request.instance, tracker.idle_latency(self.now, False),
                            tracker.slack(self.now), request.arrival + tracker.last, context,

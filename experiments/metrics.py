@@ -171,6 +171,7 @@ def score(run: Run, slo: SLO = SLO(), window: Window = Window(),
     table = per_request(requests, tl, slo, end_s, tenant_slos)
     start_s = float(requests["arrival_s"].min()) if len(requests) else 0.0
     serving_end = end_s if run.end_s is not None else (float(tokens["time_s"].max()) if len(tokens) else start_s)
+    serving_end -= window.cooldown_s
     summary = summarize(table, tl, start_s, serving_end)
     summary["parameters"] = {
         **slo.as_dict(), **asdict(window),

@@ -15,21 +15,26 @@ COLUMNS = ("decision", "request_id", "kind", "mode", "source", "destination", "b
            "stall_start_s", "stall_s", "slack_s", "visible_idle_s", "benefit_change_est", "outcome")
 
 
-def _stall_start(events: pd.DataFrame, row) -> tuple[float, str]:
-    """When the request stopped emitting, and how the move ended."""
+def _move(events: pd.DataFrame, position: int) -> tuple[float, str, float]:
+    """For the move recorded at `position` of the (time-ordered) events: when the request
+    stopped emitting, how the move ended, and the bytes it moved."""
+    row = events.iloc[position]
     if row.kind == "preempt":
-        return row.time_s, "done"
-    later = events[(events["request_id"] == row.request_id) & (events["time_s"] >= row.time_s)]
-    ends = later[later["kind"].isin(["migrate_end", "migrate_abort"])]
+        return row.time_s, "done", float(row.bytes)
+    after = events.iloc[position + 1:]
+    own = after[after["request_id"] == row.request_id]
+    ends = own[own["kind"].isin(["migrate_end", "migrate_abort"])]
+    stages = own[own["kind"] == "migrate_stage"]
     if not len(ends):
-        return row.time_s, "unfinished"
+        return row.time_s, "unfinished", float(stages["bytes"].sum())
     end = ends.iloc[0]
+    stages = stages[stages.index < end.name]
+    moved = float(stages["bytes"].sum())
     if end.kind == "migrate_abort":
-        return np.nan, f"aborted: {end.detail}"
+        return np.nan, f"aborted: {end.detail}", moved
     if row.detail == "recompute":
-        return end.time_s, "done"
-    stages = later[(later["kind"] == "migrate_stage") & (later["time_s"] <= end.time_s)]
-    return float(stages["time_s"].iloc[-1]) if len(stages) else end.time_s, "done"
+        return end.time_s, "done", moved
+    return (float(stages["time_s"].iloc[-1]) if len(stages) else end.time_s), "done", moved
 
 
 def _benefit_without_stall(times: np.ndarray, stall_start: float, stall: float, slo: SLO, finished: bool,
@@ -48,22 +53,21 @@ def _benefit_without_stall(times: np.ndarray, stall_start: float, stall: float, 
 
 def build_ledger(requests: pd.DataFrame, tokens: pd.DataFrame, events: pd.DataFrame, end_s: float,
                  slos: dict[str, SLO], default: SLO) -> pd.DataFrame:
-    moves = events[(events["kind"] == "migrate_start") | (events["kind"] == "preempt")]
+    events = events.reset_index(drop=True)
+    positions = np.flatnonzero(((events["kind"] == "migrate_start") | (events["kind"] == "preempt")).to_numpy())
     info = requests.set_index("request_id")
     rows = []
-    for row in moves.itertuples(index=False):
+    for position in positions:
+        row = events.iloc[position]
         request = info.loc[row.request_id]
         slo = slos.get(str(request.get("tenant", "")), default)
         arrival = float(request["arrival_s"])
         times = tokens.loc[tokens["request_id"] == row.request_id, "time_s"].to_numpy() - arrival
-        stall_start, outcome = _stall_start(events, row)
+        stall_start, outcome, moved = _move(events, position)
         kind = "preemption" if row.kind == "preempt" else "migration"
         entry = {"decision": int(row.decision), "request_id": row.request_id, "kind": kind, "mode": row.detail,
                  "source": int(row.instance), "destination": int(row.peer), "start_s": float(row.time_s),
-                 "bytes": float(events.loc[(events["request_id"] == row.request_id)
-                                           & (events["kind"].isin(["migrate_stage", "preempt"]))
-                                           & (events["time_s"] >= row.time_s), "bytes"].sum()),
-                 "stall_start_s": stall_start, "outcome": outcome}
+                 "bytes": moved, "stall_start_s": stall_start, "outcome": outcome}
         entry.update(_stall_figures(times, stall_start - arrival, end_s - arrival, slo,
                                     request["status"] == "finished"))
         rows.append(entry)
