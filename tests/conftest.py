@@ -47,3 +47,13 @@ def pdlab_json(pdlab):
         assert code == 0, err
         return json.loads(out)
     return run
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One in-process Ray for every test that needs actors (2 CPUs, as CI has)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

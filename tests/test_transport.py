@@ -11,13 +11,6 @@ import ray
 from migration.transport import ChecksumError, ObjectStoreTransport, Packet, TorchTransport, describe
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 @ray.remote(num_cpus=0, max_concurrency=2)
 class Worker:
     def __init__(self, kind: str, rank: int = 0, world: int = 1, address: str = "") -> None:
