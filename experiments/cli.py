@@ -13,7 +13,7 @@ from experiments.delay import delay_output
 from experiments.harm import add_parser as add_harm
 from experiments.sweep import add_parser as add_sweep
 from experiments.imports import read_any
-from experiments.metrics import Window, score
+from experiments.metrics import Window, run_slos, score
 from experiments.runformat import RunFormatError, validate, write_run
 from experiments.show import print_summaries
 from router.slo import SLO
@@ -31,26 +31,10 @@ SLO_FLAGS = {  # flag -> (SLO field, help)
 }
 
 
-def slo_from(meta: dict, args: argparse.Namespace | None = None) -> SLO:
-    """The run's `slo` from run.json, with the SLO flags of `args` over it."""
-    given = dict(meta.get("slo") or {})
-    known = set(SLO.__dataclass_fields__)
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise ValueError(f"run.json, key 'slo': unknown parameters {unknown}; expected some of {sorted(known)}")
-    for flag, (field, _) in SLO_FLAGS.items():
-        value = getattr(args, flag.lstrip("-").replace("-", "_")) if args is not None else None
-        if value is not None:
-            given[field] = value
-    return SLO(**given)
-
-
-def tenant_slos_from(meta: dict, args: argparse.Namespace | None = None) -> dict[str, SLO]:
-    """Each tenant's SLO recorded in run.json (`tenant_slo`), with the SLO flags over it."""
-    flags = {field: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (field, _) in SLO_FLAGS.items()} \
-        if args is not None else {}
-    given = {k: v for k, v in flags.items() if v is not None}
-    return {tenant: SLO(**{**values, **given}) for tenant, values in (meta.get("tenant_slo") or {}).items()}
+def slo_overrides(args: argparse.Namespace) -> dict:
+    """The SLO fields given as flags."""
+    values = {field: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (field, _) in SLO_FLAGS.items()}
+    return {field: value for field, value in values.items() if value is not None}
 
 
 def _seconds(text: str) -> float:
@@ -65,7 +49,7 @@ def _seconds(text: str) -> float:
 
 def _metrics(args: argparse.Namespace) -> int:
     run = read_any(args.run)
-    slo, tenants = slo_from(run.meta, args), tenant_slos_from(run.meta, args)
+    slo, tenants = run_slos(run.meta, slo_overrides(args))
     window = Window(args.warmup, args.cooldown)
     table, summary = score(run, slo, window, tenants)
     summaries = {"run": summary}
@@ -100,7 +84,8 @@ def _run(args: argparse.Namespace) -> int:
     for variant, config in configs.items():
         path = run_experiment(config, out / variant if len(configs) > 1 else out)
         run = read_any(path)
-        summaries[variant] = score(run, slo_from(run.meta), tenant_slos=tenant_slos_from(run.meta))[1]
+        slo, tenants = run_slos(run.meta)
+        summaries[variant] = score(run, slo, tenant_slos=tenants)[1]
         print(f"wrote run {path}")
     print_summaries(summaries)
     return 0

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from experiments.config import ExperimentConfig
 from experiments.imports import read_any
-from experiments.metrics import run_end, score
+from experiments.metrics import run_end, run_slos, score
 from experiments.runformat import Run
 from migration.ledger import build_ledger
 from router.slo import SLO
@@ -100,11 +100,9 @@ def _print(report: dict, console: Console) -> None:
 
 
 def _handle(args: argparse.Namespace) -> int:
-    from experiments.cli import slo_from, tenant_slos_from
-
     run = read_any(args.run)
     console = Console()
-    table = analyse(run, slo_from(run.meta), tenant_slos_from(run.meta), args.replays, args.seed, console)
+    table = analyse(run, *run_slos(run.meta), args.replays, args.seed, console)
     report = summary(table)
     out = Path(args.out or (args.run if Path(args.run).is_dir() else Path(args.run).parent))
     out.mkdir(parents=True, exist_ok=True)

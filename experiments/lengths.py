@@ -126,6 +126,13 @@ def length_table(name: str) -> Table:
     return table
 
 
+def readable_table(value: str, info: ValidationInfo) -> str:
+    """A shipped data set's name or a CSV path, resolved and read once to check it."""
+    value = resolve_data_file(value, info)
+    length_table(value)
+    return value
+
+
 class LengthsBase(BaseModel):
     """Clipping shared by every distribution: to a model's context, say."""
     model_config = ConfigDict(extra="forbid")
@@ -201,9 +208,7 @@ class DatasetLengths(LengthsBase):
     @field_validator("name")
     @classmethod
     def _readable(cls, name: str, info: ValidationInfo) -> str:
-        name = resolve_data_file(name, info)
-        length_table(name)
-        return name
+        return readable_table(name, info)
 
     def draw(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         table = length_table(self.name)
@@ -222,9 +227,7 @@ class ConcatLongLengths(LengthsBase):
     @field_validator("source")
     @classmethod
     def _readable(cls, source: str, info: ValidationInfo) -> str:
-        source = resolve_data_file(source, info)
-        length_table(source)
-        return source
+        return readable_table(source, info)
 
     @model_validator(mode="after")
     def _has_short_prompts(self) -> ConcatLongLengths:

@@ -31,6 +31,19 @@ class Window:
                 raise ValueError(f"{name}: expected a number of seconds >= 0, got {value!r}")
 
 
+def run_slos(meta: dict, overrides: dict | None = None) -> tuple[SLO, dict[str, SLO]]:
+    """The SLO a run is scored with (run.json `slo`) and each tenant's (`tenant_slo`),
+    with `overrides` (SLO field -> value) over both."""
+    given = dict(meta.get("slo") or {})
+    known = set(SLO.__dataclass_fields__)
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"run.json, key 'slo': unknown parameters {unknown}; expected some of {sorted(known)}")
+    overrides = overrides or {}
+    tenants = {tenant: SLO(**{**values, **overrides}) for tenant, values in (meta.get("tenant_slo") or {}).items()}
+    return SLO(**{**given, **overrides}), tenants
+
+
 def run_end(run: Run) -> float:
     """`end_s` from run.json, else the last token or arrival, whichever is later."""
     if run.end_s is not None:

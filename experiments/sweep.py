@@ -22,10 +22,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from experiments.config import ConfigError, ExperimentConfig, Strict, apply_overrides, explain, read_mapping
 from experiments.harm import harm_counts
-from experiments.metrics import Window, score
+from experiments.metrics import Window, run_slos, score
 from experiments.runformat import Run, write_run
 from experiments.runner import simulate
-from router.slo import SCHEMES, SLO
+from router.slo import SCHEMES
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SINGLE_TENANT_RATE = "workload.arrival.rate"
@@ -283,11 +283,11 @@ def run_point(point: Point, window: Window, folder: Path | None, stalled: int, r
     run = simulate(point.config)
     if folder is not None:
         write_run(run, folder)
-    tenants = {t: SLO(**values) for t, values in (run.meta.get("tenant_slo") or {}).items()}
-    table, summary = score(run, SLO(**(run.meta.get("slo") or {})), window, tenants)
+    slo, tenants = run_slos(run.meta)
+    table, summary = score(run, slo, window, tenants)
     worst = table.sort_values(["idle_latency_s", "request_id"], ascending=[False, True], kind="stable")
     row = {"cluster": point.cluster, "policy": point.policy, "rate": point.rate, "seed": point.seed,
-           **headline(run, summary), **harm_counts(run, SLO(**(run.meta.get("slo") or {})), tenants, replays)}
+           **headline(run, summary), **harm_counts(run, slo, tenants, replays)}
     return row, worst["request_id"].head(stalled).tolist()
 
 
