@@ -36,7 +36,7 @@ def token_timelines(runs: dict[str, Run], request_ids: list, slo: SLO, path: Pat
             axis.step(times, np.arange(1, len(times) + 1), where="post", label=label)
             longest = max(longest, len(times))
         index = np.arange(1, longest + 1)
-        axis.plot(slo.l + slo.v * index, index, "k--", linewidth=1, label=f"deadline L + V*i")
+        axis.plot(slo.l + slo.v * index, index, "k--", linewidth=1, label="deadline L + V*i")
         axis.set_title(f"request {request_id}")
         axis.set_xlabel("seconds since arrival")
         axis.set_ylabel("tokens received")

@@ -93,7 +93,6 @@ def test_migration_moves_decoding_requests_and_loses_no_token(mode):
     if mode == "live":
         stages = events[events["kind"] == "migrate_stage"]
         assert stages.groupby("request_id").size().max() >= 2     # copied while decoding, then the last stage
-    moved = ended["request_id"].iloc[0]
     assert not simulator.moves.live
 
 
