@@ -34,6 +34,22 @@ class Engine(Protocol):
 
     def abort(self, request_id: int) -> None: ...
 
+    def reserve(self, blocks: int) -> bool: ...
+
+    def unreserve(self, blocks: int) -> None: ...
+
+    def release(self, request_id: int) -> Request: ...
+
+    def admit(self, request: Request, blocks: int) -> None: ...
+
+    def detach(self, request_id: int) -> Request | None: ...
+
+    def preempt(self, request_id: int, mode: str, now: float) -> float | None: ...
+
+    def resume(self, request_id: int) -> bool: ...
+
+    def context_of(self, request_id: int) -> int: ...
+
     def stats(self) -> dict: ...
 
 
@@ -46,6 +62,7 @@ class ModelEngine:
         single = replace(config, max_segment_steps=1)
         self.instance = Instance(index, role, model, single, total_blocks, kv_bytes_per_token, swap_bandwidth)
         self.requests: dict[int, Request] = {}
+        self.parked: dict[int, Request] = {}
         self.batch: list[int] = []
         self.started: list[Outcome] = []
         self.end_s = 0.0
@@ -74,10 +91,73 @@ class ModelEngine:
                           [r.id for r in outcome.finished], preempted)
 
     def abort(self, request_id: int) -> None:
+        request = self.requests.pop(request_id, None) or self.parked.pop(request_id, None)
+        if request is not None:
+            self.instance.remove(request)
+
+    # ---- KV moves and preemption, between steps ---------------------------------
+    def reserve(self, blocks: int) -> bool:
+        return self.instance.reserve(blocks)
+
+    def unreserve(self, blocks: int) -> None:
+        self.instance.free += blocks
+
+    def release(self, request_id: int) -> Request:
+        """A request whose KV went elsewhere (handed off, migrated) frees its blocks here."""
         request = self.requests.pop(request_id)
-        self.instance.remove(request)
+        self.instance.release(request)
+        return request
+
+    def admit(self, request: Request, blocks: int) -> None:
+        """A request whose KV arrived (`blocks` reserved here) joins the decode batch."""
+        self.requests[request.id] = request
+        self.instance.admit_decode(request, blocks)
+
+    def detach(self, request_id: int) -> Request | None:
+        """Stop decoding a request, keeping its KV (a live migration's last stage);
+        None if it is not decoding here."""
+        request = self.requests.get(request_id)
+        if request is None or request.id not in self.instance.running:
+            return None
+        self.instance.detach(request)
+        return request
+
+    def reattach(self, request_id: int) -> None:
+        """A detached request carries on here (its migration was aborted)."""
+        request = self.requests[request_id]
+        self.instance.admit_decode(request, request.blocks)
+
+    def preempt(self, request_id: int, mode: str, now: float) -> float | None:
+        """Preempt a decoding request (the router's choice); returns the bytes swapped
+        out, None if it is not decoding here. It stays parked here for `resume`."""
+        request = self.requests.get(request_id)
+        if request is None or request.id not in self.instance.running:
+            return None
+        nbytes = self.instance.preempt(request, mode, now)
+        self.parked[request_id] = self.requests.pop(request_id)
+        return nbytes
+
+    def resume(self, request_id: int) -> bool:
+        request = self.parked.pop(request_id, None)
+        if request is None:
+            return False
+        self.requests[request_id] = request
+        if request.blocks:
+            self.instance.resume_swapped(request)
+        else:
+            self.instance.enqueue(request)
+        return True
+
+    def context_of(self, request_id: int) -> int:
+        request = self.requests[request_id]
+        if request.id in self.instance.running:
+            return self.instance.context_of(request)
+        return request.context
 
     def stats(self) -> dict:
-        queued, tokens, running = self.instance.load()
-        return {"free_blocks": self.instance.free, "total_blocks": self.instance.total_blocks,
-                "queued": queued, "queued_tokens": tokens, "running": running}
+        instance = self.instance
+        queued, tokens, running = instance.load()
+        context = instance.context_now()
+        return {"free_blocks": instance.free, "total_blocks": instance.total_blocks, "queued": queued,
+                "queued_tokens": tokens, "running": running, "context_tokens": context,
+                "step_time_s": instance.model.decode_time(running, context) if running else 0.0}

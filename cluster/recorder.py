@@ -10,7 +10,7 @@ from cluster.request import DECODING, FINAL, PREFILL_PIECE, UNFINISHED
 
 EVENT_KINDS = ("arrive", "dispatch", "prefill_end", "transfer_start", "transfer_end", "preempt", "resume",
                "migrate_start", "migrate_stage", "migrate_end", "migrate_abort", "finish", "abort", "reject", "fault",
-               "vetoed")
+               "vetoed", "transfer_abort")
 
 
 class Recorder:
@@ -59,16 +59,17 @@ class Recorder:
                     request.pieces.append((instance.id, request.join_step, done))
                 request.generated = request.join_generated + done
         self.source, self.pieces, counts = _token_pieces(ordered, instances)
-        ids = np.fromiter((r.id for r in ordered), dtype=np.int64, count=len(ordered))
-        self.requests = pd.DataFrame({
-            "request_id": ids,
-            "arrival_s": np.fromiter((r.arrival for r in ordered), dtype=np.float64, count=len(ordered)),
-            "prompt_tokens": np.fromiter((r.prompt for r in ordered), dtype=np.int64, count=len(ordered)),
-            "output_tokens": counts,
-            "status": [r.state if r.state in FINAL else UNFINISHED for r in ordered],
-            "tenant": [r.tenant for r in ordered],
-            "planned_output_tokens": np.fromiter((r.target for r in ordered), dtype=np.int64, count=len(ordered)),
-        })
+        self.requests = _request_table(ordered, counts)
+
+    def close_live(self, end_s: float, requests, times: dict[int, array]) -> None:
+        """Build the tables of a live run, whose tokens were stamped as they came."""
+        self.end_s = end_s
+        ordered = sorted((r for r in requests if r.id in times), key=lambda r: (r.arrival, r.id))
+        arrays = [np.frombuffer(times[r.id], dtype=np.float64) for r in ordered]
+        counts = np.array([len(a) for a in arrays], dtype=np.int64)
+        self.source = np.concatenate(arrays) if arrays else np.zeros(0)
+        self.pieces = (np.arange(len(ordered), dtype=np.int64), np.cumsum(counts) - counts, counts)
+        self.requests = _request_table(ordered, counts)
 
     @property
     def total_tokens(self) -> int:
@@ -123,3 +124,15 @@ def _token_pieces(ordered, instances) -> tuple[np.ndarray, tuple[np.ndarray, ...
     owner, start, length = (np.frombuffer(a, dtype=np.int64) for a in (owner, start, length))
     counts = np.bincount(owner, weights=length, minlength=len(ordered)).astype(np.int64)
     return source, (owner, start, length), counts
+
+
+def _request_table(ordered, counts: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({
+        "request_id": np.fromiter((r.id for r in ordered), dtype=np.int64, count=len(ordered)),
+        "arrival_s": np.fromiter((r.arrival for r in ordered), dtype=np.float64, count=len(ordered)),
+        "prompt_tokens": np.fromiter((r.prompt for r in ordered), dtype=np.int64, count=len(ordered)),
+        "output_tokens": counts,
+        "status": [r.state if r.state in FINAL else UNFINISHED for r in ordered],
+        "tenant": [r.tenant for r in ordered],
+        "planned_output_tokens": np.fromiter((r.target for r in ordered), dtype=np.int64, count=len(ordered)),
+    })

@@ -2,26 +2,42 @@
 handing each step's result to `report` as one message (tokens are batched per step).
 
 Engine time runs at `speedup` times the wall clock, so an `emulated` worker (the model
-engine) waits out each modelled step, and its own overheads show as they would. Work
-submitted meanwhile joins at the next step boundary, as in a real engine.
+engine) waits out each modelled step, and its own overheads show as they would.
+Commands that change the batch (new requests, admissions, preemptions, detaching a
+migrating request) run at the next step boundary, as in a real engine; their results
+ride on the next report as notes. Blocks reserved for incoming KV expire at a
+deadline unless committed (the migration watchdog).
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Callable
 
 from cluster.engine import Engine, StepResult
 from cluster.request import Request
 
 
+@dataclass
+class Report:
+    """What a worker tells the driver: a step's result (None when only notes changed),
+    notes `(kind, request, value)` from commands, and the engine's load after it."""
+    step: StepResult | None
+    notes: list[tuple[str, int, float]] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    sent_s: float = 0.0
+
+
 class Worker:
-    def __init__(self, engine: Engine, report: Callable[[StepResult], None], speedup: float = 1.0) -> None:
+    def __init__(self, engine: Engine, report: Callable[[Report], None], speedup: float = 1.0) -> None:
         if not speedup > 0:
             raise ValueError(f"speedup: expected a number > 0, got {speedup!r}")
         self.engine, self.report, self.speedup = engine, report, speedup
-        self.inbox: deque[Request] = deque()
+        self.commands: deque[Callable[[], None]] = deque()
+        self.notes: list[tuple[str, int, float]] = []
+        self.reservations: dict[int, tuple[int, float]] = {}
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopped = False
@@ -36,9 +52,37 @@ class Worker:
         """Engine time: seconds since start, times the speed-up."""
         return (time.monotonic() - self.origin) * self.speedup
 
-    def submit(self, request: Request) -> None:
+    def at_boundary(self, command: Callable[[], None]) -> None:
         with self.lock:
-            self.inbox.append(request)
+            self.commands.append(command)
+        self.wake.set()
+
+    def submit(self, request: Request) -> None:
+        self.at_boundary(lambda: self.engine.add(request))
+
+    def note(self, kind: str, request: int, value: float = 0.0) -> None:
+        """Add a note to the next report (call with the lock held, as commands are)."""
+        self.notes.append((kind, request, value))
+
+    def reserve(self, request: int, blocks: int, deadline: float) -> bool:
+        """Reserve blocks for a request's incoming KV until `deadline` (monotonic seconds)."""
+        with self.lock:
+            if not self.engine.reserve(blocks):
+                return False
+            held, _ = self.reservations.get(request, (0, 0.0))
+            self.reservations[request] = (held + blocks, deadline)
+            return True
+
+    def take_reservation(self, request: int) -> int | None:
+        with self.lock:
+            held = self.reservations.pop(request, None)
+        return None if held is None else held[0]
+
+    def cancel(self, request: int) -> None:
+        with self.lock:
+            held = self.reservations.pop(request, None)
+            if held is not None:
+                self.engine.unreserve(held[0])
         self.wake.set()
 
     def stop(self) -> None:
@@ -46,35 +90,33 @@ class Worker:
         self.wake.set()
         self.thread.join(timeout=10)
 
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for request, (blocks, deadline) in list(self.reservations.items()):
+            if deadline < now:
+                del self.reservations[request]
+                self.engine.unreserve(blocks)
+                self.note("reservation_expired", request, blocks)
+
+    def _flush(self, step: StepResult | None) -> None:
+        notes, self.notes = self.notes, []
+        self.report(Report(step, notes, self.engine.stats(), time.monotonic()))
+
     def _loop(self) -> None:
         while not self.stopped:
             with self.lock:
-                while self.inbox:
-                    self.engine.add(self.inbox.popleft())
-            end = self.engine.begin(self.now())
+                while self.commands:
+                    self.commands.popleft()()
+                self._expire()
+                if self.notes:
+                    self._flush(None)
+                end = self.engine.begin(self.now())
             if end is None:
-                self.wake.wait()
+                self.wake.wait(0.05 if self.reservations else None)
                 self.wake.clear()
                 continue
             delay = (end - self.now()) / self.speedup
             if delay > 0:
                 time.sleep(delay)
-            self.report(self.engine.finish())
-
-
-class WorkerActor:
-    """A worker in a Ray actor (`ray.remote(WorkerActor)`): its step results go to
-    `outbox.put` (e.g. a `ray.util.queue.Queue` the driver reads)."""
-
-    def __init__(self, engine: Engine, outbox, speedup: float = 1.0) -> None:
-        self.worker = Worker(engine, outbox.put, speedup)
-        self.worker.start()
-
-    def submit(self, request: Request) -> None:
-        self.worker.submit(request)
-
-    def stats(self) -> dict:
-        return self.worker.engine.stats()
-
-    def stop(self) -> None:
-        self.worker.stop()
+            with self.lock:
+                self._flush(self.engine.finish())

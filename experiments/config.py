@@ -55,6 +55,16 @@ class MigrationSection(Strict):
     final_stage_tokens: int = Field(16, ge=1)
 
 
+class RaySection(Strict):
+    address: str | None = None
+    engine: Literal["emulated"] = "emulated"
+    speedup: float = Field(1.0, gt=0)
+    kv_scale: float = Field(0.01, gt=0, le=1)
+    worker_cpus: float = Field(0.25, gt=0)
+    start_timeout_s: float = Field(30.0, gt=0)
+    transfer_timeout_s: float = Field(30.0, gt=0)
+
+
 class ExperimentConfig(Strict):
     name: str = "experiment"
     seed: int = 0
@@ -63,6 +73,7 @@ class ExperimentConfig(Strict):
     cluster: ClusterSection = Field(default_factory=ClusterSection)
     router: RouterSection = Field(default_factory=RouterSection)
     migration: MigrationSection = Field(default_factory=MigrationSection)
+    ray: RaySection = Field(default_factory=RaySection)
     workload: WorkloadConfig
     slo: dict[str, float | str] = Field(default_factory=dict)
     variants: dict[str, list[str]] = Field(default_factory=dict)

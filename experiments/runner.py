@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -63,15 +64,35 @@ def versions() -> dict:
     return found
 
 
+def _meta(config: ExperimentConfig, plan: Plan, end_s: float, runtime: str) -> dict:
+    return {"end_s": end_s, "runtime": runtime, "seed": config.seed, "config": config.model_dump(mode="json"),
+            "versions": versions(), "slo": config.slo, "tenant_slo": {t: s.as_dict() for t, s in plan.slos.items()}}
+
+
 def _simulate(config: ExperimentConfig, veto: frozenset[int] = frozenset()) -> tuple[Recorder, dict]:
     workload = generate(config.workload, config.seed)
     plan = build_plan(config, workload, veto)
     record = Simulator(plan).run()
-    meta = {"end_s": record.end_s, "runtime": "sim", "seed": config.seed, "config": config.model_dump(mode="json"),
-            "versions": versions(), "slo": config.slo,
-            "tenant_slo": {t: s.as_dict() for t, s in plan.slos.items()},
-            "iterations": int(sum(i.iterations for i in plan.instances))}
+    meta = _meta(config, plan, record.end_s, "sim")
+    meta["iterations"] = int(sum(i.iterations for i in plan.instances))
     return record, meta
+
+
+def _run_live(config: ExperimentConfig, progress: Callable[[int, int], None] | None) -> tuple[Recorder, dict]:
+    from cluster.live import LiveOptions, LiveRuntime
+    from cluster.raycluster import WorkerOptions, connect, start_workers, stop
+
+    plan = build_plan(config, generate(config.workload, config.seed))
+    section = config.ray
+    connect(section.address)
+    actors, groups = start_workers(plan.instances, [int(n) for n in plan.table.node],
+                                   WorkerOptions(section.speedup, section.kv_scale, section.worker_cpus,
+                                                 section.start_timeout_s))
+    try:
+        record = LiveRuntime(plan, actors, LiveOptions(section.speedup, section.transfer_timeout_s), progress).run()
+    finally:
+        stop(actors, groups)
+    return record, _meta(config, plan, record.end_s, "ray")
 
 
 def simulate(config: ExperimentConfig, veto: frozenset[int] = frozenset()) -> Run:
@@ -81,12 +102,11 @@ def simulate(config: ExperimentConfig, veto: frozenset[int] = frozenset()) -> Ru
     return validate(Run(record.requests, record.tokens, record.events(), meta))
 
 
-def run_experiment(config: ExperimentConfig, out: Path) -> Path:
-    """Simulate and write the run folder; a run of more than STREAM_TOKENS tokens
-    has its tokens table written in chunks, never whole in memory."""
-    if config.runtime != "sim":
-        raise ValueError(f"runtime: {config.runtime!r} is not available yet; use runtime: sim")
-    record, meta = _simulate(config)
+def run_experiment(config: ExperimentConfig, out: Path, progress: Callable[[int, int], None] | None = None) -> Path:
+    """Run the config (simulated, or live on Ray) and write the run folder; a run of
+    more than STREAM_TOKENS tokens has its tokens table written in chunks, never
+    whole in memory. `progress(done, total)` hears of each request that ends (live)."""
+    record, meta = _run_live(config, progress) if config.runtime == "ray" else _simulate(config)
     if record.total_tokens <= STREAM_TOKENS:
         return write_run(Run(record.requests, record.tokens, record.events(), meta), out)
     empty = pd.DataFrame({"request_id": pd.Series(dtype="int64"), "index": pd.Series(dtype="int64"),

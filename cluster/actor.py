@@ -1,0 +1,151 @@
+"""The worker as a Ray actor. The driver long-polls its reports (one message per step
+or more), sends it commands, and has it pull a request's KV from another worker:
+reserve blocks, fetch the bytes through the object store, check them, wait out the
+modelled transfer time, and on the last stage admit the request to decode here."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from dataclasses import dataclass
+
+from cluster.engine import Engine
+from cluster.kvbytes import EmulatedKV
+from cluster.request import Request
+from cluster.worker import Report, Worker
+from migration.transport import ChecksumError, describe, verify
+
+
+@dataclass(frozen=True)
+class LinkTime:
+    """The modelled time of one transfer stage: `fixed_s + bytes * seconds_per_byte`
+    (bytes at their modelled, unscaled size)."""
+    fixed_s: float
+    seconds_per_byte: float
+
+
+@dataclass(frozen=True)
+class Pulled:
+    ok: bool
+    reason: str = ""
+    tokens: int = 0
+    nbytes: int = 0
+    real_s: float = 0.0
+
+
+class WorkerActor:
+    """Use as `ray.remote(WorkerActor)` with `max_concurrency` > 1: `poll` blocks while
+    commands and pulls come in."""
+
+    def __init__(self, index: int, engine: Engine, speedup: float, kv: EmulatedKV) -> None:
+        self.index, self.kv, self.speedup = index, kv, speedup
+        self.outbox: list[Report] = []
+        self.posted = threading.Condition()
+        self.worker = Worker(engine, self._post, speedup)
+        self.engine = engine
+        self.worker.start()
+
+    def _post(self, report: Report) -> None:
+        with self.posted:
+            self.outbox.append(report)
+            self.posted.notify_all()
+
+    def ready(self) -> int:
+        return self.index
+
+    def poll(self, timeout_s: float) -> list[Report]:
+        with self.posted:
+            self.posted.wait_for(lambda: self.outbox, timeout_s)
+            reports, self.outbox = self.outbox, []
+        return reports
+
+    def submit(self, request: Request) -> None:
+        self.worker.submit(request)
+
+    def abort(self, request_id: int) -> None:
+        self.worker.at_boundary(lambda: self.engine.abort(request_id))
+
+    def decode_here(self, request_id: int) -> None:
+        """A request prefilled here decodes here too (a handoff to its own instance)."""
+        def admit() -> None:
+            request = self.engine.requests[request_id]
+            self.engine.admit(request, request.blocks)
+        self.worker.at_boundary(admit)
+
+    def release(self, request_id: int) -> None:
+        with self.worker.lock:
+            self.engine.release(request_id)
+        self.worker.wake.set()
+
+    def preempt(self, request_id: int, mode: str) -> None:
+        def preempt() -> None:
+            nbytes = self.engine.preempt(request_id, mode, self.worker.now())
+            self.worker.note("preempted", request_id, -1.0 if nbytes is None else nbytes)
+        self.worker.at_boundary(preempt)
+
+    def resume(self, request_id: int) -> None:
+        self.worker.at_boundary(lambda: self.worker.note("resumed", request_id, float(self.engine.resume(request_id))))
+
+    def detach(self, request_id: int) -> None:
+        def detach() -> None:
+            request = self.engine.detach(request_id)
+            self.worker.note("detached", request_id, -1.0 if request is None else float(request.context))
+        self.worker.at_boundary(detach)
+
+    def reattach(self, request_id: int) -> None:
+        self.worker.at_boundary(lambda: self.engine.reattach(request_id))
+
+    def cancel(self, request_id: int) -> None:
+        """Free the blocks reserved for a request's KV that will not come."""
+        self.worker.cancel(request_id)
+
+    def export_kv(self, request_id: int, first: int, tokens: int | None, final: bool):
+        """KV of tokens [first, first + tokens) (to the end when `tokens` is None), with
+        the request's state when `final` (the receiver takes it over)."""
+        with self.worker.lock:
+            request = self.engine.requests[request_id]
+            if tokens is None:
+                tokens = self.engine.context_of(request_id) - first
+            moved = dataclasses.replace(request, pieces=[], tracker=None) if final else None
+        data = self.kv.payload(request_id, first, tokens)
+        return describe(request_id, data), data, moved, tokens
+
+    def pull(self, request_id: int, exported: list, reserve: int, final: bool, link: LinkTime,
+             timeout_s: float) -> Pulled:
+        """Take in KV that the source exports (`exported`: [the ref of its `export_kv`])."""
+        import ray
+
+        start = time.monotonic()
+        if reserve and not self.worker.reserve(request_id, reserve, start + timeout_s):
+            return Pulled(False, "target_full")
+        try:
+            packet, data, request, tokens = ray.get(exported[0], timeout=timeout_s)
+            verify(packet, data)
+        except ray.exceptions.GetTimeoutError:
+            return self._failed(request_id, "timeout")
+        except ray.exceptions.RayActorError:
+            return self._failed(request_id, "source_dead")
+        except KeyError:
+            return self._failed(request_id, "missing")
+        except ChecksumError:
+            return self._failed(request_id, "checksum")
+        real_s = time.monotonic() - start
+        modelled_s = (link.fixed_s + tokens * self.kv.bytes_per_token * link.seconds_per_byte) / self.speedup
+        time.sleep(max(0.0, start + modelled_s - time.monotonic()))
+        if final:
+            blocks = self.worker.take_reservation(request_id)
+            if blocks is None:
+                return Pulled(False, "cancelled")
+            self.worker.at_boundary(lambda: self.engine.admit(request, blocks))
+        return Pulled(True, "", tokens, int(data.nbytes), real_s)
+
+    def _failed(self, request_id: int, reason: str) -> Pulled:
+        self.worker.cancel(request_id)
+        return Pulled(False, reason)
+
+    def stats(self) -> dict:
+        with self.worker.lock:
+            return self.engine.stats()
+
+    def stop(self) -> None:
+        self.worker.stop()

@@ -1,0 +1,114 @@
+"""Starting the live cluster on Ray: connect to the cluster at an address (or start
+Ray in-process), give each instance a placement group on its node, start one worker
+actor per instance. A wrong address, too few resources or a worker that fails to
+start is a `ClusterError` within seconds, never a hang."""
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+from cluster.actor import WorkerActor
+from cluster.engine import ModelEngine
+from cluster.instance import Instance
+from cluster.kvbytes import EmulatedKV
+
+MAX_CONCURRENCY = 16
+
+
+class ClusterError(RuntimeError):
+    """The Ray cluster cannot host the configured instances."""
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    speedup: float = 1.0
+    kv_scale: float = 0.01
+    worker_cpus: float = 0.25
+    start_timeout_s: float = 30.0
+
+
+def connect(address: str | None, timeout_s: float = 5.0) -> None:
+    """Join the Ray cluster at `address` ("host:port" or "auto"); None starts one in-process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not address:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        return
+    if address != "auto":
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ClusterError(f"ray.address: expected HOST:PORT of a Ray head (e.g. 10.0.0.1:6379) or 'auto', "
+                               f"got {address!r}")
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        except OSError as exc:
+            raise ClusterError(f"ray.address: no Ray cluster answers at {address} ({exc}); start one with "
+                               f"`ray start --head` there, or leave ray.address unset for a local Ray") from None
+    try:
+        ray.init(address=address, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise ClusterError(f"ray.address: cannot join the Ray cluster at {address}: {exc}") from None
+
+
+def ray_nodes() -> list[str]:
+    """Ids of the cluster's live nodes, the head first."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    nodes.sort(key=lambda n: (not n["Resources"].get("node:__internal_head__"), n["NodeID"]))
+    return [n["NodeID"] for n in nodes]
+
+
+def start_workers(instances: list[Instance], nodes: list[int], options: WorkerOptions) -> tuple[list, list]:
+    """One placement group and one worker actor per instance; the instances' logical
+    nodes map onto the cluster's nodes in order. Returns (actors, placement groups)."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    cluster_nodes = ray_nodes()
+    bundle = {"CPU": options.worker_cpus}
+    groups = []
+    for node in nodes:
+        selector = [{"ray.io/node-id": cluster_nodes[node % len(cluster_nodes)]}] if len(cluster_nodes) > 1 else None
+        groups.append(placement_group([bundle], strategy="STRICT_PACK", bundle_label_selector=selector))
+    try:
+        ray.get([g.ready() for g in groups], timeout=options.start_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        for g in groups:
+            remove_placement_group(g)
+        raise ClusterError(f"ray: {len(groups)} placement groups of {bundle} each did not fit within "
+                           f"{options.start_timeout_s:g} s; the cluster has {ray.available_resources()} free "
+                           f"(set ray.worker_cpus lower or add nodes)") from None
+    remote = ray.remote(WorkerActor)
+    actors = []
+    for instance, group in zip(instances, groups):
+        engine = ModelEngine(instance.id, instance.role, instance.model, instance.config, instance.total_blocks,
+                             instance.kv_bytes_per_token, instance.swap_bandwidth)
+        kv = EmulatedKV(instance.kv_bytes_per_token, options.kv_scale, seed=instance.id)
+        actors.append(remote.options(num_cpus=options.worker_cpus, max_concurrency=MAX_CONCURRENCY,
+                                     scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0))
+                      .remote(instance.id, engine, options.speedup, kv))
+    try:
+        ray.get([a.ready.remote() for a in actors], timeout=options.start_timeout_s)
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as exc:
+        stop(actors, groups)
+        raise ClusterError(f"ray: the worker actors did not start within {options.start_timeout_s:g} s: "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    return actors, groups
+
+
+def stop(actors: list, groups: list) -> None:
+    import ray
+    from ray.util.placement_group import remove_placement_group
+
+    for actor in actors:
+        try:
+            ray.kill(actor)
+        except Exception:  # noqa: BLE001 (gone already)
+            pass
+    for group in groups:
+        remove_placement_group(group)
