@@ -94,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
 def _quickstart(args: argparse.Namespace) -> int:
     from experiments.quickstart import quickstart
 
-    return quickstart(Path(args.out))
+    return quickstart(Path(args.out), args.set)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -131,8 +131,11 @@ def parser() -> argparse.ArgumentParser:
     add_harm(commands)
     add_sweep(commands)
 
-    quick = commands.add_parser("quickstart", help="the quickstart experiment")
+    quick = commands.add_parser("quickstart", help="the quickstart: classic vs smooth goodput routers on a live "
+                                                   "local Ray cluster (2 prefill + 2 decode emulated A100s)")
     quick.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
+    quick.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a key of configs/quickstart.yaml (e.g. workload.requests=100)")
     quick.set_defaults(handler=_quickstart)
     return top
 

@@ -1,40 +1,32 @@
-"""The quickstart: `configs/quickstart.yaml` simulated three ways on the same
-requests (colocated prefill-first, chunked prefill, disaggregated), scored side by
-side with classic and smooth metrics, with token timelines of the requests that
-stalled most, written to one folder."""
+"""The quickstart: `configs/quickstart.yaml`, a live disaggregated cluster on a local
+Ray, serving the same requests under the classic-goodput and the smooth-goodput
+router, with the results table, plots and report.md written to one folder."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import track
+from rich.table import Table
 
-from experiments.config import load_variants
-from experiments.metrics import score
-from experiments.plots import token_timelines
-from experiments.runformat import read_run
-from experiments.runner import run_experiment
-from experiments.show import print_summaries
-from router.slo import SLO
+from experiments.report import SHOWN
+from experiments.sweep import load_sweep, run_sweep
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+COLUMNS = ("policy", "ttft_tbt_attainment", "smooth_goodput", "ttft_p99_s", "tbt_p99_s", "idle_latency_p99_s",
+           "preemptions", "migrations_started", "rejected")
 
 
-def quickstart(out: Path) -> int:
-    console = Console()
-    configs = load_variants(CONFIG)
-    console.print(f"[bold]pdlab quickstart[/bold]: {CONFIG.name}, {len(configs)} variants, results in {out}")
-    runs, tables, summaries = {}, {}, {}
-    for variant, config in track(configs.items(), description="simulating", console=console):
-        runs[variant] = read_run(run_experiment(config, out / variant))
-        slo = SLO(**config.slo)
-        tables[variant], summaries[variant] = score(runs[variant], slo)
-        tables[variant].to_csv(out / variant / "per_request.csv", index=False)
-    (out / "summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
-    print_summaries(summaries, console)
-    first = next(iter(tables))
-    stalled = tables[first].sort_values("max_tbt_s", ascending=False)["request_id"].head(3).tolist()
-    plots = token_timelines(runs, stalled, SLO(**configs[first].slo), out / "timelines")
-    console.print(f"wrote {out / 'summary.json'}, per-request tables, {', '.join(str(p) for p in plots)}")
+def quickstart(out: Path, overrides: list[str] = ()) -> int:
+    console = Console(stderr=True)
+    sweep = load_sweep(CONFIG, list(overrides))
+    console.print(f"[bold]pdlab quickstart[/bold]: {CONFIG.name}, {len(sweep.points)} live runs on a local Ray, "
+                  f"results in {out}")
+    results = run_sweep(sweep, out, console=console)
+    table = Table(title="classic vs smooth goodput routers, live")
+    for column in COLUMNS:
+        table.add_column(SHOWN[column][0])
+    for _, row in results.iterrows():
+        table.add_row(*(SHOWN[c][1].format(int(row[c]) if SHOWN[c][1] == "{:d}" else row[c]) for c in COLUMNS))
+    Console().print(table)
+    console.print(f"wrote {out / 'report.md'}, {out / 'plots'}, {out / 'results.csv'} and the runs in {out / 'runs'}")
     return 0

@@ -102,6 +102,12 @@ def simulate(config: ExperimentConfig, veto: frozenset[int] = frozenset()) -> Ru
     return validate(Run(record.requests, record.tokens, record.events(), meta))
 
 
+def run_config(config: ExperimentConfig, progress: Callable[[int, int], None] | None = None) -> Run:
+    """Run the config on its runtime (the simulator, or live on Ray) and return the run."""
+    record, meta = _run_live(config, progress) if config.runtime == "ray" else _simulate(config)
+    return validate(Run(record.requests, record.tokens, record.events(), meta))
+
+
 def run_experiment(config: ExperimentConfig, out: Path, progress: Callable[[int, int], None] | None = None) -> Path:
     """Run the config (simulated, or live on Ray) and write the run folder; a run of
     more than STREAM_TOKENS tokens has its tokens table written in chunks, never

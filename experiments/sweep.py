@@ -24,7 +24,7 @@ from experiments.config import ConfigError, ExperimentConfig, Strict, apply_over
 from experiments.harm import harm_counts
 from experiments.metrics import Window, run_slos, score
 from experiments.runformat import Run, write_run
-from experiments.runner import simulate
+from experiments.runner import run_config
 from router.slo import SCHEMES
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -206,10 +206,7 @@ def _base_data(path: Path, spec: SweepFile, overrides: list[str]) -> tuple[dict,
     data = apply_overrides(data, [*spec.set, *overrides], where)
     if "variants" in data:
         raise ConfigError(f"{where}: {section}variants: a sweep's base takes no variants; use sweep.clusters instead")
-    base = _validate(data, where, section)
-    if base.runtime != "sim":
-        raise ConfigError(f"{where}: {section}runtime: sweeps run on the simulator; expected sim, got {base.runtime!r}")
-    return data, base
+    return data, _validate(data, where, section)
 
 
 def _rate_key(data: dict, spec: SweepFile) -> str:
@@ -276,11 +273,13 @@ def headline(run: Run, summary: dict) -> dict:
     return row
 
 
-def run_point(point: Point, window: Window, folder: Path | None, stalled: int, replays: int = 0) -> tuple[dict, list]:
-    """Simulate and score one point; write its run folder when `folder` is given; count
-    its harmful moves (`replays` counterfactuals). Returns its table row and the ids of
-    its `stalled` requests of largest idle latency."""
-    run = simulate(point.config)
+def run_point(point: Point, window: Window, folder: Path | None, stalled: int, replays: int = 0,
+              progress=None) -> tuple[dict, list]:
+    """Run and score one point (simulated or live, as its config says); write its run
+    folder when `folder` is given; count its harmful moves (`replays` counterfactuals,
+    simulated). Returns its table row and the ids of its `stalled` requests of largest
+    idle latency."""
+    run = run_config(point.config, progress)
     if folder is not None:
         write_run(run, folder)
     slo, tenants = run_slos(run.meta)
@@ -291,10 +290,10 @@ def run_point(point: Point, window: Window, folder: Path | None, stalled: int, r
     return row, worst["request_id"].head(stalled).tolist()
 
 
-def _job(args: tuple) -> tuple[int, dict, list]:
+def _job(args: tuple, progress=None) -> tuple[int, dict, list]:
     index, point, window, folder, stalled, replays = args
     try:
-        return (index, *run_point(point, window, folder, stalled, replays))
+        return (index, *run_point(point, window, folder, stalled, replays, progress))
     except ValueError as exc:
         raise ValueError(f"point {point.folder.as_posix()}: {exc}") from None
 
@@ -323,10 +322,15 @@ def run_points(sweep: Sweep, out: Path, jobs: int = 1, keep_runs: bool = True, c
     Returns the results table and, per point index, its most stalled request ids."""
     rows, stalled = {}, {}
     work = _jobs(sweep, out, keep_runs)
+    if jobs > 1 and any(p.config.runtime == "ray" for p in sweep.points):
+        raise ConfigError(f"sweep {sweep.name}: live points (runtime: ray) share one Ray cluster; run them with --jobs 1")
     with _progress(console or Console(stderr=True), quiet) as progress:
         task = progress.add_task(f"sweep {sweep.name}", total=len(work))
         if jobs == 1:
-            for index, row, ids in map(_job, work):
+            for job in work:
+                requests = progress.add_task(f"  {job[1].folder.as_posix()}", total=None)
+                index, row, ids = _job(job, lambda done, total: progress.update(requests, completed=done, total=total))
+                progress.remove_task(requests)
                 rows[index], stalled[index] = row, ids
                 progress.advance(task)
         else:
