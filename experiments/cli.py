@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from cluster.raycluster import ClusterError
 from experiments.calibrate import add_parser as add_calibrate
 from experiments.delay import delay_output
 from experiments.harm import add_parser as add_harm
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (RunFormatError, ValueError, FileNotFoundError) as exc:
+    except (RunFormatError, ValueError, FileNotFoundError, ClusterError) as exc:
         if os.environ.get("PDLAB_DEBUG"):
             raise
         print(f"pdlab {args.command}: error: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -73,14 +74,18 @@ def test_run_json_slo_section_sets_defaults(pdlab_json, run):
     assert pdlab_json(run, "--tbt", 0.1)["slo_attainment"] == pytest.approx(1 / 3)
 
 
-def test_quickstart_writes_its_report(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "experiments.cli", "quickstart", "--out", str(tmp_path / "qs")],
+def test_layouts_compare_colocated_chunked_and_disaggregated(tmp_path):
+    config = Path(__file__).resolve().parents[1] / "configs" / "layouts.yaml"
+    done = subprocess.run([sys.executable, "-m", "experiments.cli", "run", str(config), "--out", str(tmp_path / "l")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    for name in ("summary.json", "timelines.png", "timelines.svg", "colocated/tokens.parquet",
-                 "chunked/per_request.csv", "disaggregated/run.json"):
-        assert (tmp_path / "qs" / name).exists(), name
-    summaries = json.loads((tmp_path / "qs" / "summary.json").read_text())
+    summaries = {}
+    for variant in ("colocated", "chunked", "disaggregated"):
+        run = tmp_path / "l" / variant
+        assert (run / "tokens.parquet").exists() and (run / "run.json").exists(), variant
+        summaries[variant] = json.loads(subprocess.run(
+            [sys.executable, "-m", "experiments.cli", "metrics", str(run), "--json"],
+            capture_output=True, text=True, check=True).stdout)
     colocated, chunked, disaggregated = (summaries[k] for k in ("colocated", "chunked", "disaggregated"))
     assert chunked["tbt_s"]["p99"] < colocated["tbt_s"]["p99"]
     assert disaggregated["slo_attainment"] > colocated["slo_attainment"]

@@ -10,7 +10,9 @@ from cluster.engine import ModelEngine, StepResult
 from cluster.perfmodel import IterationModel
 from cluster.request import Request
 from cluster.scheduling import SchedulerConfig
-from cluster.worker import Worker, WorkerActor
+from cluster.actor import WorkerActor
+from cluster.kvbytes import EmulatedKV
+from cluster.worker import Report, Worker
 from router.snapshot import COLOCATED
 
 
@@ -23,8 +25,9 @@ def engine() -> ModelEngine:
 def test_worker_waits_out_each_step_and_reports_every_token():
     results: list[tuple[float, StepResult]] = []
     done = threading.Event()
-    worker = Worker(engine(), lambda r: (results.append((time.monotonic(), r)),
-                                         sum(len(x.finished) for _, x in results) == 3 and done.set()), speedup=2.0)
+    worker = Worker(engine(), lambda r: r.step and (results.append((time.monotonic(), r.step)),
+                                                    sum(len(x.finished) for _, x in results) == 3 and done.set()),
+                    speedup=2.0)
     worker.start()
     started = time.monotonic()
     for i, output in enumerate((10, 20, 30)):
@@ -39,17 +42,33 @@ def test_worker_waits_out_each_step_and_reports_every_token():
     assert wall >= 0.30 / 2.0 * 0.95                     # never faster than the model allows
 
 
-def test_worker_as_a_ray_actor_streams_steps_to_the_driver(local_ray):
-    from ray.util.queue import Queue
-
-    outbox = Queue()
-    actor = ray.remote(num_cpus=0)(WorkerActor).remote(engine(), outbox, 4.0)
+def test_worker_as_a_ray_actor_reports_steps_to_a_long_poll(local_ray):
+    actor = ray.remote(num_cpus=0, max_concurrency=4)(WorkerActor).remote(0, engine(), 4.0, EmulatedKV(1.0))
     ray.get([actor.submit.remote(Request(i, "default", 0.0, 20, 15)) for i in range(4)])
     finished, steps = set(), 0
     while len(finished) < 4:
-        result = outbox.get(timeout=10)
-        finished |= set(result.finished)
-        steps += 1
+        for report in ray.get(actor.poll.remote(5.0)):
+            if report.step is not None:
+                finished |= set(report.step.finished)
+                steps += 1
     assert finished == {0, 1, 2, 3} and steps >= 15
     assert ray.get(actor.stats.remote())["running"] == 0
+    assert ray.get(actor.poll.remote(0.05)) == []
     ray.get(actor.stop.remote())
+
+
+def test_reserved_blocks_expire_unless_committed():
+    reports: list[Report] = []
+    worker = Worker(engine(), reports.append)
+    worker.start()
+    assert worker.reserve(7, 100, time.monotonic() + 0.1)
+    assert worker.reserve(8, 50, time.monotonic() + 60)
+    assert worker.engine.stats()["free_blocks"] == 850
+    deadline = time.monotonic() + 5
+    while not any(n[0] == "reservation_expired" for r in reports for n in r.notes) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    worker.cancel(8)
+    time.sleep(0.1)
+    worker.stop()
+    assert ("reservation_expired", 7, 100) in [n for r in reports for n in r.notes]
+    assert worker.engine.stats()["free_blocks"] == 1000 and worker.take_reservation(8) is None

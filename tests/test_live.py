@@ -1,0 +1,127 @@
+"""The live runtime on a local Ray: emulated workers serve runs that agree with the
+simulator; a worker killed mid-run loses no request; live and recompute migrations,
+preemptions and resumes asked by the router complete and free every block."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import ray
+
+from cluster.live import LiveOptions, LiveRuntime
+from cluster.raycluster import WorkerOptions, start_workers, stop
+from experiments.config import ExperimentConfig
+from experiments.metrics import score
+from experiments.runformat import Run, validate
+from experiments.runner import build_plan, run_config
+from experiments.workloads import generate
+from router.actions import Dispatch, Handoff, Migrate, Preempt, Resume
+from router.policy import Policy
+from router.slo import SLO
+from router.snapshot import DECODE, PREFILL
+
+
+def config(requests: int = 30, rate: float = 5.0, decode: int = 1, speedup: float = 2.0, **changes) -> ExperimentConfig:
+    data = {"runtime": "ray", "seed": 1,
+            "cluster": {"instances": [{"role": "prefill"}, {"role": "decode", "count": decode}], "kv_blocks": 4000},
+            "ray": {"speedup": speedup, "worker_cpus": 0.1},
+            "workload": {"requests": requests, "arrival": {"process": "poisson", "rate": rate},
+                         "lengths": {"dist": "uniform", "prompt": [50, 800], "output": [20, 120]}},
+            "slo": {"ttft": 1.0, "tbt": 0.1}}
+    data.update(changes)
+    return ExperimentConfig.model_validate(data)
+
+
+def run_live(cfg: ExperimentConfig, policy: Policy | None = None, kill: tuple[float, int] | None = None):
+    """A live run; `kill` = (wall seconds, instance) kills that worker mid-run. Returns
+    the run and the stats of the workers left alive at its end."""
+    plan = build_plan(cfg, generate(cfg.workload, cfg.seed))
+    if policy is not None:
+        plan.policy = policy
+    actors, groups = start_workers(plan.instances, [0] * len(plan.instances),
+                                   WorkerOptions(cfg.ray.speedup, cfg.ray.kv_scale, cfg.ray.worker_cpus))
+    if kill:
+        threading.Timer(kill[0], lambda: ray.kill(actors[kill[1]])).start()
+    try:
+        record = LiveRuntime(plan, actors, LiveOptions(cfg.ray.speedup, 10.0, 60.0)).run()
+        alive = [i for i in range(len(actors)) if plan.table.alive[i]]
+        stats = {i: ray.get(actors[i].stats.remote()) for i in alive}
+    finally:
+        stop(actors, groups)
+    return validate(Run(record.requests, record.tokens, record.events(), {"end_s": record.end_s})), stats
+
+
+def assert_complete(run: Run) -> None:
+    requests = run.requests
+    assert (requests["status"] == "finished").all(), requests["status"].value_counts()
+    assert (requests["output_tokens"] == requests["planned_output_tokens"]).all()
+
+
+def test_live_run_agrees_with_the_simulator(local_ray):
+    cfg = config(requests=60, rate=6.0, speedup=1.0,
+                 workload={"requests": 60, "arrival": {"process": "poisson", "rate": 6.0},
+                           "lengths": {"dist": "dataset", "name": "sharegpt", "max_prompt": 2048, "max_output": 300}})
+    live = run_config(cfg)
+    simulated = run_config(cfg.model_copy(update={"runtime": "sim"}))
+    assert_complete(live)
+    slo = SLO(**cfg.slo)
+    (_, a), (_, b) = score(live, slo), score(simulated, slo)
+    pairs = {"ttft p50": (a["ttft_s"]["p50"], b["ttft_s"]["p50"]), "ttft p99": (a["ttft_s"]["p99"], b["ttft_s"]["p99"]),
+             "tbt p99": (a["tbt_s"]["p99"], b["tbt_s"]["p99"]), "smooth": (a["smooth_goodput"], b["smooth_goodput"]),
+             "classic": (a["schemes"]["ttft_tbt"]["token_goodput"], b["schemes"]["ttft_tbt"]["token_goodput"])}
+    off = {name: abs(x / y - 1) for name, (x, y) in pairs.items()}
+    assert max(off.values()) <= 0.05, {name: f"{value:.1%}" for name, value in off.items()}
+
+
+def test_a_killed_worker_loses_no_request(local_ray):
+    run, stats = run_live(config(requests=30, rate=8.0, decode=2), kill=(1.5, 2))
+    assert_complete(run)
+    events = run.events
+    fault = events[(events["kind"] == "fault") & (events["request_id"] == -1)]
+    assert list(fault["instance"]) == [2] and "worker died" in fault["detail"].iloc[0]
+    requeued = events[(events["kind"] == "fault") & (events["request_id"] >= 0)]
+    assert len(requeued) >= 1 and requeued["detail"].str.startswith("requeued").all()
+    later = events[events["time_s"] > fault["time_s"].iloc[0]]
+    assert not ((later["kind"] == "dispatch") & (later["instance"] == 2)).any()
+    assert all(s["free_blocks"] == s["total_blocks"] for s in stats.values())
+
+
+class ScriptedMoves(Policy):
+    """Prefill on the prefill instance, decode on the first decode instance, then move
+    requests there once they have 10 tokens: live, by recompute, preempted and resumed."""
+    name = "test-scripted-moves"
+    events = frozenset({"tick"})
+    needs_running = True
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.plan = ["live", "recompute", "preempt-recompute", "preempt-swap", "live", "live"]
+
+    def decide(self, snapshot):
+        prefill, decode = snapshot.instances.serving(PREFILL)[0], snapshot.instances.serving(DECODE)
+        actions = [Dispatch(r.id, prefill) for r in snapshot.to_dispatch]
+        actions += [Handoff(r.id, decode[0]) for r in snapshot.to_hand_off]
+        actions += [Resume(r.id, decode[0] if r.instance == decode[0] else decode[1]) for r in snapshot.preempted]
+        for view in snapshot.running.get(decode[0], ()):
+            if self.plan and view.generated >= 10 and view.max_output_tokens - view.generated > 30:
+                move = self.plan.pop(0)
+                if move.startswith("preempt"):
+                    actions.append(Preempt(view.id, move.removeprefix("preempt-")))
+                else:
+                    actions.append(Migrate(view.id, decode[1], move))
+        return actions
+
+
+def test_router_moves_complete_and_free_every_block(local_ray):
+    cfg = config(requests=16, rate=4.0, decode=2, router={"tick_s": 0.1},
+                 workload={"requests": 16, "arrival": {"process": "poisson", "rate": 4.0},
+                           "lengths": {"dist": "uniform", "prompt": [100, 600], "output": [60, 150]}})
+    run, stats = run_live(cfg, ScriptedMoves())
+    assert_complete(run)
+    kinds = run.events["kind"].value_counts()
+    assert kinds.get("migrate_end", 0) == 4 and kinds.get("migrate_abort", 0) == 0
+    assert kinds.get("preempt", 0) == 2 and kinds.get("resume", 0) == 2
+    assert kinds.get("migrate_stage", 0) >= 4
+    for request_id, times in run.tokens.groupby("request_id")["time_s"]:
+        assert times.is_monotonic_increasing, request_id
+    assert all(s["free_blocks"] == s["total_blocks"] and s["running"] == 0 for s in stats.values()), stats
