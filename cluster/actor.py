@@ -53,6 +53,11 @@ class WorkerActor:
     def ready(self) -> int:
         return self.index
 
+    def clock(self) -> tuple[str, float]:
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), time.monotonic()
+
     def poll(self, timeout_s: float) -> list[Report]:
         with self.posted:
             self.posted.wait_for(lambda: self.outbox, timeout_s)

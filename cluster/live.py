@@ -30,11 +30,19 @@ from router.tracker import RequestTracker
 POLL_S = 1.0
 
 
+STAMPS = ("step", "receipt")
+
+
 @dataclass
 class LiveOptions:
+    """`stamp`: a token's time is when its step ended by the engine's clock ("step":
+    the modelled end for an emulated engine, the measured one for a real engine, put on
+    the client clock: same-node clocks are shared, others offset by a measured skew),
+    or when its report reached the driver ("receipt", adding the delivery lag)."""
     speedup: float = 1.0
     transfer_timeout_s: float = 30.0
     stall_timeout_s: float = 120.0
+    stamp: str = "step"
 
 
 class LiveRuntime:
@@ -57,6 +65,7 @@ class LiveRuntime:
         self.unfinished = len(self.requests)
         self.origin = time.monotonic()
         self.last_progress = self.origin
+        self.skew = [0.0] * len(actors)
 
     def now(self) -> float:
         return (time.monotonic() - self.origin) * self.options.speedup
@@ -84,6 +93,9 @@ class LiveRuntime:
 
         arrivals = sorted(self.plan.requests, key=lambda r: (r.arrival, r.id))
         upcoming, tick = 0, self.plan.tick_s
+        if self.options.stamp not in STAMPS:
+            raise ValueError(f"ray.stamp: expected one of {STAMPS}, got {self.options.stamp!r}")
+        self.skew = [self._skew(actor) for actor in self.actors]
         for index, actor in enumerate(self.actors):
             self.polls[actor.poll.remote(POLL_S)] = index
         self.origin = self.last_progress = time.monotonic()
@@ -109,6 +121,23 @@ class LiveRuntime:
             self._watch()
         self.record.close_live(self.now(), self.requests.values(), self.times)
         return self.record
+
+    @staticmethod
+    def _skew(actor) -> float:
+        """Seconds the worker's monotonic clock is ahead of the driver's: 0 on this node,
+        else estimated from the fastest of a few round trips."""
+        import ray
+
+        here = ray.get_runtime_context().get_node_id()
+        samples = []
+        for _ in range(5):
+            before = time.monotonic()
+            node, clock = ray.get(actor.clock.remote())
+            after = time.monotonic()
+            if node == here:
+                return 0.0
+            samples.append((after - before, clock - (before + after) / 2))
+        return min(samples)[1]
 
     def _ready(self, ref) -> None:
         import ray
@@ -145,11 +174,13 @@ class LiveRuntime:
     # ---- reports from workers -------------------------------------------------------
     def _reports(self, index: int, reports: list[Report]) -> None:
         now, events = self.now(), set()
-        wall = time.monotonic()
+        wall, skew, speedup = time.monotonic(), self.skew[index], self.options.speedup
         for report in reports:
-            self.lag.append(wall - report.sent_s)
+            self.lag.append(wall - (report.sent_s - skew))
             if report.step is not None:
-                events |= self._step(index, report.step, now)
+                ended = report.ended_s - skew
+                stamp = now if self.options.stamp == "receipt" else min(now, (ended - self.origin) * speedup)
+                events |= self._step(index, report.step, stamp)
             for kind, request_id, value in report.notes:
                 self.moves.note(index, kind, self.requests[request_id], value)
         if reports:

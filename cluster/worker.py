@@ -2,7 +2,10 @@
 handing each step's result to `report` as one message (tokens are batched per step).
 
 Engine time runs at `speedup` times the wall clock, so an `emulated` worker (the model
-engine) waits out each modelled step, and its own overheads show as they would.
+engine) waits out each modelled step. Back-to-back steps keep to the model's schedule
+(the next starts where the last ended, the worker's own bookkeeping absorbed as a
+real engine's is in its fitted step times) unless the worker falls behind by more
+than `CATCH_UP_S`; then it starts late and the lag shows.
 Commands that change the batch (new requests, admissions, preemptions, detaching a
 migrating request) run at the next step boundary, as in a real engine; their results
 ride on the next report as notes. Blocks reserved for incoming KV expire at a
@@ -19,14 +22,19 @@ from typing import Callable
 from cluster.engine import Engine, StepResult
 from cluster.request import Request
 
+CATCH_UP_S = 0.005
+
 
 @dataclass
 class Report:
     """What a worker tells the driver: a step's result (None when only notes changed),
-    notes `(kind, request, value)` from commands, and the engine's load after it."""
+    notes `(kind, request, value)` from commands, the engine's load after it, when
+    the step ended by the engine's clock and when the report was sent (the worker's
+    monotonic seconds)."""
     step: StepResult | None
     notes: list[tuple[str, int, float]] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    ended_s: float = 0.0
     sent_s: float = 0.0
 
 
@@ -42,6 +50,7 @@ class Worker:
         self.wake = threading.Event()
         self.stopped = False
         self.origin = time.monotonic()
+        self.last_end: float | None = None
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def start(self) -> None:
@@ -100,7 +109,9 @@ class Worker:
 
     def _flush(self, step: StepResult | None) -> None:
         notes, self.notes = self.notes, []
-        self.report(Report(step, notes, self.engine.stats(), time.monotonic()))
+        sent = time.monotonic()
+        ended = self.origin + step.end_s / self.speedup if step is not None else sent
+        self.report(Report(step, notes, self.engine.stats(), ended, sent))
 
     def _loop(self) -> None:
         while not self.stopped:
@@ -110,7 +121,11 @@ class Worker:
                 self._expire()
                 if self.notes:
                     self._flush(None)
-                end = self.engine.begin(self.now())
+                now = self.now()
+                behind = now - self.last_end if self.last_end is not None else None
+                end = self.engine.begin(self.last_end if behind is not None and behind < CATCH_UP_S * self.speedup
+                                        else now)
+                self.last_end = end
             if end is None:
                 self.wake.wait(0.05 if self.reservations else None)
                 self.wake.clear()

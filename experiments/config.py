@@ -63,6 +63,7 @@ class RaySection(Strict):
     worker_cpus: float = Field(0.25, gt=0)
     start_timeout_s: float = Field(30.0, gt=0)
     transfer_timeout_s: float = Field(30.0, gt=0)
+    stamp: Literal["step", "receipt"] = "step"
 
 
 class ExperimentConfig(Strict):

@@ -7,6 +7,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from cluster.instance import Instance
@@ -88,11 +89,16 @@ def _run_live(config: ExperimentConfig, progress: Callable[[int, int], None] | N
     actors, groups = start_workers(plan.instances, [int(n) for n in plan.table.node],
                                    WorkerOptions(section.speedup, section.kv_scale, section.worker_cpus,
                                                  section.start_timeout_s))
+    runtime = LiveRuntime(plan, actors, LiveOptions(section.speedup, section.transfer_timeout_s, stamp=section.stamp),
+                          progress)
     try:
-        record = LiveRuntime(plan, actors, LiveOptions(section.speedup, section.transfer_timeout_s), progress).run()
+        record = runtime.run()
     finally:
         stop(actors, groups)
-    return record, _meta(config, plan, record.end_s, "ray")
+    meta = _meta(config, plan, record.end_s, "ray")
+    lag = np.frombuffer(runtime.lag) if len(runtime.lag) else np.zeros(1)
+    meta["report_lag_s"] = {"p50": float(np.percentile(lag, 50)), "p99": float(np.percentile(lag, 99))}
+    return record, meta
 
 
 def simulate(config: ExperimentConfig, veto: frozenset[int] = frozenset()) -> Run:
