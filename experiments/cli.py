@@ -79,6 +79,7 @@ def _run(args: argparse.Namespace) -> int:
     from experiments.runner import run_experiment
 
     overrides = list(args.set) + ([f"runtime={args.runtime}"] if args.runtime else [])
+    overrides += [f"ray.address={args.address}"] if args.address else []
     configs = load_variants(args.config, overrides)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     summaries = {}
@@ -123,6 +124,8 @@ def parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run an experiment config")
     run.add_argument("config", help="experiment YAML (see configs/)")
     run.add_argument("--runtime", choices=["sim", "ray"], help="override the config's runtime")
+    run.add_argument("--address", help="a Ray cluster's head HOST:PORT (or 'auto') for --runtime ray "
+                                       "(default: ray.address, else a Ray started in-process)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set router.policy=round_robin (repeatable)")
     run.add_argument("--out", help="run folder (default runs/NAME)")

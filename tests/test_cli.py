@@ -90,3 +90,18 @@ def test_layouts_compare_colocated_chunked_and_disaggregated(tmp_path):
     assert chunked["tbt_s"]["p99"] < colocated["tbt_s"]["p99"]
     assert disaggregated["slo_attainment"] > colocated["slo_attainment"]
     assert colocated["requests"] == chunked["requests"] == disaggregated["requests"]
+
+
+def test_quickstart_runs_both_routers_live_and_writes_the_report(tmp_path):
+    out = tmp_path / "qs"
+    done = subprocess.run([sys.executable, "-m", "experiments.cli", "quickstart", "--out", str(out),
+                           "--set", "workload.requests=40"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    results = pd.read_csv(out / "results.csv")
+    assert list(results["policy"]) == ["classic_goodput", "smooth_goodput"]
+    assert (results["finished"] == 40).all()
+    assert (out / "report.md").exists() and list((out / "plots").glob("*.png"))
+    for policy in ("classic_goodput", "smooth_goodput"):
+        run = json.loads(next((out / "runs").glob(f"*/{policy}/*/*/run.json")).read_text())
+        assert run["runtime"] == "ray" and run["report_lag_s"]["p99"] > 0
+    assert "classic" in done.stdout and "smooth" in done.stdout
