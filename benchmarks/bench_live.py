@@ -19,7 +19,7 @@ baseline), a copy into freshly mapped pages (as a new object store entry is writ
 and zlib's CRC-32 (each side checks the payload). Target: transfer / memcpy >= 0.5.
 About 35 s; `--quick` about 12 s.
 
-    .venv/bin/python benchmarks/bench_live.py [--quick] [--instances 2 4] [--output 512] [--speedup 1]
+    .venv/bin/python benchmarks/bench_live.py [--quick] [--instances 2 4] [--output 512] [--speedup 1] [--rate R]
     RAY_preallocate_plasma_memory=1 .venv/bin/python benchmarks/bench_live.py --skip streaming --object-store-gib 2
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ BYTES_PER_TOKEN = 131_072
 GIB = 2**30
 
 
-def stream_config(instances: int, output: int, speedup: float, runtime: str):
+def stream_config(instances: int, output: int, speedup: float, rate: float, runtime: str):
     from experiments.config import ExperimentConfig
 
     return ExperimentConfig.model_validate({
@@ -47,26 +47,26 @@ def stream_config(instances: int, output: int, speedup: float, runtime: str):
                     "instances": [{"role": "colocated", "count": instances}],
                     "scheduler": {"max_num_seqs": BATCH}},
         "ray": {"speedup": speedup},
-        "workload": {"requests": BATCH * instances, "arrival": {"process": "constant", "rate": 100_000.0},
+        "workload": {"requests": BATCH * instances, "arrival": {"process": "constant", "rate": rate},
                      "lengths": {"dist": "fixed", "prompt": PROMPT, "output": output}},
     })
 
 
-def simulated(instances: int, output: int, speedup: float) -> dict:
+def simulated(instances: int, output: int, speedup: float, rate: float) -> dict:
     from experiments.runner import run_config
 
-    run = run_config(stream_config(instances, output, speedup, "sim"))
+    run = run_config(stream_config(instances, output, speedup, rate, "sim"))
     span = float(run.tokens["time_s"].max() - run.requests["arrival_s"].min())
     return {"tokens": len(run.tokens), "span_s": span / speedup}
 
 
-def live(instances: int, output: int, speedup: float) -> dict:
+def live(instances: int, output: int, speedup: float, rate: float) -> dict:
     from cluster.live import LiveOptions, LiveRuntime
     from cluster.raycluster import WorkerOptions, start_workers, stop
     from experiments.runner import build_plan
     from experiments.workloads import generate
 
-    config = stream_config(instances, output, speedup, "ray")
+    config = stream_config(instances, output, speedup, rate, "ray")
     section = config.ray
     plan = build_plan(config, generate(config.workload, config.seed))
     actors, groups = start_workers(plan.instances, [int(n) for n in plan.table.node],
@@ -91,8 +91,9 @@ def streaming(args) -> list[tuple[int, dict, dict]]:
     rows = []
     for n in args.instances:
         print(f"streaming: {n} colocated x {BATCH} requests of {PROMPT}+{args.output} tokens, "
-              f"speedup {args.speedup:g}", flush=True)
-        rows.append((n, simulated(n, args.output, args.speedup), live(n, args.output, args.speedup)))
+              f"speedup {args.speedup:g}, {args.rate:g} arrivals per engine second", flush=True)
+        rows.append((n, simulated(n, args.output, args.speedup, args.rate),
+                     live(n, args.output, args.speedup, args.rate)))
     print(f"\n{'instances':>9} {'tokens':>10} {'finished':>9} {'run s':>7} {'span s':>7} {'sim span s':>10} "
           f"{'tokens/s':>9} {'modelled':>9} {'ratio':>6} {'driver CPU':>10} {'reports':>8} "
           f"{'lag p50/p90/p99/max ms':>24}")
@@ -225,6 +226,8 @@ def main() -> None:
     parser.add_argument("--instances", type=int, nargs="+", default=[2, 4], help="colocated instances per run")
     parser.add_argument("--output", type=int, default=512, help="output tokens per request")
     parser.add_argument("--speedup", type=float, default=1.0, help="ray.speedup (engine seconds per wall second)")
+    parser.add_argument("--rate", type=float, default=100_000.0,
+                        help="arrivals per engine second (the default sends every batch at once)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[4, 16, 64], help="KV payloads, MiB")
     parser.add_argument("--repeats", type=int, default=7, help="transfers (and copies) per size")
     parser.add_argument("--skip", choices=["streaming", "kv"], help="leave one part out")

@@ -1,7 +1,8 @@
 """The worker as a Ray actor. The driver long-polls its reports (one message per step
 or more), sends it commands, and has it pull a request's KV from another worker:
-reserve blocks, fetch the bytes through the object store, check them, wait out the
-modelled transfer time, and on the last stage admit the request to decode here."""
+reserve blocks, fetch the bytes (through the object store, or torch.distributed when
+the workers joined a group), check them, wait out the modelled transfer time, and on
+the last stage admit the request to decode here."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,7 @@ from cluster.engine import Engine
 from cluster.kvbytes import EmulatedKV
 from cluster.request import Request
 from cluster.worker import Report, Worker
-from migration.transport import ChecksumError, describe, verify
+from migration.transport import ChecksumError, TorchTransport, describe, verify
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class WorkerActor:
         self.posted = threading.Condition()
         self.worker = Worker(engine, self._post, speedup)
         self.engine = engine
+        self.group: TorchTransport | None = None
         self.worker.start()
 
     def _post(self, report: Report) -> None:
@@ -52,6 +54,20 @@ class WorkerActor:
 
     def ready(self) -> int:
         return self.index
+
+    def address(self) -> str:
+        """A free TCP address on this worker's node, for a process group's rendezvous."""
+        import socket
+
+        import ray
+
+        with socket.socket() as probe:
+            probe.bind(("", 0))
+            return f"tcp://{ray.util.get_node_ip_address()}:{probe.getsockname()[1]}"
+
+    def join_group(self, init_method: str, rank: int, world_size: int, backend: str, timeout_s: float) -> int:
+        self.group = TorchTransport(rank, world_size, init_method, backend, timeout_s)
+        return rank
 
     def clock(self) -> tuple[str, float]:
         import ray
@@ -104,28 +120,38 @@ class WorkerActor:
         """Free the blocks reserved for a request's KV that will not come."""
         self.worker.cancel(request_id)
 
-    def export_kv(self, request_id: int, first: int, tokens: int | None, final: bool):
+    def export_kv(self, request_id: int, first: int, tokens: int | None, final: bool, peer: int | None = None):
         """KV of tokens [first, first + tokens) (to the end when `tokens` is None), with
-        the request's state when `final` (the receiver takes it over)."""
+        the request's state when `final` (the receiver takes it over). The bytes come
+        back in the result, or go to rank `peer` of the workers' group."""
         with self.worker.lock:
             request = self.engine.requests[request_id]
             if tokens is None:
                 tokens = self.engine.context_of(request_id) - first
             moved = dataclasses.replace(request, pieces=[], tracker=None) if final else None
         data = self.kv.payload(request_id, first, tokens)
-        return describe(request_id, data), data, moved, tokens
+        packet = describe(request_id, data)
+        if peer is not None:
+            self.group.send(packet, data, peer)
+            data = None
+        return packet, data, moved, tokens
 
     def pull(self, request_id: int, exported: list, reserve: int, final: bool, link: LinkTime,
-             timeout_s: float) -> Pulled:
-        """Take in KV that the source exports (`exported`: [the ref of its `export_kv`])."""
+             timeout_s: float, peer: int | None = None) -> Pulled:
+        """Take in KV that the source exports (`exported`: [the ref of its `export_kv`]);
+        from rank `peer` of the workers' group when it sends there."""
         import ray
 
         start = time.monotonic()
         if reserve and not self.worker.reserve(request_id, reserve, start + timeout_s):
+            if peer is not None:
+                self.group.receive(None, peer, request_id)
             return Pulled(False, "target_full")
         try:
+            received = self.group.receive(None, peer, request_id) if peer is not None else None
             packet, data, request, tokens = ray.get(exported[0], timeout=timeout_s)
-            verify(packet, data)
+            verify(packet, data if received is None else received)
+            data = data if received is None else received
         except ray.exceptions.GetTimeoutError:
             return self._failed(request_id, "timeout")
         except ray.exceptions.RayActorError:
@@ -134,6 +160,8 @@ class WorkerActor:
             return self._failed(request_id, "missing")
         except ChecksumError:
             return self._failed(request_id, "checksum")
+        except RuntimeError:
+            return self._failed(request_id, "transport")
         real_s = time.monotonic() - start
         modelled_s = (link.fixed_s + tokens * self.kv.bytes_per_token * link.seconds_per_byte) / self.speedup
         time.sleep(max(0.0, start + modelled_s - time.monotonic()))

@@ -43,6 +43,7 @@ class LiveOptions:
     transfer_timeout_s: float = 30.0
     stall_timeout_s: float = 120.0
     stamp: str = "step"
+    transport: str = "object_store"
 
 
 class LiveRuntime:
@@ -78,9 +79,10 @@ class LiveRuntime:
     def pull(self, request_id: int, source: int, target: int, first: int, tokens: int | None, reserve: int,
               final: bool):
         """Have `source` export a request's KV and `target` take it in; the target's answer's ref."""
-        exported = self.actors[source].export_kv.remote(request_id, first, tokens, final)
+        direct = self.options.transport != "object_store"
+        exported = self.actors[source].export_kv.remote(request_id, first, tokens, final, target if direct else None)
         return self.actors[target].pull.remote(request_id, [exported], reserve, final, self.link(source, target),
-                                               self.options.transfer_timeout_s)
+                                               self.options.transfer_timeout_s, source if direct else None)
 
     def call(self, ref, callback: Callable[[object], None], timeout_s: float | None = None) -> None:
         """Await `ref` in the loop; `callback` gets its value, or the exception it raised."""

@@ -26,6 +26,7 @@ class WorkerOptions:
     kv_scale: float = 0.01
     worker_cpus: float = 0.25
     start_timeout_s: float = 30.0
+    transport: str = "object_store"
 
 
 def connect(address: str | None, timeout_s: float = 5.0) -> None:
@@ -98,7 +99,23 @@ def start_workers(instances: list[Instance], nodes: list[int], options: WorkerOp
         stop(actors, groups)
         raise ClusterError(f"ray: the worker actors did not start within {options.start_timeout_s:g} s: "
                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if options.transport != "object_store":
+        _join_group(actors, groups, options)
     return actors, groups
+
+
+def _join_group(actors: list, groups: list, options: WorkerOptions) -> None:
+    """The workers form one torch.distributed group (rank = instance id) for KV transfers."""
+    import ray
+
+    try:
+        address = ray.get(actors[0].address.remote(), timeout=options.start_timeout_s)
+        ray.get([a.join_group.remote(address, rank, len(actors), options.transport, options.start_timeout_s)
+                 for rank, a in enumerate(actors)], timeout=options.start_timeout_s * 2)
+    except Exception as exc:  # noqa: BLE001 (any failure to form the group is the same error to the user)
+        stop(actors, groups)
+        raise ClusterError(f"ray.transport: the workers could not form a {options.transport} group: "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
 def stop(actors: list, groups: list) -> None:

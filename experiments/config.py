@@ -64,6 +64,7 @@ class RaySection(Strict):
     start_timeout_s: float = Field(30.0, gt=0)
     transfer_timeout_s: float = Field(30.0, gt=0)
     stamp: Literal["step", "receipt"] = "step"
+    transport: Literal["object_store", "gloo", "nccl"] = "object_store"
 
 
 class ExperimentConfig(Strict):

@@ -3,7 +3,8 @@ or torch.distributed point to point (gloo on CPU, NCCL on GPU: the same code wit
 another backend and device). Every payload carries a CRC-32 that the receiver checks.
 
 A transfer is two calls made at once on the two workers: `send` on the source and
-`receive` on the target, with the `Packet` the source described beforehand.
+`receive` on the target. The target checks the bytes against the `Packet` the source
+described (given to `receive`, or for torch.distributed sent ahead of the bytes).
 """
 from __future__ import annotations
 
@@ -58,9 +59,14 @@ class ObjectStoreTransport:
 
 
 class TorchTransport:
-    """Point-to-point send/recv in a torch.distributed group of the workers."""
+    """Point-to-point send/recv in a torch.distributed group of the workers: a header
+    (request, size, checksum) then the bytes, tagged by request so that transfers
+    between the same two workers may overlap."""
 
-    def __init__(self, rank: int, world_size: int, init_method: str, backend: str = "gloo") -> None:
+    def __init__(self, rank: int, world_size: int, init_method: str, backend: str = "gloo",
+                 timeout_s: float = 60.0) -> None:
+        from datetime import timedelta
+
         import torch
         import torch.distributed as dist
 
@@ -68,17 +74,30 @@ class TorchTransport:
             raise ValueError(f"transport backend: expected 'gloo' or 'nccl', got {backend!r}")
         self.name, self.torch, self.dist = backend, torch, dist
         self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s))
+
+    @staticmethod
+    def _tag(request: int) -> int:
+        return request % (2 ** 31 - 1)
 
     def send(self, packet: Packet, data: np.ndarray, peer: int) -> Packet:
+        header = self.torch.tensor([packet.request, packet.nbytes, packet.checksum], dtype=self.torch.int64)
+        self.dist.send(header.to(self.device), dst=peer, tag=self._tag(packet.request))
         tensor = self.torch.from_numpy(np.ascontiguousarray(data).view(np.uint8).reshape(-1)).to(self.device)
-        self.dist.send(tensor, dst=peer)
+        self.dist.send(tensor, dst=peer, tag=self._tag(packet.request))
         return packet
 
-    def receive(self, packet: Packet, peer: int) -> np.ndarray:
-        buffer = self.torch.empty(packet.nbytes, dtype=self.torch.uint8, device=self.device)
-        self.dist.recv(buffer, src=peer)
-        return verify(packet, buffer.cpu().numpy())
+    def receive(self, packet: Packet | None, peer: int, request: int | None = None) -> np.ndarray:
+        """The bytes of `request` (default `packet.request`) from `peer`, checked against
+        `packet` when given, else against the header the sender sent ahead."""
+        tag = self._tag(packet.request if request is None else request)
+        header = self.torch.empty(3, dtype=self.torch.int64, device=self.device)
+        self.dist.recv(header, src=peer, tag=tag)
+        sent = Packet(*(int(x) for x in header.cpu().tolist()))
+        buffer = self.torch.empty(sent.nbytes, dtype=self.torch.uint8, device=self.device)
+        self.dist.recv(buffer, src=peer, tag=tag)
+        return verify(packet or sent, buffer.cpu().numpy())
 
     def close(self) -> None:
         if self.dist.is_initialized():

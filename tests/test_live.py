@@ -38,12 +38,14 @@ def run_live(cfg: ExperimentConfig, policy: Policy | None = None, kill: tuple[fl
     plan = build_plan(cfg, generate(cfg.workload, cfg.seed))
     if policy is not None:
         plan.policy = policy
+    section = cfg.ray
     actors, groups = start_workers(plan.instances, [0] * len(plan.instances),
-                                   WorkerOptions(cfg.ray.speedup, cfg.ray.kv_scale, cfg.ray.worker_cpus))
+                                   WorkerOptions(section.speedup, section.kv_scale, section.worker_cpus,
+                                                 transport=section.transport))
     if kill:
         threading.Timer(kill[0], lambda: ray.kill(actors[kill[1]])).start()
     try:
-        record = LiveRuntime(plan, actors, LiveOptions(cfg.ray.speedup, 10.0, 60.0)).run()
+        record = LiveRuntime(plan, actors, LiveOptions(section.speedup, 10.0, 60.0, transport=section.transport)).run()
         alive = [i for i in range(len(actors)) if plan.table.alive[i]]
         stats = {i: ray.get(actors[i].stats.remote()) for i in alive}
     finally:
@@ -112,8 +114,10 @@ class ScriptedMoves(Policy):
         return actions
 
 
-def test_router_moves_complete_and_free_every_block(local_ray):
+@pytest.mark.parametrize("transport", ["object_store", "gloo"])
+def test_router_moves_complete_and_free_every_block(local_ray, transport):
     cfg = config(requests=16, rate=4.0, decode=2, router={"tick_s": 0.1},
+                 ray={"speedup": 2.0, "worker_cpus": 0.1, "transport": transport},
                  workload={"requests": 16, "arrival": {"process": "poisson", "rate": 4.0},
                            "lengths": {"dist": "uniform", "prompt": [100, 600], "output": [60, 150]}})
     run, stats = run_live(cfg, ScriptedMoves())
