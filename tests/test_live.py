@@ -129,3 +129,53 @@ def test_router_moves_complete_and_free_every_block(local_ray, transport):
     for request_id, times in run.tokens.groupby("request_id")["time_s"]:
         assert times.is_monotonic_increasing, request_id
     assert all(s["free_blocks"] == s["total_blocks"] and s["running"] == 0 for s in stats.values()), stats
+
+
+class OneSlowMigration(Policy):
+    """Two colocated instances: everything on instance 0; the first request with 10
+    tokens migrates live to instance 1, where `then` may kill the worker."""
+    name = "test-one-slow-migration"
+    events = frozenset({"tick"})
+    needs_running = True
+
+    def __init__(self, seed: int = 0, then=None) -> None:
+        super().__init__(seed)
+        self.then, self.moved = then, None
+
+    def decide(self, snapshot):
+        actions = [Dispatch(r.id, 0) for r in snapshot.to_dispatch] + [Handoff(r.id, 0) for r in snapshot.to_hand_off]
+        for view in snapshot.running.get(0, ()):
+            if self.moved is None and view.generated >= 10 and view.max_output_tokens - view.generated > 40:
+                self.moved = view.id
+                actions.append(Migrate(view.id, 1, "live"))
+                if self.then:
+                    threading.Timer(0.3, self.then).start()
+        return actions
+
+
+@pytest.mark.parametrize("fault", ["timeout", "target_dead"])
+def test_a_migration_that_cannot_complete_is_aborted_and_the_request_carries_on(local_ray, fault):
+    cfg = config(requests=6, rate=4.0, router={"tick_s": 0.1}, migration={"stage_overhead_s": 4.0},
+                 cluster={"instances": [{"role": "colocated", "count": 2}], "kv_blocks": 4000},
+                 workload={"requests": 6, "arrival": {"process": "poisson", "rate": 4.0},
+                           "lengths": {"dist": "uniform", "prompt": [100, 300], "output": [80, 100]}})
+    plan = build_plan(cfg, generate(cfg.workload, cfg.seed))
+    actors, groups = start_workers(plan.instances, [0, 0], WorkerOptions(2.0, worker_cpus=0.1))
+    plan.policy = OneSlowMigration(then=(lambda: ray.kill(actors[1])) if fault == "target_dead" else None)
+    try:
+        record = LiveRuntime(plan, actors, LiveOptions(2.0, transfer_timeout_s=1.0)).run()
+        stats = ray.get(actors[0].stats.remote())
+        if fault == "timeout":
+            assert ray.get(actors[1].stats.remote())["free_blocks"] == stats["total_blocks"]
+    finally:
+        stop(actors, groups)
+    run = validate(Run(record.requests, record.tokens, record.events(), {"end_s": record.end_s}))
+    assert_complete(run)
+    events = run.events
+    moved = plan.policy.moved
+    aborts = events[events["kind"] == "migrate_abort"]
+    assert list(aborts["request_id"]) == [moved] and list(aborts["detail"]) == [fault]
+    assert not (events["kind"] == "migrate_end").any()
+    after = events[(events["request_id"] == moved) & (events["kind"] == "finish")]
+    assert list(after["instance"]) == [0]
+    assert stats["free_blocks"] == stats["total_blocks"]
