@@ -139,7 +139,7 @@ def parser() -> argparse.ArgumentParser:
                                                    "local Ray cluster (2 prefill + 2 decode emulated A100s)")
     quick.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
     quick.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a key of configs/quickstart.yaml (e.g. workload.requests=100)")
+                       help="override a key of configs/sweeps/quickstart.yaml (e.g. workload.requests=100)")
     quick.set_defaults(handler=_quickstart)
     return top
 

@@ -1,4 +1,4 @@
-"""The quickstart: `configs/quickstart.yaml`, a live disaggregated cluster on a local
+"""The quickstart: `configs/sweeps/quickstart.yaml`, a live disaggregated cluster on a local
 Ray, serving the same requests under the classic-goodput and the smooth-goodput
 router, with the results table, plots and report.md written to one folder."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from rich.table import Table
 from experiments.report import SHOWN
 from experiments.sweep import load_sweep, run_sweep
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "quickstart.yaml"
 COLUMNS = ("policy", "ttft_tbt_attainment", "smooth_goodput", "ttft_p99_s", "tbt_p99_s", "idle_latency_p99_s",
            "preemptions", "migrations_started", "rejected")
 
