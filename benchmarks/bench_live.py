@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import mmap
+import os
 import statistics
 import time
 
@@ -106,7 +107,7 @@ def streaming(args) -> list[tuple[int, dict, dict]]:
     return rows
 
 
-def kv_actors():
+def kv_actors(transport: str):
     import ray
 
     from cluster.actor import WorkerActor
@@ -120,8 +121,10 @@ def kv_actors():
 
     flat = IterationModel(prefill=(0.001, 0.0, 0.0), decode=(0.001, 0.0, 0.0))
     remote = ray.remote(WorkerActor).options(num_cpus=0, max_concurrency=MAX_CONCURRENCY)
+    inbox = 128 << 20 if transport == "shm" else 0
     source, target = (remote.remote(i, ModelEngine(i, role, flat, SchedulerConfig(), 1000, BYTES_PER_TOKEN, 1e9),
-                                    1.0, EmulatedKV(BYTES_PER_TOKEN, 1.0, seed=i))
+                                    1.0, EmulatedKV(BYTES_PER_TOKEN, 1.0, seed=i),
+                                    f"pdlab-bench-{os.getpid()}-{i}" if inbox else "", inbox)
                       for i, role in ((0, PREFILL), (1, DECODE)))
     ray.get(source.submit.remote(Request(0, "default", 0.0, 16, 8)))
     deadline = time.monotonic() + 30
@@ -131,15 +134,15 @@ def kv_actors():
     return source, target
 
 
-def transfer(source, target, tokens: int) -> tuple[float, int, float]:
+def transfer(source, target, tokens: int, transport: str) -> tuple[float, int, float]:
     """One pull of `tokens` tokens' KV: (the target's real_s, bytes, the driver's wall s)."""
     import ray
 
     from cluster.actor import LinkTime
 
     start = time.perf_counter()
-    exported = source.export_kv.remote(0, 0, tokens, False)
-    pulled = ray.get(target.pull.remote(0, [exported], 0, False, LinkTime(0.0, 0.0), 30.0))
+    exported = [source, 0, tokens] if transport == "shm" else [source.export_kv.remote(0, 0, tokens, False)]
+    pulled = ray.get(target.pull.remote(0, exported, 0, False, LinkTime(0.0, 0.0), 30.0))
     if not pulled.ok:
         raise RuntimeError(f"pull failed: {pulled.reason}")
     return pulled.real_s, pulled.nbytes, time.perf_counter() - start
@@ -178,23 +181,25 @@ def local_rates(nbytes: int, repeats: int) -> tuple[float, float, float]:
 def kv_transfer(args) -> list[dict]:
     import ray
 
-    source, target = kv_actors()
+    source, target = kv_actors(args.transport)
     rows = []
     try:
-        transfer(source, target, max(args.sizes) * 2**20 // BYTES_PER_TOKEN)
+        transfer(source, target, max(args.sizes) * 2**20 // BYTES_PER_TOKEN, args.transport)
         for mib in args.sizes:
             tokens = mib * 2**20 // BYTES_PER_TOKEN
-            runs = [transfer(source, target, tokens) for _ in range(args.repeats)]
+            runs = [transfer(source, target, tokens, args.transport) for _ in range(args.repeats)]
             memcpy, fresh, crc = local_rates(tokens * BYTES_PER_TOKEN, args.repeats)
             nbytes = runs[0][1]
             rows.append({"mib": mib, "nbytes": nbytes, "best": nbytes / min(r[0] for r in runs),
                          "median": nbytes / statistics.median(r[0] for r in runs),
                          "driver": nbytes / min(r[2] for r in runs), "memcpy": memcpy, "fresh": fresh,
-                         "crc": crc})
+                         "crc": crc, "transport": args.transport})
     finally:
+        ray.get([actor.stop.remote() for actor in (source, target)])
         for actor in (source, target):
             ray.kill(actor)
-    print(f"\n{'MiB':>5} {'best GiB/s':>10} {'median':>7} {'driver':>7} {'memcpy':>7} {'fresh':>6} {'crc32':>6} "
+    print(f"\nKV transfer through {args.transport}")
+    print(f"{'MiB':>5} {'best GiB/s':>10} {'median':>7} {'driver':>7} {'memcpy':>7} {'fresh':>6} {'hash':>6} "
           f"{'ratio best':>10} {'ratio median':>12} {'median/fresh':>12}")
     for r in rows:
         print(f"{r['mib']:>5} {r['best'] / GIB:>10.2f} {r['median'] / GIB:>7.2f} {r['driver'] / GIB:>7.2f} "
@@ -215,7 +220,7 @@ def verdicts(stream: list, kv: list) -> None:
               f"(ratio {achieved / modelled:.3f}, target >= {TARGET_STREAM_RATIO} at >= {TARGET_TOKENS_S:,}) -> "
               f"{mark(achieved / modelled >= TARGET_STREAM_RATIO and achieved >= TARGET_TOKENS_S)}")
     for r in kv:
-        print(f"KV transfer, {r['mib']} MiB: {r['median'] / GIB:.2f} GiB/s median against memcpy "
+        print(f"KV transfer ({r['transport']}), {r['mib']} MiB: {r['median'] / GIB:.2f} GiB/s median against memcpy "
               f"{r['memcpy'] / GIB:.2f} GiB/s (ratio {r['median'] / r['memcpy']:.3f}, target >= "
               f"{TARGET_KV_RATIO}) -> {mark(r['median'] / r['memcpy'] >= TARGET_KV_RATIO)}")
 
@@ -231,6 +236,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4, 16, 64], help="KV payloads, MiB")
     parser.add_argument("--repeats", type=int, default=7, help="transfers (and copies) per size")
     parser.add_argument("--skip", choices=["streaming", "kv"], help="leave one part out")
+    parser.add_argument("--transport", choices=["object_store", "shm"], default="shm",
+                        help="how KV travels between the two actors (default shm, the same-node path)")
     parser.add_argument("--object-store-gib", type=float, help="Ray's object store size (default: Ray's)")
     args = parser.parse_args()
     if args.quick:

@@ -14,7 +14,7 @@ from cluster.engine import Engine
 from cluster.kvbytes import EmulatedKV
 from cluster.request import Request
 from cluster.worker import Report, Worker
-from migration.transport import ChecksumError, TorchTransport, describe, verify
+from migration.transport import ChecksumError, InboxWriter, SharedMemoryInbox, TorchTransport, verify
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,11 @@ class WorkerActor:
     """Use as `ray.remote(WorkerActor)` with `max_concurrency` > 1: `poll` blocks while
     commands and pulls come in."""
 
-    def __init__(self, index: int, engine: Engine, speedup: float, kv: EmulatedKV) -> None:
+    def __init__(self, index: int, engine: Engine, speedup: float, kv: EmulatedKV, inbox: str = "",
+                 inbox_bytes: int = 0) -> None:
         self.index, self.kv, self.speedup = index, kv, speedup
+        self.inbox = SharedMemoryInbox(inbox, inbox_bytes) if inbox else None
+        self.writer = InboxWriter()
         self.outbox: list[Report] = []
         self.posted = threading.Condition()
         self.worker = Worker(engine, self._post, speedup)
@@ -120,26 +123,31 @@ class WorkerActor:
         """Free the blocks reserved for a request's KV that will not come."""
         self.worker.cancel(request_id)
 
-    def export_kv(self, request_id: int, first: int, tokens: int | None, final: bool, peer: int | None = None):
+    def export_kv(self, request_id: int, first: int, tokens: int | None, final: bool, peer: int | None = None,
+                  inbox: tuple[str, int] | None = None):
         """KV of tokens [first, first + tokens) (to the end when `tokens` is None), with
         the request's state when `final` (the receiver takes it over). The bytes come
-        back in the result, or go to rank `peer` of the workers' group."""
+        back in the result, or go to rank `peer` of the workers' group, or into the
+        shared-memory `inbox` (name, size) of a worker on this node when they fit."""
         with self.worker.lock:
             request = self.engine.requests[request_id]
             if tokens is None:
                 tokens = self.engine.context_of(request_id) - first
             moved = dataclasses.replace(request, pieces=[], tracker=None) if final else None
-        data = self.kv.payload(request_id, first, tokens)
-        packet = describe(request_id, data)
+        packet, data = self.kv.packet(request_id, first, tokens)
         if peer is not None:
             self.group.send(packet, data, peer)
+            data = None
+        elif inbox is not None and data.nbytes <= inbox[1]:
+            self.writer.write(inbox[0], data)
             data = None
         return packet, data, moved, tokens
 
     def pull(self, request_id: int, exported: list, reserve: int, final: bool, link: LinkTime,
              timeout_s: float, peer: int | None = None) -> Pulled:
         """Take in KV that the source exports (`exported`: [the ref of its `export_kv`]);
-        from rank `peer` of the workers' group when it sends there."""
+        from rank `peer` of the workers' group when it sends there; through this worker's
+        shared-memory inbox when `exported` is [source actor, first, tokens] instead."""
         import ray
 
         start = time.monotonic()
@@ -148,10 +156,13 @@ class WorkerActor:
                 self.group.receive(None, peer, request_id)
             return Pulled(False, "target_full")
         try:
-            received = self.group.receive(None, peer, request_id) if peer is not None else None
-            packet, data, request, tokens = ray.get(exported[0], timeout=timeout_s)
-            verify(packet, data if received is None else received)
-            data = data if received is None else received
+            if len(exported) == 3:
+                packet, data, request, tokens = self._through_inbox(request_id, exported, final, timeout_s)
+            else:
+                received = self.group.receive(None, peer, request_id) if peer is not None else None
+                packet, data, request, tokens = ray.get(exported[0], timeout=timeout_s)
+                data = data if received is None else received
+                verify(packet, data)
         except ray.exceptions.GetTimeoutError:
             return self._failed(request_id, "timeout")
         except ray.exceptions.RayActorError:
@@ -172,6 +183,19 @@ class WorkerActor:
             self.worker.at_boundary(lambda: self.engine.admit(request, blocks))
         return Pulled(True, "", tokens, int(data.nbytes), real_s)
 
+    def _through_inbox(self, request_id: int, exported: list, final: bool, timeout_s: float):
+        import ray
+
+        source, first, tokens = exported
+        with self.inbox.lock:
+            packet, data, request, tokens = ray.get(
+                source.export_kv.remote(request_id, first, tokens, final, None, (self.inbox.name, self.inbox.nbytes)),
+                timeout=timeout_s)
+            if data is None:
+                data = self.inbox.view(packet.nbytes)
+            verify(packet, data)
+        return packet, data, request, tokens
+
     def _failed(self, request_id: int, reason: str) -> Pulled:
         self.worker.cancel(request_id)
         return Pulled(False, reason)
@@ -182,3 +206,6 @@ class WorkerActor:
 
     def stop(self) -> None:
         self.worker.stop()
+        if self.inbox is not None:
+            self.inbox.close()
+            self.inbox = None

@@ -66,7 +66,7 @@ class LiveRuntime:
         self.unfinished = len(self.requests)
         self.origin = time.monotonic()
         self.last_progress = self.origin
-        self.skew = [0.0] * len(actors)
+        self.nodes, self.skew = [""] * len(actors), [0.0] * len(actors)
 
     def now(self) -> float:
         return (time.monotonic() - self.origin) * self.options.speedup
@@ -79,10 +79,14 @@ class LiveRuntime:
     def pull(self, request_id: int, source: int, target: int, first: int, tokens: int | None, reserve: int,
               final: bool):
         """Have `source` export a request's KV and `target` take it in; the target's answer's ref."""
-        direct = self.options.transport != "object_store"
+        link, timeout = self.link(source, target), self.options.transfer_timeout_s
+        if self.options.transport == "shm" and self.nodes[source] == self.nodes[target]:
+            return self.actors[target].pull.remote(request_id, [self.actors[source], first, tokens], reserve, final,
+                                                   link, timeout)
+        direct = self.options.transport in ("gloo", "nccl")
         exported = self.actors[source].export_kv.remote(request_id, first, tokens, final, target if direct else None)
-        return self.actors[target].pull.remote(request_id, [exported], reserve, final, self.link(source, target),
-                                               self.options.transfer_timeout_s, source if direct else None)
+        return self.actors[target].pull.remote(request_id, [exported], reserve, final, link, timeout,
+                                               source if direct else None)
 
     def call(self, ref, callback: Callable[[object], None], timeout_s: float | None = None) -> None:
         """Await `ref` in the loop; `callback` gets its value, or the exception it raised."""
@@ -97,7 +101,7 @@ class LiveRuntime:
         upcoming, tick = 0, self.plan.tick_s
         if self.options.stamp not in STAMPS:
             raise ValueError(f"ray.stamp: expected one of {STAMPS}, got {self.options.stamp!r}")
-        self.skew = [self._skew(actor) for actor in self.actors]
+        self.nodes, self.skew = zip(*(self._skew(actor) for actor in self.actors))
         for index, actor in enumerate(self.actors):
             self.polls[actor.poll.remote(POLL_S)] = index
         self.origin = self.last_progress = time.monotonic()
@@ -125,9 +129,9 @@ class LiveRuntime:
         return self.record
 
     @staticmethod
-    def _skew(actor) -> float:
-        """Seconds the worker's monotonic clock is ahead of the driver's: 0 on this node,
-        else estimated from the fastest of a few round trips."""
+    def _skew(actor) -> tuple[str, float]:
+        """The worker's node, and the seconds its monotonic clock is ahead of the driver's:
+        0 on this node, else estimated from the fastest of a few round trips."""
         import ray
 
         here = ray.get_runtime_context().get_node_id()
@@ -137,9 +141,9 @@ class LiveRuntime:
             node, clock = ray.get(actor.clock.remote())
             after = time.monotonic()
             if node == here:
-                return 0.0
+                return node, 0.0
             samples.append((after - before, clock - (before + after) / 2))
-        return min(samples)[1]
+        return node, min(samples)[1]
 
     def _ready(self, ref) -> None:
         import ray

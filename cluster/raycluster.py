@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import uuid
 from dataclasses import dataclass
 
 from cluster.actor import WorkerActor
@@ -27,6 +28,7 @@ class WorkerOptions:
     worker_cpus: float = 0.25
     start_timeout_s: float = 30.0
     transport: str = "object_store"
+    inbox_mib: int = 128
 
 
 def connect(address: str | None, timeout_s: float = 5.0) -> None:
@@ -36,7 +38,7 @@ def connect(address: str | None, timeout_s: float = 5.0) -> None:
     if ray.is_initialized():
         return
     if not address:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
         return
     if address != "auto":
         host, _, port = address.rpartition(":")
@@ -85,21 +87,23 @@ def start_workers(instances: list[Instance], nodes: list[int], options: WorkerOp
                            f"{options.start_timeout_s:g} s; the cluster has {ray.available_resources()} free "
                            f"(set ray.worker_cpus lower or add nodes)") from None
     remote = ray.remote(WorkerActor)
-    actors = []
+    actors, run = [], uuid.uuid4().hex[:8]
+    inbox = options.inbox_mib << 20 if options.transport == "shm" else 0
     for instance, group in zip(instances, groups):
         engine = ModelEngine(instance.id, instance.role, instance.model, instance.config, instance.total_blocks,
                              instance.kv_bytes_per_token, instance.swap_bandwidth)
         kv = EmulatedKV(instance.kv_bytes_per_token, options.kv_scale, seed=instance.id)
         actors.append(remote.options(num_cpus=options.worker_cpus, max_concurrency=MAX_CONCURRENCY,
                                      scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0))
-                      .remote(instance.id, engine, options.speedup, kv))
+                      .remote(instance.id, engine, options.speedup, kv, f"pdlab-{run}-{instance.id}" if inbox else "",
+                              inbox))
     try:
         ray.get([a.ready.remote() for a in actors], timeout=options.start_timeout_s)
     except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as exc:
         stop(actors, groups)
         raise ClusterError(f"ray: the worker actors did not start within {options.start_timeout_s:g} s: "
                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    if options.transport != "object_store":
+    if options.transport in ("gloo", "nccl"):
         _join_group(actors, groups, options)
     return actors, groups
 
@@ -122,6 +126,8 @@ def stop(actors: list, groups: list) -> None:
     import ray
     from ray.util.placement_group import remove_placement_group
 
+    stopping = [actor.stop.remote() for actor in actors]
+    ray.wait(stopping, num_returns=len(stopping), timeout=5)
     for actor in actors:
         try:
             ray.kill(actor)

@@ -64,7 +64,8 @@ class RaySection(Strict):
     start_timeout_s: float = Field(30.0, gt=0)
     transfer_timeout_s: float = Field(30.0, gt=0)
     stamp: Literal["step", "receipt"] = "step"
-    transport: Literal["object_store", "gloo", "nccl"] = "object_store"
+    transport: Literal["object_store", "shm", "gloo", "nccl"] = "object_store"
+    shm_inbox_mib: int = Field(128, ge=1)
 
 
 class ExperimentConfig(Strict):

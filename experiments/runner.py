@@ -88,7 +88,7 @@ def _run_live(config: ExperimentConfig, progress: Callable[[int, int], None] | N
     connect(section.address)
     actors, groups = start_workers(plan.instances, [int(n) for n in plan.table.node],
                                    WorkerOptions(section.speedup, section.kv_scale, section.worker_cpus,
-                                                 section.start_timeout_s, section.transport))
+                                                 section.start_timeout_s, section.transport, section.shm_inbox_mib))
     options = LiveOptions(section.speedup, section.transfer_timeout_s, stamp=section.stamp, transport=section.transport)
     runtime = LiveRuntime(plan, actors, options, progress)
     try:

@@ -103,3 +103,42 @@ class TorchTransport:
     def close(self) -> None:
         if self.dist.is_initialized():
             self.dist.destroy_process_group()
+
+
+class SharedMemoryInbox:
+    """A worker's inbox in shared memory, its pages touched once at creation, so that a
+    source on the same node writes KV straight into warm memory (one copy) and the
+    worker checks it in place. One transfer at a time holds it (`lock`)."""
+
+    def __init__(self, name: str, nbytes: int) -> None:
+        import threading
+        from multiprocessing.shared_memory import SharedMemory
+
+        self.name, self.nbytes = name, nbytes
+        self.memory = SharedMemory(name=name, create=True, size=nbytes)
+        self.view(nbytes).fill(0)
+        self.lock = threading.Lock()
+
+    def view(self, nbytes: int) -> np.ndarray:
+        return np.ndarray((nbytes,), dtype=np.uint8, buffer=self.memory.buf)
+
+    def close(self) -> None:
+        self.memory.close()
+        self.memory.unlink()
+
+
+class InboxWriter:
+    """Writes payloads into other workers' inboxes on this node, keeping each mapped."""
+
+    def __init__(self) -> None:
+        self.mapped: dict = {}
+
+    def write(self, name: str, data: np.ndarray) -> None:
+        from multiprocessing import resource_tracker
+        from multiprocessing.shared_memory import SharedMemory
+
+        memory = self.mapped.get(name)
+        if memory is None:
+            memory = self.mapped[name] = SharedMemory(name=name)
+            resource_tracker.unregister(memory._name, "shared_memory")
+        np.ndarray((data.nbytes,), dtype=np.uint8, buffer=memory.buf)[:] = data.view(np.uint8).reshape(-1)

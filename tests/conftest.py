@@ -54,6 +54,6 @@ def local_ray():
     """One in-process Ray for every test that needs actors (2 CPUs, as CI has)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

@@ -114,7 +114,7 @@ class ScriptedMoves(Policy):
         return actions
 
 
-@pytest.mark.parametrize("transport", ["object_store", "gloo"])
+@pytest.mark.parametrize("transport", ["object_store", "shm", "gloo"])
 def test_router_moves_complete_and_free_every_block(local_ray, transport):
     cfg = config(requests=16, rate=4.0, decode=2, router={"tick_s": 0.1},
                  ray={"speedup": 2.0, "worker_cpus": 0.1, "transport": transport},
