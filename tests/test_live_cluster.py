@@ -54,7 +54,7 @@ def placed(instances: list, nodes: list[int]) -> dict:
 
 def multi_node(out: str) -> None:
     """A head and two worker nodes of one CPU each: a live run joined through
-    ray.address, then where the workers of that config (and of two pinned to the
+    ray.address, then where the workers of that config (and four pinned to the
     last node) land."""
     import ray
     from ray.cluster_utils import Cluster
@@ -71,7 +71,7 @@ def multi_node(out: str) -> None:
         moves = run.events[run.events["kind"].str.startswith("transfer")]
         facts = {"ray_nodes": ray_nodes(), "logical": logical, "status": run.requests["status"].tolist(),
                  "transfers": moves[["kind", "request_id", "instance", "peer"]].values.tolist(),
-                 "placed": placed(plan.instances, logical), "pinned": placed(plan.instances, [2, 2])}
+                 "placed": placed(plan.instances, logical), "pinned": placed(plan.instances * 2, [2] * 4)}
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -95,7 +95,7 @@ def test_instances_on_their_own_nodes_and_kv_crosses_nodes(tmp_path):
     head, first, second = facts["ray_nodes"]
     assert facts["logical"] == [0, 1]
     assert facts["placed"] == {"bundles": [head, first], "actors": [head, first]}
-    assert facts["pinned"] == {"bundles": [second, second], "actors": [second, second]}
+    assert facts["pinned"] == {"bundles": [second] * 4, "actors": [second] * 4}
     assert facts["status"] == ["finished"] * REQUESTS
     starts = sorted(r for kind, r, *_ in facts["transfers"] if kind == "transfer_start")
     ends = sorted(r for kind, r, *_ in facts["transfers"] if kind == "transfer_end")
