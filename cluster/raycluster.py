@@ -15,6 +15,7 @@ from cluster.instance import Instance
 from cluster.kvbytes import EmulatedKV
 
 MAX_CONCURRENCY = 16
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 
 
 class ClusterError(RuntimeError):
@@ -36,6 +37,10 @@ def connect(address: str | None, timeout_s: float = 5.0) -> None:
     import ray
 
     if ray.is_initialized():
+        joined = ray.get_runtime_context().gcs_address
+        if address and address != "auto" and address != joined:
+            raise ClusterError(f"ray.address: this process is already connected to the Ray cluster at {joined}, "
+                               f"not {address}")
         return
     if not address:
         ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
@@ -46,14 +51,29 @@ def connect(address: str | None, timeout_s: float = 5.0) -> None:
             raise ClusterError(f"ray.address: expected HOST:PORT of a Ray head (e.g. 10.0.0.1:6379) or 'auto', "
                                f"got {address!r}")
         try:
-            socket.create_connection((host, int(port)), timeout=timeout_s).close()
+            speaks_grpc = _speaks_grpc(host, int(port), timeout_s)
         except OSError as exc:
             raise ClusterError(f"ray.address: no Ray cluster answers at {address} ({exc}); start one with "
                                f"`ray start --head` there, or leave ray.address unset for a local Ray") from None
+        if not speaks_grpc:
+            raise ClusterError(f"ray.address: {address} answers but is not a Ray head (no gRPC reply); "
+                               f"give the head's GCS port (6379 by default)")
     try:
         ray.init(address=address, logging_level=logging.WARNING)
     except ConnectionError as exc:
         raise ClusterError(f"ray.address: cannot join the Ray cluster at {address}: {exc}") from None
+
+
+def _speaks_grpc(host: str, port: int, timeout_s: float) -> bool:
+    """Whether the server at host:port answers an HTTP/2 preface with a SETTINGS frame,
+    as Ray's GCS (a gRPC server) does; anything else would make `ray.init` retry for minutes."""
+    with socket.create_connection((host, port), timeout=timeout_s) as connection:
+        connection.sendall(HTTP2_PREFACE)
+        try:
+            head = connection.recv(9)
+        except socket.timeout:
+            return False
+    return len(head) == 9 and head[3] == 4
 
 
 def ray_nodes() -> list[str]:

@@ -43,9 +43,11 @@ def placed(instances: list, nodes: list[int]) -> dict:
     import ray
     from ray.util.placement_group import placement_group_table
 
+    def where(_actor) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     actors, groups = start_workers(instances, nodes, WorkerOptions())
     try:
-        where = lambda _: ray.get_runtime_context().get_node_id()  # noqa: E731 (sent by value)
         return {"bundles": [placement_group_table(g)["bundles_to_node_id"][0] for g in groups],
                 "actors": ray.get([a.__ray_call__.remote(where) for a in actors], timeout=30)}
     finally:
@@ -79,14 +81,20 @@ def multi_node(out: str) -> None:
 
 
 def connect_errors(out: str) -> None:
-    facts = {}
-    for address in ("127.0.0.1:1", "nonsense"):
+    import socket
+
+    facts, listener = {}, socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    not_ray = f"127.0.0.1:{listener.getsockname()[1]}"
+    for address in ("127.0.0.1:1", "nonsense", not_ray):
         started = time.monotonic()
         try:
             connect(address)
             facts[address] = None
         except ClusterError as exc:
-            facts[address] = [str(exc), time.monotonic() - started]
+            facts["not ray" if address == not_ray else address] = [str(exc), time.monotonic() - started]
+    listener.close()
     Path(out).write_text(json.dumps(facts))
 
 
@@ -107,6 +115,8 @@ def test_unreachable_or_malformed_address_fails_fast(tmp_path):
     facts = in_child("connect_errors", tmp_path / "facts.json")
     message, seconds = facts["127.0.0.1:1"]
     assert "ray.address" in message and "127.0.0.1:1" in message and seconds < 10
+    message, seconds = facts["not ray"]
+    assert "is not a Ray head" in message and seconds < 10
     message, seconds = facts["nonsense"]
     assert "ray.address" in message and "'nonsense'" in message and seconds < 1
 
