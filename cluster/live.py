@@ -23,7 +23,7 @@ from cluster.request import (DECODING, FINISHED, HANDOFF, PREEMPTED, PREFILLING,
 from cluster.scheduling import blocks_for
 from cluster.simulator import Plan
 from cluster.worker import Report
-from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume
+from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume, live_instance, take_waiting
 from router.snapshot import DECODE, PREFILL, RequestView, Snapshot
 from router.tracker import RequestTracker
 
@@ -341,16 +341,10 @@ class LiveRuntime:
             self.record.event(self.now(), "dispatch", request.id, index)
 
     def _pending(self, pending: dict[int, Request], action, verb: str) -> Request:
-        request = pending.pop(action.request, None)
-        if request is None:
-            raise ValueError(f"policy {self.plan.policy.name!r} asked to {verb} request {action.request}, "
-                             f"which is not waiting for that")
-        return request
+        return take_waiting(pending, action, verb, self.plan.policy.name)
 
     def instance(self, index: int, action) -> int:
-        if not 0 <= index < len(self.actors) or not self.plan.table.alive[index]:
-            raise ValueError(f"policy {self.plan.policy.name!r}: {action} names no live instance")
-        return index
+        return live_instance(self.plan.table.alive, index, action, self.plan.policy.name)
 
     # ---- handoff: the target pulls the prefilled KV --------------------------------
     def _hand_off(self, request: Request, action: Handoff) -> None:

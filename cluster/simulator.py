@@ -15,7 +15,7 @@ from cluster.recorder import Recorder
 from cluster.request import DECODING, FINAL, HANDOFF, PREFILL_PIECE, REJECTED, TRANSFER, Request
 from migration.cost import TransferCost
 from migration.links import LinkPool
-from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume
+from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume, live_instance, take_waiting
 from router.policy import Policy
 from router.slo import SLO
 from router.snapshot import InstanceTable, RequestView, Snapshot
@@ -281,16 +281,10 @@ class Simulator:
         raise ValueError(f"policy {self.plan.policy.name!r}: {action!r} is not an action")
 
     def _pending(self, pending: dict[int, Request], action, verb: str) -> Request:
-        request = pending.pop(action.request, None)
-        if request is None:
-            raise ValueError(f"policy {self.plan.policy.name!r} asked to {verb} request {action.request}, "
-                             f"which is not waiting for that")
-        return request
+        return take_waiting(pending, action, verb, self.plan.policy.name)
 
     def instance(self, index: int, action) -> Instance:
-        if not 0 <= index < len(self.instances) or not self.plan.table.alive[index]:
-            raise ValueError(f"policy {self.plan.policy.name!r}: {action} names no live instance")
-        return self.instances[index]
+        return self.instances[live_instance(self.plan.table.alive, index, action, self.plan.policy.name)]
 
     def _hand_off(self, request: Request, action: Handoff) -> int:
         source, target = self.instances[request.instance], self.instance(action.target, action)

@@ -49,3 +49,18 @@ class Reject:
 Action = Dispatch | Handoff | Migrate | Preempt | Resume | Reject
 MIGRATION_MODES = ("live", "recompute")
 PREEMPTION_MODES = ("recompute", "swap")
+
+
+def take_waiting(waiting: dict, action, verb: str, policy: str):
+    """The request `action` names, out of `waiting`; a clear error if it is not there."""
+    request = waiting.pop(action.request, None)
+    if request is None:
+        raise ValueError(f"policy {policy!r} asked to {verb} request {action.request}, which is not waiting for that")
+    return request
+
+
+def live_instance(alive, index: int, action, policy: str) -> int:
+    """`index`, if it names a live instance; a clear error if not."""
+    if not 0 <= index < len(alive) or not alive[index]:
+        raise ValueError(f"policy {policy!r}: {action} names no live instance")
+    return index
