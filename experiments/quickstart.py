@@ -27,6 +27,7 @@ def quickstart(out: Path, overrides: list[str] = ()) -> int:
         table.add_column(SHOWN[column][0])
     for _, row in results.iterrows():
         table.add_row(*(SHOWN[c][1].format(int(row[c]) if SHOWN[c][1] == "{:d}" else row[c]) for c in COLUMNS))
-    Console().print(table)
+    out_console = Console()
+    Console(width=max(out_console.width, 110)).print(table)
     console.print(f"wrote {out / 'report.md'}, {out / 'plots'}, {out / 'results.csv'} and the runs in {out / 'runs'}")
     return 0
