@@ -18,7 +18,7 @@ import numpy as np
 from cluster.actor import LinkTime, Pulled
 from cluster.live_moves import LiveMoves
 from cluster.recorder import Recorder
-from cluster.request import (DECODING, FINISHED, HANDOFF, PREEMPTED, PREFILLING, REJECTED, TRANSFER, WAITING,
+from cluster.request import (DECODING, FINISHED, HANDOFF, PREFILLING, REJECTED, TRANSFER, WAITING,
                              Request)
 from cluster.scheduling import blocks_for
 from cluster.simulator import Plan

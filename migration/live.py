@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from migration.cost import TransferCost
 
-ABORT_REASONS = ("finished", "preempted", "target_full", "target_dead", "source_dead", "timeout")
+ABORT_REASONS = ("finished", "not decoding", "preempted", "target_full", "target_dead", "source_dead", "timeout",
+                 "checksum", "transport", "missing", "cancelled")
 
 
 @dataclass
