@@ -30,6 +30,7 @@ import mmap
 import os
 import statistics
 import time
+from functools import partial
 
 import numpy as np
 
@@ -122,8 +123,8 @@ def kv_actors(transport: str):
     flat = IterationModel(prefill=(0.001, 0.0, 0.0), decode=(0.001, 0.0, 0.0))
     remote = ray.remote(WorkerActor).options(num_cpus=0, max_concurrency=MAX_CONCURRENCY)
     inbox = 128 << 20 if transport == "shm" else 0
-    source, target = (remote.remote(i, ModelEngine(i, role, flat, SchedulerConfig(), 1000, BYTES_PER_TOKEN, 1e9),
-                                    1.0, EmulatedKV(BYTES_PER_TOKEN, 1.0, seed=i),
+    source, target = (remote.remote(i, partial(ModelEngine, i, role, flat, SchedulerConfig(), 1000, BYTES_PER_TOKEN,
+                                               1e9, EmulatedKV(BYTES_PER_TOKEN, 1.0, seed=i)), 1.0,
                                     f"pdlab-bench-{os.getpid()}-{i}" if inbox else "", inbox)
                       for i, role in ((0, PREFILL), (1, DECODE)))
     ray.get(source.submit.remote(Request(0, "default", 0.0, 16, 8)))

@@ -10,8 +10,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+from typing import Callable
+
 from cluster.engine import Engine
-from cluster.kvbytes import EmulatedKV
 from cluster.request import Request
 from cluster.worker import Report, Worker
 from migration.transport import ChecksumError, InboxWriter, SharedMemoryInbox, TorchTransport, verify
@@ -19,10 +20,10 @@ from migration.transport import ChecksumError, InboxWriter, SharedMemoryInbox, T
 
 @dataclass(frozen=True)
 class LinkTime:
-    """The modelled time of one transfer stage: `fixed_s + bytes * seconds_per_byte`
-    (bytes at their modelled, unscaled size)."""
+    """The modelled time of one transfer stage, `fixed_s + tokens * seconds_per_token`,
+    that an emulated transfer waits out (zero for real engines: their KV takes what it takes)."""
     fixed_s: float
-    seconds_per_byte: float
+    seconds_per_token: float
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,13 @@ class Pulled:
 
 class WorkerActor:
     """Use as `ray.remote(WorkerActor)` with `max_concurrency` > 1: `poll` blocks while
-    commands and pulls come in."""
+    commands and pulls come in. The engine is made in the actor (`make_engine`), so a
+    real model loads where it runs."""
 
-    def __init__(self, index: int, engine: Engine, speedup: float, kv: EmulatedKV, inbox: str = "",
+    def __init__(self, index: int, make_engine: Callable[[], Engine], speedup: float, inbox: str = "",
                  inbox_bytes: int = 0) -> None:
-        self.index, self.kv, self.speedup = index, kv, speedup
+        self.index, self.speedup = index, speedup
+        engine = make_engine()
         self.inbox = SharedMemoryInbox(inbox, inbox_bytes) if inbox else None
         self.writer = InboxWriter()
         self.outbox: list[Report] = []
@@ -133,15 +136,16 @@ class WorkerActor:
             request = self.engine.requests[request_id]
             if tokens is None:
                 tokens = self.engine.context_of(request_id) - first
-            moved = dataclasses.replace(request, pieces=[], tracker=None) if final else None
-        packet, data = self.kv.packet(request_id, first, tokens)
+            moved = dataclasses.replace(request, pieces=[], tracker=None, output=list(request.output)) \
+                if final else None
+            packet, data = self.engine.export_kv(request_id, first, tokens)
         if peer is not None:
             self.group.send(packet, data, peer)
             data = None
         elif inbox is not None and data.nbytes <= inbox[1]:
             self.writer.write(inbox[0], data)
             data = None
-        return packet, data, moved, tokens
+        return packet, data, moved, first, tokens
 
     def pull(self, request_id: int, exported: list, reserve: int, final: bool, link: LinkTime,
              timeout_s: float, peer: int | None = None) -> Pulled:
@@ -157,12 +161,13 @@ class WorkerActor:
             return Pulled(False, "target_full")
         try:
             if len(exported) == 3:
-                packet, data, request, tokens = self._through_inbox(request_id, exported, final, timeout_s)
+                nbytes, request, tokens = self._through_inbox(request_id, exported, final, timeout_s)
             else:
                 received = self.group.receive(None, peer, request_id) if peer is not None else None
-                packet, data, request, tokens = ray.get(exported[0], timeout=timeout_s)
+                packet, data, request, first, tokens = ray.get(exported[0], timeout=timeout_s)
                 data = data if received is None else received
-                verify(packet, data)
+                self._take(packet, data, first)
+                nbytes = data.nbytes
         except ray.exceptions.GetTimeoutError:
             return self._failed(request_id, "timeout")
         except ray.exceptions.RayActorError:
@@ -174,27 +179,33 @@ class WorkerActor:
         except RuntimeError:
             return self._failed(request_id, "transport")
         real_s = time.monotonic() - start
-        modelled_s = (link.fixed_s + tokens * self.kv.bytes_per_token * link.seconds_per_byte) / self.speedup
+        modelled_s = (link.fixed_s + tokens * link.seconds_per_token) / self.speedup
         time.sleep(max(0.0, start + modelled_s - time.monotonic()))
         if final:
             blocks = self.worker.take_reservation(request_id)
             if blocks is None:
                 return Pulled(False, "cancelled")
             self.worker.at_boundary(lambda: self.engine.admit(request, blocks))
-        return Pulled(True, "", tokens, int(data.nbytes), real_s)
+        return Pulled(True, "", tokens, int(nbytes), real_s)
 
     def _through_inbox(self, request_id: int, exported: list, final: bool, timeout_s: float):
         import ray
 
         source, first, tokens = exported
         with self.inbox.lock:
-            packet, data, request, tokens = ray.get(
+            packet, data, request, first, tokens = ray.get(
                 source.export_kv.remote(request_id, first, tokens, final, None, (self.inbox.name, self.inbox.nbytes)),
                 timeout=timeout_s)
             if data is None:
                 data = self.inbox.view(packet.nbytes)
-            verify(packet, data)
-        return packet, data, request, tokens
+            self._take(packet, data, first)
+        return packet.nbytes, request, tokens
+
+    def _take(self, packet, data, first: int) -> None:
+        """Check arrived KV and hand it to the engine (which copies what it keeps)."""
+        verify(packet, data)
+        with self.worker.lock:
+            self.engine.import_kv(packet.request, first, data)
 
     def _failed(self, request_id: int, reason: str) -> Pulled:
         self.worker.cancel(request_id)

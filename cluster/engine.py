@@ -11,9 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+import numpy as np
+
 from cluster.instance import Instance
+from cluster.kvbytes import EmulatedKV
 from cluster.request import PREFILL_PIECE, Request
 from cluster.scheduling import Outcome, SchedulerConfig
+from migration.transport import Packet
 
 
 @dataclass
@@ -23,6 +27,7 @@ class StepResult:
     prefilled: list[int] = field(default_factory=list)
     finished: list[int] = field(default_factory=list)
     preempted: list[int] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
 
 
 class Engine(Protocol):
@@ -36,7 +41,11 @@ class Engine(Protocol):
 
     def reserve(self, blocks: int) -> bool: ...
 
-    def unreserve(self, blocks: int) -> None: ...
+    def unreserve(self, request_id: int, blocks: int) -> None: ...
+
+    def export_kv(self, request_id: int, first: int, tokens: int) -> tuple[Packet, np.ndarray]: ...
+
+    def import_kv(self, request_id: int, first: int, data: np.ndarray) -> None: ...
 
     def release(self, request_id: int) -> Request: ...
 
@@ -55,10 +64,13 @@ class Engine(Protocol):
 
 class ModelEngine:
     """The simulator's instance, one iteration per step: each request in the batch of a
-    step gets one token at its end (`tokens` lists them, a request once per token)."""
+    step gets one token at its end (`tokens` lists them, a request once per token).
+    `paced`: its steps take the modelled time, which the worker waits out."""
+    paced = True
 
     def __init__(self, index: int, role: int, model, config: SchedulerConfig, total_blocks: int,
-                 kv_bytes_per_token: float, swap_bandwidth: float) -> None:
+                 kv_bytes_per_token: float, swap_bandwidth: float, kv: EmulatedKV | None = None) -> None:
+        self.kv = kv or EmulatedKV(kv_bytes_per_token)
         single = replace(config, max_segment_steps=1)
         self.instance = Instance(index, role, model, single, total_blocks, kv_bytes_per_token, swap_bandwidth)
         self.requests: dict[int, Request] = {}
@@ -99,8 +111,15 @@ class ModelEngine:
     def reserve(self, blocks: int) -> bool:
         return self.instance.reserve(blocks)
 
-    def unreserve(self, blocks: int) -> None:
+    def unreserve(self, request_id: int, blocks: int) -> None:
         self.instance.free += blocks
+
+    def export_kv(self, request_id: int, first: int, tokens: int) -> tuple[Packet, np.ndarray]:
+        """Bytes standing for tokens [first, first + tokens) of a request's KV, described."""
+        return self.kv.packet(request_id, first, tokens)
+
+    def import_kv(self, request_id: int, first: int, data: np.ndarray) -> None:
+        """Emulated KV is checked on arrival and needs no keeping."""
 
     def release(self, request_id: int) -> Request:
         """A request whose KV went elsewhere (handed off, migrated) frees its blocks here."""

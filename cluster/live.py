@@ -38,12 +38,15 @@ class LiveOptions:
     """`stamp`: a token's time is when its step ended by the engine's clock ("step":
     the modelled end for an emulated engine, the measured one for a real engine, put on
     the client clock: same-node clocks are shared, others offset by a measured skew),
-    or when its report reached the driver ("receipt", adding the delivery lag)."""
+    or when its report reached the driver ("receipt", adding the delivery lag).
+    `paced_transfers`: emulated KV transfers wait out their modelled time; a real
+    engine's take what they take."""
     speedup: float = 1.0
     transfer_timeout_s: float = 30.0
     stall_timeout_s: float = 120.0
     stamp: str = "step"
     transport: str = "object_store"
+    paced_transfers: bool = True
 
 
 class LiveRuntime:
@@ -72,9 +75,11 @@ class LiveRuntime:
         return (time.monotonic() - self.origin) * self.options.speedup
 
     def link(self, source: int, target: int) -> LinkTime:
+        if not self.options.paced_transfers:
+            return LinkTime(0.0, 0.0)
         links = [self.plan.links.links[name] for name in self.plan.path(source, target)]
         return LinkTime(sum(link.latency_s for link in links) + self.plan.cost.stage_overhead_s,
-                        1.0 / min(link.bandwidth for link in links))
+                        self.plan.kv_bytes_per_token / min(link.bandwidth for link in links))
 
     def pull(self, request_id: int, source: int, target: int, first: int, tokens: int | None, reserve: int,
               final: bool):
@@ -198,6 +203,8 @@ class LiveRuntime:
 
     def _step(self, index: int, step, now: float) -> set[str]:
         events = set()
+        for request_id, token in zip(step.tokens, step.token_ids):
+            self.requests[request_id].output.append(token)
         for request_id in step.tokens:
             request = self.requests[request_id]
             self.times[request_id].append(now)
@@ -331,7 +338,7 @@ class LiveRuntime:
 
     def dispatch(self, request: Request, index: int, record: bool = True) -> None:
         spec = Request(request.id, request.tenant, request.arrival, request.prompt, request.target,
-                       generated=len(self.times[request.id]))
+                       generated=len(self.times[request.id]), output=list(request.output))
         self.actors[index].submit.remote(spec)
         self.place(request, WAITING, index)
         table = self.plan.table

@@ -10,9 +10,8 @@ import uuid
 from dataclasses import dataclass
 
 from cluster.actor import WorkerActor
-from cluster.engine import ModelEngine
+from cluster.backends import EngineSpec
 from cluster.instance import Instance
-from cluster.kvbytes import EmulatedKV
 
 MAX_CONCURRENCY = 16
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
@@ -30,6 +29,9 @@ class WorkerOptions:
     start_timeout_s: float = 30.0
     transport: str = "object_store"
     inbox_mib: int = 128
+    engine: str = "emulated"
+    model_path: str = ""
+    seed: int = 0
 
 
 def connect(address: str | None, timeout_s: float = 5.0) -> None:
@@ -110,12 +112,12 @@ def start_workers(instances: list[Instance], nodes: list[int], options: WorkerOp
     actors, run = [], uuid.uuid4().hex[:8]
     inbox = options.inbox_mib << 20 if options.transport == "shm" else 0
     for instance, group in zip(instances, groups):
-        engine = ModelEngine(instance.id, instance.role, instance.model, instance.config, instance.total_blocks,
-                             instance.kv_bytes_per_token, instance.swap_bandwidth)
-        kv = EmulatedKV(instance.kv_bytes_per_token, options.kv_scale, seed=instance.id)
+        engine = EngineSpec(options.engine, instance.id, instance.role, instance.model, instance.config,
+                            instance.total_blocks, instance.kv_bytes_per_token, instance.swap_bandwidth,
+                            options.kv_scale, options.model_path, options.seed)
         actors.append(remote.options(num_cpus=options.worker_cpus, max_concurrency=MAX_CONCURRENCY,
                                      scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0))
-                      .remote(instance.id, engine, options.speedup, kv, f"pdlab-{run}-{instance.id}" if inbox else "",
+                      .remote(instance.id, engine, options.speedup, f"pdlab-{run}-{instance.id}" if inbox else "",
                               inbox))
     try:
         ray.get([a.ready.remote() for a in actors], timeout=options.start_timeout_s)

@@ -22,6 +22,7 @@ class Recorder:
         self.codes = {kind: code for code, kind in enumerate(EVENT_KINDS)}
         self.end_s = 0.0
         self.requests = pd.DataFrame()
+        self.token_ids: np.ndarray | None = None
 
     def event(self, time: float, kind: str, request: int = -1, instance: int = -1, peer: int = -1,
               nbytes: float = 0.0, detail: str = "", decision: int = -1) -> None:
@@ -70,6 +71,8 @@ class Recorder:
         self.source = np.concatenate(arrays) if arrays else np.zeros(0)
         self.pieces = (np.arange(len(ordered), dtype=np.int64), np.cumsum(counts) - counts, counts)
         self.requests = _request_table(ordered, counts)
+        if counts.sum() and all(len(r.output) >= n for r, n in zip(ordered, counts)):
+            self.token_ids = np.concatenate([np.asarray(r.output[:n], dtype=np.int64) for r, n in zip(ordered, counts)])
 
     @property
     def total_tokens(self) -> int:
@@ -100,7 +103,10 @@ class Recorder:
         index = np.arange(1, len(gather) + 1, dtype=np.int64)
         index -= np.repeat(np.cumsum(counts) - counts, counts)
         ids = np.repeat(self.requests["request_id"].to_numpy()[first:last], counts)
-        return pd.DataFrame({"request_id": ids, "index": index, "time_s": self.source[gather]}, copy=False)
+        frame = pd.DataFrame({"request_id": ids, "index": index, "time_s": self.source[gather]}, copy=False)
+        if self.token_ids is not None:
+            frame["token_id"] = self.token_ids[gather]
+        return frame
 
 
 def _token_pieces(ordered, instances) -> tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray]:

@@ -1,6 +1,7 @@
 """A request's state inside a runtime, with its delivered tokens kept compactly as
 pieces in the order they came: `(PREFILL_PIECE, time, 1)` for the token a prefill
-produced, `(instance, first step, count)` for a run of an instance's decode steps."""
+produced, `(instance, first step, count)` for a run of an instance's decode steps.
+A real engine keeps the token ids it generated in `output` (a recompute starts from them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class Request:
     tracker: object = None
     fed: tuple[int, int] = (0, 0)
     reason: str = ""
+    output: list[int] = field(default_factory=list)
 
     @property
     def to_prefill(self) -> int:

@@ -5,7 +5,8 @@ Engine time runs at `speedup` times the wall clock, so an `emulated` worker (the
 engine) waits out each modelled step. Back-to-back steps keep to the model's schedule
 (the next starts where the last ended, the worker's own bookkeeping absorbed as a
 real engine's is in its fitted step times) unless the worker falls behind by more
-than `CATCH_UP_S`; then it starts late and the lag shows.
+than `CATCH_UP_S`; then it starts late and the lag shows. A real engine (`paced = False`) starts each
+step when the last one is done and ends when its compute does.
 Commands that change the batch (new requests, admissions, preemptions, detaching a
 migrating request) run at the next step boundary, as in a real engine; their results
 ride on the next report as notes. Blocks reserved for incoming KV expire at a
@@ -91,7 +92,7 @@ class Worker:
         with self.lock:
             held = self.reservations.pop(request, None)
             if held is not None:
-                self.engine.unreserve(held[0])
+                self.engine.unreserve(request, held[0])
         self.wake.set()
 
     def stop(self) -> None:
@@ -104,7 +105,7 @@ class Worker:
         for request, (blocks, deadline) in list(self.reservations.items()):
             if deadline < now:
                 del self.reservations[request]
-                self.engine.unreserve(blocks)
+                self.engine.unreserve(request, blocks)
                 self.note("reservation_expired", request, blocks)
 
     def _flush(self, step: StepResult | None) -> None:
@@ -123,8 +124,9 @@ class Worker:
                     self._flush(None)
                 now = self.now()
                 behind = now - self.last_end if self.last_end is not None else None
-                end = self.engine.begin(self.last_end if behind is not None and behind < CATCH_UP_S * self.speedup
-                                        else now)
+                on_schedule = getattr(self.engine, "paced", True) and behind is not None \
+                    and behind < CATCH_UP_S * self.speedup
+                end = self.engine.begin(self.last_end if on_schedule else now)
                 self.last_end = end
             if end is None:
                 self.wake.wait(0.05 if self.reservations else None)

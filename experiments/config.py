@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from experiments.workloads import WorkloadConfig
 from router.slo import SLO
@@ -57,7 +57,8 @@ class MigrationSection(Strict):
 
 class RaySection(Strict):
     address: str | None = None
-    engine: Literal["emulated"] = "emulated"
+    engine: Literal["emulated", "hf", "vllm"] = "emulated"
+    model_path: str | None = None
     speedup: float = Field(1.0, gt=0)
     kv_scale: float = Field(0.01, gt=0, le=1)
     worker_cpus: float = Field(0.25, gt=0)
@@ -66,6 +67,20 @@ class RaySection(Strict):
     stamp: Literal["step", "receipt"] = "step"
     transport: Literal["object_store", "shm", "gloo", "nccl"] = "object_store"
     shm_inbox_mib: int = Field(128, ge=1)
+
+    @model_validator(mode="after")
+    def _real_engine(self) -> RaySection:
+        if self.engine == "emulated":
+            return self
+        if not self.model_path:
+            raise ValueError(f"ray.model_path: the {self.engine!r} engine needs a model folder "
+                             f"(make a small one with `pdlab model make FOLDER`)")
+        if not (Path(self.model_path) / "config.json").is_file():
+            raise ValueError(f"ray.model_path: expected a model folder with a config.json, got {self.model_path!r} "
+                             f"(make one with `pdlab model make {self.model_path}`)")
+        if self.speedup != 1:
+            raise ValueError(f"ray.speedup: a real engine runs at the speed it runs; expected 1, got {self.speedup}")
+        return self
 
 
 class ExperimentConfig(Strict):

@@ -86,10 +86,12 @@ def _run_live(config: ExperimentConfig, progress: Callable[[int, int], None] | N
     plan = build_plan(config, generate(config.workload, config.seed))
     section = config.ray
     connect(section.address)
-    actors, groups = start_workers(plan.instances, [int(n) for n in plan.table.node],
-                                   WorkerOptions(section.speedup, section.kv_scale, section.worker_cpus,
-                                                 section.start_timeout_s, section.transport, section.shm_inbox_mib))
-    options = LiveOptions(section.speedup, section.transfer_timeout_s, stamp=section.stamp, transport=section.transport)
+    workers = WorkerOptions(section.speedup, section.kv_scale, section.worker_cpus, section.start_timeout_s,
+                            section.transport, section.shm_inbox_mib, section.engine, section.model_path or "",
+                            config.seed)
+    actors, groups = start_workers(plan.instances, [int(n) for n in plan.table.node], workers)
+    options = LiveOptions(section.speedup, section.transfer_timeout_s, stamp=section.stamp, transport=section.transport,
+                          paced_transfers=section.engine == "emulated")
     runtime = LiveRuntime(plan, actors, options, progress)
     try:
         record = runtime.run()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 
 import ray
 
@@ -11,15 +12,13 @@ from cluster.perfmodel import IterationModel
 from cluster.request import Request
 from cluster.scheduling import SchedulerConfig
 from cluster.actor import WorkerActor
-from cluster.kvbytes import EmulatedKV
 from cluster.worker import Report, Worker
 from router.snapshot import COLOCATED
 
 
-def engine() -> ModelEngine:
-    """Every step takes 10 ms, whatever the batch."""
-    flat = IterationModel(prefill=(0.01, 0.0, 0.0), decode=(0.01, 0.0, 0.0))
-    return ModelEngine(0, COLOCATED, flat, SchedulerConfig(), 1000, 1.0, 1e9)
+FLAT = IterationModel(prefill=(0.01, 0.0, 0.0), decode=(0.01, 0.0, 0.0))
+engine = partial(ModelEngine, 0, COLOCATED, FLAT, SchedulerConfig(), 1000, 1.0, 1e9)
+"""Every step takes 10 ms, whatever the batch."""
 
 
 def test_worker_waits_out_each_step_and_reports_every_token():
@@ -43,7 +42,7 @@ def test_worker_waits_out_each_step_and_reports_every_token():
 
 
 def test_worker_as_a_ray_actor_reports_steps_to_a_long_poll(local_ray):
-    actor = ray.remote(num_cpus=0, max_concurrency=4)(WorkerActor).remote(0, engine(), 4.0, EmulatedKV(1.0))
+    actor = ray.remote(num_cpus=0, max_concurrency=4)(WorkerActor).remote(0, engine, 4.0)
     ray.get([actor.submit.remote(Request(i, "default", 0.0, 20, 15)) for i in range(4)])
     finished, steps = set(), 0
     while len(finished) < 4:

@@ -1,0 +1,45 @@
+"""Which engine a worker hosts (`ray.engine`): `emulated` (the performance model,
+waited out, KV bytes of the modelled size), `hf` (a transformers model with the
+project's own paged KV cache) or `vllm` (a vLLM engine, GPU or CPU build). An
+`EngineSpec` is sent to the worker actor and called there, so a model loads where it runs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cluster.engine import Engine, ModelEngine
+from cluster.kvbytes import EmulatedKV
+from cluster.scheduling import SchedulerConfig
+
+ENGINES = ("emulated", "hf", "vllm")
+REAL_ENGINES = ("hf", "vllm")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    backend: str
+    index: int
+    role: int
+    model: object
+    config: SchedulerConfig
+    total_blocks: int
+    kv_bytes_per_token: float
+    swap_bandwidth: float
+    kv_scale: float = 0.01
+    model_path: str = ""
+    seed: int = 0
+    threads: int = 1
+
+    def __call__(self) -> Engine:
+        common = (self.index, self.role, self.model, self.config, self.total_blocks, self.kv_bytes_per_token,
+                  self.swap_bandwidth)
+        if self.backend == "emulated":
+            return ModelEngine(*common, EmulatedKV(self.kv_bytes_per_token, self.kv_scale, seed=self.index))
+        if self.backend == "hf":
+            from cluster.hf_engine import HFEngine
+
+            return HFEngine(*common, self.model_path, self.seed, self.threads)
+        if self.backend == "vllm":
+            from cluster.vllm_engine import VLLMEngine
+
+            return VLLMEngine(*common, self.model_path, self.seed, self.threads)
+        raise ValueError(f"ray.engine: expected one of {list(ENGINES)}, got {self.backend!r}")
