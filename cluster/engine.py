@@ -103,7 +103,10 @@ class ModelEngine:
                           [r.id for r in outcome.finished], preempted)
 
     def abort(self, request_id: int) -> None:
-        request = self.requests.pop(request_id, None) or self.parked.pop(request_id, None)
+        parked = self.parked.pop(request_id, None)
+        if parked is not None:
+            parked.blocks = 0                            # a preempted request holds no blocks here
+        request = self.requests.pop(request_id, None) or parked
         if request is not None:
             self.instance.remove(request)
 

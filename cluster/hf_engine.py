@@ -30,6 +30,7 @@ class HFEngine(ModelEngine):
         self.incoming: dict[int, list[tuple[int, np.ndarray]]] = {}
         self.swapped_kv: dict[int, np.ndarray] = {}
         self.produced: dict[int, int] = {}
+        self.ended_s = 0.0
 
     def ids(self, request: Request) -> list[int]:
         if request.id not in self.prompts:
@@ -49,8 +50,8 @@ class HFEngine(ModelEngine):
         chunks = [self._prefill_chunk(request, size) for request, size in self.instance.segment.prefill]
         chunks += [self._decode_chunk(self.requests[request_id]) for request_id in self.batch]
         self.produced = self.llama.step(chunks, self.pool) if chunks else {}
-        self.end_s = now + time.monotonic() - started
-        return self.end_s
+        self.ended_s = now + time.monotonic() - started
+        return self.ended_s
 
     def _prefill_chunk(self, request: Request, size: int) -> Chunk:
         start = request.prefilled
@@ -65,6 +66,7 @@ class HFEngine(ModelEngine):
 
     def finish(self) -> StepResult:
         result = super().finish()
+        result.end_s = self.ended_s
         for request_id in result.tokens:
             token = self.produced[request_id]
             result.token_ids.append(token)

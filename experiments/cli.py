@@ -14,6 +14,8 @@ from experiments.delay import delay_output
 from experiments.harm import add_parser as add_harm
 from experiments.sweep import add_parser as add_sweep
 from experiments.imports import read_any
+from experiments.install import InstallError, add_parser as add_install
+from experiments.models_cli import add_parser as add_model
 from experiments.metrics import Window, run_slos, score
 from experiments.runformat import RunFormatError, validate, write_run
 from experiments.show import print_summaries
@@ -134,6 +136,8 @@ def parser() -> argparse.ArgumentParser:
     add_calibrate(commands)
     add_harm(commands)
     add_sweep(commands)
+    add_model(commands)
+    add_install(commands)
 
     quick = commands.add_parser("quickstart", help="the quickstart: classic vs smooth goodput routers on a live "
                                                    "local Ray cluster (2 prefill + 2 decode emulated A100s)")
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (RunFormatError, ValueError, FileNotFoundError, ClusterError) as exc:
+    except (RunFormatError, ValueError, FileNotFoundError, ClusterError, InstallError) as exc:
         if os.environ.get("PDLAB_DEBUG"):
             raise
         print(f"pdlab {args.command}: error: {exc}", file=sys.stderr)

@@ -57,3 +57,33 @@ def local_ray():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A Llama-shaped model with seeded random weights, made once per session."""
+    from cluster.modelfiles import make_model
+
+    return str(make_model(tmp_path_factory.mktemp("models") / "tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def greedy(tiny_model):
+    """Reference tokens: transformers' own greedy `generate` of a request's prompt ids."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from cluster.prompts import prompt_ids
+
+    model = LlamaForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    cache: dict[tuple[int, int, int], list[int]] = {}
+
+    def tokens(request_id: int, prompt: int, n: int, seed: int = 0) -> list[int]:
+        if (request_id, prompt, seed) not in cache or len(cache[request_id, prompt, seed]) < n:
+            ids = torch.tensor([prompt_ids(request_id, prompt, model.config.vocab_size, seed)])
+            with torch.no_grad():
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                     do_sample=False, pad_token_id=0)
+            cache[request_id, prompt, seed] = out[0, prompt:].tolist()
+        return cache[request_id, prompt, seed][:n]
+    return tokens

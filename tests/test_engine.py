@@ -47,3 +47,20 @@ def test_stepping_the_model_engine_matches_the_simulator(chunked):
     for request_id, group in run.tokens.groupby("request_id"):
         assert stepped[request_id] == pytest.approx(list(group["time_s"]), abs=1e-9), request_id
     assert sum(len(t) for t in stepped.values()) == len(run.tokens)
+
+
+def test_aborting_a_request_swapped_out_by_the_router_frees_its_blocks_once():
+    from cluster.perfmodel import IterationModel
+    from cluster.scheduling import SchedulerConfig
+    from router.snapshot import COLOCATED
+
+    flat = IterationModel(prefill=(0.01, 0.0, 0.0), decode=(0.01, 0.0, 0.0))
+    engine = ModelEngine(0, COLOCATED, flat, SchedulerConfig(), 100, 1.0, 1e9)
+    engine.add(Request(0, "default", 0.0, 100, 50))
+    now = 0.0
+    for _ in range(5):
+        now = engine.begin(now)
+        engine.finish()
+    assert engine.preempt(0, "swap", now) is not None
+    engine.abort(0)
+    assert engine.stats()["free_blocks"] == 100
