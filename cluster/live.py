@@ -40,13 +40,15 @@ class LiveOptions:
     the client clock: same-node clocks are shared, others offset by a measured skew),
     or when its report reached the driver ("receipt", adding the delivery lag).
     `paced_transfers`: emulated KV transfers wait out their modelled time; a real
-    engine's take what they take."""
+    engine's take what they take. `live_kv`: the engine can export a decoding
+    request's KV (else a live migration is done by recompute)."""
     speedup: float = 1.0
     transfer_timeout_s: float = 30.0
     stall_timeout_s: float = 120.0
     stamp: str = "step"
     transport: str = "object_store"
     paced_transfers: bool = True
+    live_kv: bool = True
 
 
 class LiveRuntime:

