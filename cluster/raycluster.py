@@ -32,6 +32,7 @@ class WorkerOptions:
     engine: str = "emulated"
     model_path: str = ""
     seed: int = 0
+    worker_gpus: float = 0.0
 
 
 def connect(address: str | None, timeout_s: float = 5.0) -> None:
@@ -95,7 +96,7 @@ def start_workers(instances: list[Instance], nodes: list[int], options: WorkerOp
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     cluster_nodes = ray_nodes()
-    bundle = {"CPU": options.worker_cpus}
+    bundle = {"CPU": options.worker_cpus} | ({"GPU": options.worker_gpus} if options.worker_gpus else {})
     groups = []
     for node in nodes:
         selector = [{"ray.io/node-id": cluster_nodes[node % len(cluster_nodes)]}] if len(cluster_nodes) > 1 else None
@@ -115,7 +116,8 @@ def start_workers(instances: list[Instance], nodes: list[int], options: WorkerOp
         engine = EngineSpec(options.engine, instance.id, instance.role, instance.model, instance.config,
                             instance.total_blocks, instance.kv_bytes_per_token, instance.swap_bandwidth,
                             options.kv_scale, options.model_path, options.seed)
-        actors.append(remote.options(num_cpus=options.worker_cpus, max_concurrency=MAX_CONCURRENCY,
+        actors.append(remote.options(num_cpus=options.worker_cpus, num_gpus=options.worker_gpus,
+                                     max_concurrency=MAX_CONCURRENCY,
                                      scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0))
                       .remote(instance.id, engine, options.speedup, f"pdlab-{run}-{instance.id}" if inbox else "",
                               inbox))

@@ -35,31 +35,34 @@ def _free_port() -> int:
 
 
 def start_vllm(index: int, role: int, path: str, config, total_blocks: int, threads: int):
-    """A vLLM engine in this process, on its own core, with a NIXL connector when it
-    is a prefill or decode instance."""
+    """A vLLM engine in this process (on a CPU: pinned to one core), with a NIXL
+    connector when it is a prefill or decode instance."""
+    import torch
+
+    gpu = torch.cuda.is_available()
     core = sorted(os.sched_getaffinity(0))[index % len(os.sched_getaffinity(0))]
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    os.environ.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": str(core),
-                       "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-                       "UCX_TLS": os.environ.get("UCX_TLS", "tcp,self,sm"),
-                       "VLLM_NIXL_SIDE_CHANNEL_HOST": _node_ip(),
+    os.environ.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_NIXL_SIDE_CHANNEL_HOST": _node_ip(),
                        "VLLM_NIXL_SIDE_CHANNEL_PORT": str(_free_port())})
+    if not gpu:
+        os.environ.update({"VLLM_CPU_OMP_THREADS_BIND": str(core), "UCX_TLS": os.environ.get("UCX_TLS", "tcp,self,sm"),
+                           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")})
     from vllm import EngineArgs, LLMEngine
     from vllm.config import KVTransferConfig
 
     transfer = None
     if role != COLOCATED:
-        transfer = KVTransferConfig(kv_connector="NixlConnector", kv_role="kv_both", kv_buffer_device="cpu",
+        transfer = KVTransferConfig(kv_connector="NixlConnector", kv_role="kv_both",
+                                    kv_buffer_device="cuda" if gpu else "cpu",
                                     engine_id=f"pdlab-{index}-{uuid.uuid4().hex[:8]}")
     args = EngineArgs(model=path, skip_tokenizer_init=True, enforce_eager=True, dtype=_dtype(path), block_size=config.block_size,
                       max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
                       num_gpu_blocks_override=total_blocks + 1, kv_transfer_config=transfer,
                       max_model_len=min(_max_len(path), total_blocks * config.block_size))
     engine = LLMEngine.from_engine_args(args)
-    os.sched_setaffinity(0, {core})
-    import torch
-
-    torch.set_num_threads(threads)
+    if not gpu:
+        os.sched_setaffinity(0, {core})
+        torch.set_num_threads(threads)
     return engine
 
 

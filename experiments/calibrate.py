@@ -1,4 +1,5 @@
-"""`pdlab calibrate PROFILE.csv`: fit the iteration-time model to measured iterations.
+"""`pdlab calibrate PROFILE.csv`: fit the iteration-time model to measured iterations
+(`pdlab calibrate --engine vllm --model-path DIR` measures them first on a real engine).
 
 One CSV row per iteration: prefill_tokens, prefill_tokens_sq (optional, default
 prefill_tokens^2), decode_batch, decode_context, time_s. Prefill coefficients come
@@ -180,10 +181,29 @@ def _labels(args: argparse.Namespace) -> dict:
     return {"model_name": load_model(args.model).name, "hardware": load_hardware(args.hardware).name, "tp": args.tp}
 
 
+def _profile(args: argparse.Namespace) -> Path:
+    """The profile CSV: the one given, or one measured now on a real engine."""
+    if args.engine is None:
+        if args.profile is None:
+            raise CalibrationError("give a profile CSV, or --engine vllm|hf with --model-path to measure one")
+        return Path(args.profile)
+    if not args.model_path or not (Path(args.model_path) / "config.json").is_file():
+        raise CalibrationError(f"--model-path: expected a model folder with a config.json, got {args.model_path!r} "
+                               f"(make one with `pdlab model make FOLDER`)")
+    from experiments.profiling import profile_engine
+
+    rows = profile_engine(args.engine, args.model_path, args.block_size, repeats=args.repeats)
+    path = Path(args.profile or (Path(args.out).with_suffix(".profile.csv") if args.out else "profile.csv"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(path, index=False)
+    print(f"profiled {len(rows)} iterations of the {args.engine} engine; wrote {path}")
+    return path
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         labels = _labels(args)
-        result = calibrate(args.profile)
+        result = calibrate(_profile(args))
         print(report(result))
         if args.out:
             print(f"wrote {write_iteration_model(args.out, result.model, **labels)}")
@@ -202,8 +222,14 @@ def _positive(text: str) -> int:
 def add_parser(commands) -> argparse.ArgumentParser:
     """Register `calibrate` on the `pdlab` subparsers; its handler returns an exit code."""
     calibrate_cmd = commands.add_parser("calibrate", help="fit the iteration-time model to a measured profile CSV")
-    calibrate_cmd.add_argument("profile", help="CSV: prefill_tokens, [prefill_tokens_sq], decode_batch, "
-                                               "decode_context, time_s; one row per iteration")
+    calibrate_cmd.add_argument("profile", nargs="?", help="CSV: prefill_tokens, [prefill_tokens_sq], decode_batch, "
+                                                          "decode_context, time_s; one row per iteration (with "
+                                                          "--engine: where the measured profile goes)")
+    calibrate_cmd.add_argument("--engine", choices=["vllm", "hf"], help="measure the profile on a real engine here")
+    calibrate_cmd.add_argument("--model-path", help="with --engine: the model folder (pdlab model make)")
+    calibrate_cmd.add_argument("--block-size", type=_positive, default=32, help="with --engine: KV block size "
+                                                                               "(default 32, as vLLM's CPU build needs)")
+    calibrate_cmd.add_argument("--repeats", type=_positive, default=3, help="with --engine: runs of each shape")
     calibrate_cmd.add_argument("--out", metavar="FILE.yaml", help="write the fit as a perf YAML (configs/perf format)")
     calibrate_cmd.add_argument("--model", help="model name or YAML the profile measured (labels --out)")
     calibrate_cmd.add_argument("--hardware", help="hardware name or YAML the profile measured (labels --out)")

@@ -62,6 +62,7 @@ class RaySection(Strict):
     speedup: float = Field(1.0, gt=0)
     kv_scale: float = Field(0.01, gt=0, le=1)
     worker_cpus: float = Field(0.25, gt=0)
+    worker_gpus: float = Field(0.0, ge=0)
     start_timeout_s: float = Field(30.0, gt=0)
     transfer_timeout_s: float = Field(30.0, gt=0)
     stamp: Literal["step", "receipt"] = "step"

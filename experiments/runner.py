@@ -88,7 +88,7 @@ def _run_live(config: ExperimentConfig, progress: Callable[[int, int], None] | N
     connect(section.address)
     workers = WorkerOptions(section.speedup, section.kv_scale, section.worker_cpus, section.start_timeout_s,
                             section.transport, section.shm_inbox_mib, section.engine, section.model_path or "",
-                            config.seed)
+                            config.seed, section.worker_gpus)
     actors, groups = start_workers(plan.instances, [int(n) for n in plan.table.node], workers)
     options = LiveOptions(section.speedup, section.transfer_timeout_s, stamp=section.stamp, transport=section.transport,
                           paced_transfers=section.engine == "emulated", live_kv=section.engine != "vllm")
