@@ -42,7 +42,7 @@ def test_every_built_in_model_and_hardware_loads_with_sources():
     assert {"A100-40GB", "A100-80GB", "H100"} <= set(available_hardware())
     for name in available_models():
         model = load_model(name)
-        assert model.name == name and model.source and model.dtype in ("bf16", "fp16")
+        assert model.name == name and model.source and model.dtype in ("bf16", "fp16", "fp32")
     for name in available_hardware():
         hardware = load_hardware(name)
         assert hardware.name == name
@@ -79,7 +79,7 @@ def test_names_are_case_insensitive_and_paths_work(tmp_path):
 def test_unknown_name_lists_the_available_ones():
     with pytest.raises(SpecError, match=r"unknown model 'GPT-5'; available: .*Llama-2-7B"):
         load_model("GPT-5")
-    with pytest.raises(SpecError, match=r"unknown hardware 'TPU'; available: A100-40GB, A100-80GB, H100"):
+    with pytest.raises(SpecError, match=r"unknown hardware 'TPU'; available: A100-40GB, A100-80GB, CPU, H100"):
         load_hardware("TPU")
 
 
