@@ -1,12 +1,12 @@
 """Benchmark: does the calibrated simulator predict a live cluster of real engines?
-A small disaggregated cluster (1 prefill + 1 decode worker) of vLLM's CPU build
-(or the hf engine) serves a workload live on a local Ray; the simulator runs the
+A small cluster (1 prefill + 1 decode worker, or one colocated worker) of vLLM's CPU
+build (or the hf engine) serves a workload live on a local Ray; the simulator runs the
 same config with the perf model `pdlab calibrate --engine` fitted; TTFT and TPOT,
 side by side, with the relative error (target: within 15%).
 
     .venv/bin/pdlab model make models/tiny-llama
     .venv/bin/pdlab calibrate --engine vllm --model-path models/tiny-llama --out configs/perf/vllm-cpu-tiny-llama.yaml
-    .venv/bin/python benchmarks/bench_calibration.py [--engine vllm] [--requests 80] [--rate 3]
+    .venv/bin/python benchmarks/bench_calibration.py [--engine vllm] [--requests 40] [--rate 1] [--layout disagg|colocated]
 """
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ from experiments.runner import run_config
 from router.slo import SLO
 
 
-def config(engine: str, model_path: str, perf: str, requests: int, rate: float) -> ExperimentConfig:
+def config(engine: str, model_path: str, perf: str, requests: int, rate: float, layout: str) -> ExperimentConfig:
+    instances = [{"role": "colocated"}] if layout == "colocated" else [{"role": "prefill"}, {"role": "decode"}]
     return ExperimentConfig.model_validate({
         "name": "calibration", "seed": 0, "runtime": "ray",
         "cluster": {"model": "tiny-llama", "hardware": "CPU", "perf": perf, "kv_blocks": 160,
                     "scheduler": {"block_size": 32, "max_num_seqs": 64, "max_num_batched_tokens": 4096},
-                    "instances": [{"role": "prefill"}, {"role": "decode"}]},
+                    "instances": instances},
         "router": {"policy": "round_robin"},
         "ray": {"engine": engine, "model_path": model_path, "start_timeout_s": 180},
         "workload": {"requests": requests, "arrival": {"process": "poisson", "rate": rate},
@@ -42,17 +43,19 @@ def main() -> None:
     parser.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
     parser.add_argument("--model-path", default="models/tiny-llama")
     parser.add_argument("--perf", default="configs/perf/vllm-cpu-tiny-llama.yaml")
-    parser.add_argument("--requests", type=int, default=80)
-    parser.add_argument("--rate", type=float, default=3.0)
+    parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--rate", type=float, default=1.0)
+    parser.add_argument("--layout", choices=["disagg", "colocated"], default="disagg",
+                        help="1 prefill + 1 decode worker (default), or one colocated worker")
     args = parser.parse_args()
-    live_config = config(args.engine, args.model_path, args.perf, args.requests, args.rate)
+    live_config = config(args.engine, args.model_path, args.perf, args.requests, args.rate, args.layout)
     slo = SLO(**live_config.slo)
     started = time.perf_counter()
     live = run_config(live_config)
     wall = time.perf_counter() - started
     simulated = run_config(live_config.model_copy(update={"runtime": "sim"}))
     a, b = figures(score(live, slo)[1]), figures(score(simulated, slo)[1])
-    print(f"1P+1D {args.engine} tiny-llama on CPU, {args.requests} ShareGPT-shaped requests at {args.rate:g}/s, "
+    print(f"{'1P+1D' if args.layout == 'disagg' else '1 colocated'} {args.engine} tiny-llama on CPU, {args.requests} ShareGPT-shaped requests at {args.rate:g}/s, "
           f"perf {args.perf}; live run {wall:.1f} s wall")
     print(f"{'metric':16s} {'live':>10s} {'simulated':>10s} {'error':>8s}")
     worst = 0.0

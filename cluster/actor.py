@@ -26,6 +26,11 @@ class LinkTime:
     seconds_per_token: float
 
 
+def _urgent(report: Report) -> bool:
+    step = report.step
+    return bool(report.notes or step is None or step.prefilled or step.finished or step.preempted)
+
+
 @dataclass(frozen=True)
 class Pulled:
     ok: bool
@@ -80,9 +85,16 @@ class WorkerActor:
 
         return ray.get_runtime_context().get_node_id(), time.monotonic()
 
-    def poll(self, timeout_s: float) -> list[Report]:
+    def poll(self, timeout_s: float, batch_s: float = 0.0) -> list[Report]:
+        """The reports since the last poll, once there is one; with `batch_s`, reports
+        of plain decode steps wait up to that long for company (fewer calls: on a
+        small machine a call per step costs as much CPU as a small model's step),
+        while a prefill done, a finish or a note goes at once."""
         with self.posted:
             self.posted.wait_for(lambda: self.outbox, timeout_s)
+            if self.outbox and batch_s > 0:
+                until = self.outbox[0].sent_s + batch_s
+                self.posted.wait_for(lambda: any(map(_urgent, self.outbox)), max(0.0, until - time.monotonic()))
             reports, self.outbox = self.outbox, []
         return reports
 
@@ -100,7 +112,7 @@ class WorkerActor:
         self.worker.at_boundary(admit)
 
     def release(self, request_id: int) -> None:
-        with self.worker.lock:
+        with self.worker.held():
             self.engine.release(request_id)
         self.worker.wake.set()
 
@@ -132,7 +144,7 @@ class WorkerActor:
         the request's state when `final` (the receiver takes it over). The bytes come
         back in the result, or go to rank `peer` of the workers' group, or into the
         shared-memory `inbox` (name, size) of a worker on this node when they fit."""
-        with self.worker.lock:
+        with self.worker.held():
             request = self.engine.requests[request_id]
             if tokens is None:
                 tokens = self.engine.context_of(request_id) - first
@@ -204,7 +216,7 @@ class WorkerActor:
     def _take(self, packet, data, first: int) -> None:
         """Check arrived KV and hand it to the engine (which copies what it keeps)."""
         verify(packet, data)
-        with self.worker.lock:
+        with self.worker.held():
             self.engine.import_kv(packet.request, first, data)
 
     def _failed(self, request_id: int, reason: str) -> Pulled:
@@ -212,7 +224,7 @@ class WorkerActor:
         return Pulled(False, reason)
 
     def stats(self) -> dict:
-        with self.worker.lock:
+        with self.worker.held():
             return self.engine.stats()
 
     def stop(self) -> None:

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from cluster.cpu import use_threads
 from cluster.engine import ModelEngine, StepResult
 from cluster.paged_llama import Chunk, PagedLlama
 from cluster.prompts import prompt_ids
@@ -23,9 +24,9 @@ class HFEngine(ModelEngine):
     def __init__(self, index: int, role: int, model, config, total_blocks: int, kv_bytes_per_token: float,
                  swap_bandwidth: float, path: str, seed: int = 0, threads: int = 1) -> None:
         super().__init__(index, role, model, config, total_blocks, kv_bytes_per_token, swap_bandwidth)
-        self.llama = PagedLlama(path, threads)
+        self.llama = PagedLlama(path)
         self.pool = self.llama.pool(total_blocks, config.block_size)
-        self.seed = seed
+        self.seed, self.threads = seed, threads
         self.prompts: dict[int, list[int]] = {}
         self.incoming: dict[int, list[tuple[int, np.ndarray]]] = {}
         self.swapped_kv: dict[int, np.ndarray] = {}
@@ -46,6 +47,7 @@ class HFEngine(ModelEngine):
     def begin(self, now: float) -> float | None:
         if super().begin(now) is None:
             return None
+        use_threads(self.threads)
         started = time.monotonic()
         chunks = [self._prefill_chunk(request, size) for request, size in self.instance.segment.prefill]
         chunks += [self._decode_chunk(self.requests[request_id]) for request_id in self.batch]

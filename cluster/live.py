@@ -41,7 +41,8 @@ class LiveOptions:
     or when its report reached the driver ("receipt", adding the delivery lag).
     `paced_transfers`: emulated KV transfers wait out their modelled time; a real
     engine's take what they take. `live_kv`: the engine can export a decoding
-    request's KV (else a live migration is done by recompute)."""
+    request's KV (else a live migration is done by recompute). `report_batch_s`: how
+    long a worker may hold plain decode-step reports to send them together."""
     speedup: float = 1.0
     transfer_timeout_s: float = 30.0
     stall_timeout_s: float = 120.0
@@ -49,6 +50,7 @@ class LiveOptions:
     transport: str = "object_store"
     paced_transfers: bool = True
     live_kv: bool = True
+    report_batch_s: float = 0.0
 
 
 class LiveRuntime:
@@ -110,7 +112,7 @@ class LiveRuntime:
             raise ValueError(f"ray.stamp: expected one of {STAMPS}, got {self.options.stamp!r}")
         self.nodes, self.skew = zip(*(self._skew(actor) for actor in self.actors))
         for index, actor in enumerate(self.actors):
-            self.polls[actor.poll.remote(POLL_S)] = index
+            self.polls[actor.poll.remote(POLL_S, self.options.report_batch_s)] = index
         self.origin = self.last_progress = time.monotonic()
         while self.unfinished > 0:
             now = self.now()
@@ -162,7 +164,7 @@ class LiveRuntime:
             except ray.exceptions.RayActorError as exc:
                 self.fault(index, f"worker died: {type(exc).__name__}")
                 return
-            self.polls[self.actors[index].poll.remote(POLL_S)] = index
+            self.polls[self.actors[index].poll.remote(POLL_S, self.options.report_batch_s)] = index
             self._reports(index, reports)
             return
         _, callback = self.pending.pop(ref)

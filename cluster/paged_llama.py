@@ -24,10 +24,9 @@ class Chunk:
 
 
 class PagedLlama:
-    def __init__(self, path: str, threads: int = 1) -> None:
+    def __init__(self, path: str) -> None:
         from transformers import LlamaForCausalLM
 
-        torch.set_num_threads(threads)
         self.model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         config = self.model.config
         self.layers, self.heads = config.num_hidden_layers, config.num_attention_heads

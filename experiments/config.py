@@ -68,6 +68,7 @@ class RaySection(Strict):
     stamp: Literal["step", "receipt"] = "step"
     transport: Literal["object_store", "shm", "gloo", "nccl"] = "object_store"
     shm_inbox_mib: int = Field(128, ge=1)
+    report_batch_s: float | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _real_engine(self) -> RaySection:

@@ -6,6 +6,7 @@ machine has outliers that a fit on relative error would chase."""
 from __future__ import annotations
 
 import itertools
+import threading
 
 import numpy as np
 import pandas as pd
@@ -61,6 +62,13 @@ class Profiler:
             self.rows.append((0, 0, batch, batch * (context + DECODE_STEPS // 2), float(np.median(times))))
         self.drain()
 
+    def run_on_thread(self, repeats: int) -> pd.DataFrame:
+        result: list = []
+        worker = threading.Thread(target=lambda: result.append(self.run(repeats)))
+        worker.start()
+        worker.join()
+        return result[0]
+
     def run(self, repeats: int, progress=None) -> pd.DataFrame:
         self.prefill((64,))
         self.decode(2, 64)
@@ -77,6 +85,17 @@ class Profiler:
 
 
 def profile_engine(backend: str, model_path: str, block_size: int = 32, blocks: int = 1024, repeats: int = 3,
-                   progress=None) -> pd.DataFrame:
-    """Profile rows of a `backend` engine serving the model at `model_path`."""
-    return Profiler(backend, model_path, block_size, blocks).run(repeats, progress)
+                   address: str | None = None) -> pd.DataFrame:
+    """Profile rows of a `backend` engine serving the model at `model_path`, measured
+    where live workers run it: in a Ray actor (on the cluster at `address`, else a
+    local Ray), its steps on a thread of their own."""
+    import ray
+
+    from cluster.raycluster import connect
+
+    connect(address)
+    profiler = ray.remote(Profiler).options(num_cpus=0.1).remote(backend, model_path, block_size, blocks)
+    try:
+        return ray.get(profiler.run_on_thread.remote(repeats))
+    finally:
+        ray.kill(profiler)
