@@ -34,3 +34,11 @@ def test_gpu_configs_validate_and_their_instances_fit(path, tiny_model):
         assert config.ray.engine == "vllm" and config.ray.worker_gpus == 1
         plan = build_plan(config, generate(config.workload, config.seed))
         assert len(plan.instances) == 4 and all(i.total_blocks > 1000 for i in plan.instances)
+
+
+def test_the_cpu_vllm_config_validates_and_simulates_with_its_calibrated_fit(tiny_model):
+    path = Path(__file__).resolve().parents[1] / "configs" / "cpu" / "vllm-tiny.yaml"
+    configs = load_variants(path, [f"ray.model_path={tiny_model}", "workload.requests=20", "runtime=sim"])
+    assert {c.router.policy for c in configs.values()} == {"classic_goodput", "smooth_goodput"}
+    run = simulate(configs["classic"])
+    assert (run.requests["status"] == "finished").all()
