@@ -12,10 +12,13 @@ from dataclasses import dataclass
 
 from typing import Callable
 
-from cluster.engine import Engine
+from cluster.engine import Engine, KVNotReady
 from cluster.request import Request
 from cluster.worker import Report, Worker
 from migration.transport import ChecksumError, InboxWriter, SharedMemoryInbox, TorchTransport, verify
+
+
+EXPORT_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -144,13 +147,21 @@ class WorkerActor:
         the request's state when `final` (the receiver takes it over). The bytes come
         back in the result, or go to rank `peer` of the workers' group, or into the
         shared-memory `inbox` (name, size) of a worker on this node when they fit."""
-        with self.worker.held():
-            request = self.engine.requests[request_id]
-            if tokens is None:
-                tokens = self.engine.context_of(request_id) - first
-            moved = dataclasses.replace(request, pieces=[], tracker=None, output=list(request.output)) \
-                if final else None
-            packet, data = self.engine.export_kv(request_id, first, tokens)
+        deadline = time.monotonic() + EXPORT_WAIT_S
+        while True:
+            with self.worker.held():
+                request = self.engine.requests[request_id]
+                if tokens is None:
+                    tokens = self.engine.context_of(request_id) - first
+                moved = dataclasses.replace(request, pieces=[], tracker=None, output=list(request.output)) \
+                    if final else None
+                try:
+                    packet, data = self.engine.export_kv(request_id, first, tokens)
+                    break
+                except KVNotReady:
+                    if time.monotonic() > deadline:
+                        raise
+            time.sleep(0.001)
         if peer is not None:
             self.group.send(packet, data, peer)
             data = None

@@ -20,6 +20,10 @@ from cluster.scheduling import Outcome, SchedulerConfig
 from migration.transport import Packet
 
 
+class KVNotReady(Exception):
+    """The engine is still preparing the KV asked for (ask again shortly)."""
+
+
 @dataclass
 class StepResult:
     end_s: float

@@ -40,8 +40,9 @@ class LiveOptions:
     the client clock: same-node clocks are shared, others offset by a measured skew),
     or when its report reached the driver ("receipt", adding the delivery lag).
     `paced_transfers`: emulated KV transfers wait out their modelled time; a real
-    engine's take what they take. `live_kv`: the engine can export a decoding
-    request's KV (else a live migration is done by recompute). `report_batch_s`: how
+    engine's take what they take. `staged_kv`: the engine can export a decoding
+    request's KV in stages while it decodes (else a live migration stops the request
+    and moves its KV in one stage). `report_batch_s`: how
     long a worker may hold plain decode-step reports to send them together."""
     speedup: float = 1.0
     transfer_timeout_s: float = 30.0
@@ -49,7 +50,7 @@ class LiveOptions:
     stamp: str = "step"
     transport: str = "object_store"
     paced_transfers: bool = True
-    live_kv: bool = True
+    staged_kv: bool = True
     report_batch_s: float = 0.0
 
 

@@ -96,17 +96,17 @@ class LiveMoves:
             raise ValueError(f"Migrate: request {request.id} is on instance {source} already")
         if action.mode not in ("live", "recompute"):
             raise ValueError(f"Migrate mode: expected 'live' or 'recompute', got {action.mode!r}")
-        mode = action.mode if self.rt.options.live_kv else "recompute"
-        self.rt.record.event(self.rt.now(), "migrate_start", request.id, source, target,
-                             detail=mode if mode == action.mode else f"{mode} (the engine moves no KV mid-decode)",
+        self.rt.record.event(self.rt.now(), "migrate_start", request.id, source, target, detail=action.mode,
                              decision=decision)
-        if mode == "recompute":
+        if action.mode == "recompute":
             self.recomputing[request.id] = target
             self.rt.actors[source].detach.remote(request.id)
             return
         context = request.prompt + len(self.rt.times[request.id])
         reserved = blocks_for(context + self.rt.plan.cost.final_stage_tokens + 1, self.rt.block_size)
         migration = LiveMigration(request.id, source, target, self.rt.now(), self.rt.plan.cost, 0)
+        if not self.rt.options.staged_kv:
+            migration.stage = self.rt.plan.cost.max_stages - 1      # one stage: stop, copy, commit
         self.live[request.id] = migration
         self._stage(request, migration, reserved)
 

@@ -6,8 +6,10 @@ Prefill workers run each prompt with `max_tokens=1` and keep its KV for NIXL
 (`NixlConnector`, `do_remote_decode`); what "moves" through the project's transport
 is the connector's descriptor (JSON in a checked payload), and the decode worker's
 vLLM pulls the blocks itself, re-sampling the last token (dropped: it was delivered).
-D->D migration and router preemption are by recompute: the request leaves vLLM and
-is added again with its prompt and the tokens it has, for the tokens it has left."""
+A live D->D migration stops the request and moves its whole KV the same way (in one
+stage: the source re-adds it as a one-token prefill served from its prefix cache, for
+NIXL); recompute migration and router preemption add it again elsewhere with its
+prompt and the tokens it has, for the tokens it has left."""
 from __future__ import annotations
 
 import json
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cluster.cpu import use_threads
-from cluster.engine import StepResult
+from cluster.engine import KVNotReady, StepResult
 from cluster.prompts import prompt_ids
 from cluster.request import Request
 from migration.transport import Packet, describe
@@ -28,6 +30,7 @@ from router.snapshot import COLOCATED, PREFILL
 
 IDLE_S = 0.0005
 KV_NOTICE_S = 0.005
+KV_LEASE_S = 10
 
 
 def _free_port() -> int:
@@ -45,7 +48,7 @@ def start_vllm(index: int, role: int, path: str, config, total_blocks: int, thre
     os.environ.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_NIXL_SIDE_CHANNEL_HOST": _node_ip(),
                        "VLLM_NIXL_SIDE_CHANNEL_PORT": str(_free_port())})
     if not gpu:
-        os.environ.update({"VLLM_CPU_OMP_THREADS_BIND": str(core) if os.environ.get("PDLAB_PIN", "1") == "1" else "nobind", "OMP_NUM_THREADS": str(threads), "UCX_TLS": os.environ.get("UCX_TLS", "tcp,self,sm"),
+        os.environ.update({"VLLM_CPU_OMP_THREADS_BIND": str(core), "OMP_NUM_THREADS": str(threads), "UCX_TLS": os.environ.get("UCX_TLS", "tcp,self,sm"),
                            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")})
     from vllm import EngineArgs, LLMEngine
     from vllm.config import KVTransferConfig
@@ -58,14 +61,14 @@ def start_vllm(index: int, role: int, path: str, config, total_blocks: int, thre
         transfer = KVTransferConfig(kv_connector="NixlConnector", kv_role="kv_both",
                                     kv_buffer_device="cuda" if gpu else "cpu",
                                     engine_id=f"pdlab-{index}-{uuid.uuid4().hex[:8]}",
-                                    kv_connector_extra_config={"num_threads": int(os.environ.get("PDLAB_NIXL_THREADS", "1"))})
+                                    kv_connector_extra_config={"num_threads": 1, "kv_lease_duration": KV_LEASE_S})
     args = EngineArgs(model=path, skip_tokenizer_init=True, enforce_eager=True, dtype=_dtype(path), block_size=config.block_size,
                       max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
                       num_gpu_blocks_override=total_blocks + 1, kv_transfer_config=transfer,
                       max_model_len=min(_max_len(path), total_blocks * config.block_size))
     engine = LLMEngine.from_engine_args(args)
     if not gpu:
-        os.sched_setaffinity(0, {core} if os.environ.get("PDLAB_PIN", "1") == "1" else set(range(os.cpu_count())))
+        os.sched_setaffinity(0, {core})
     return engine
 
 
@@ -208,6 +211,9 @@ class VLLMEngine:
         return result
 
     def _finished(self, request: Request, transfer: dict | None, result: StepResult) -> None:
+        if request.id in self.detached:
+            self.handoff[request.id] = transfer or {}
+            return
         if self.role == PREFILL and transfer and request.generated < request.target:
             self.handoff[request.id] = transfer
             request.context = request.prompt + request.generated - 1
@@ -218,10 +224,12 @@ class VLLMEngine:
 
     # ---- KV moves: the connector's descriptor travels, vLLM pulls the blocks --------
     def export_kv(self, request_id: int, first: int, tokens: int) -> tuple[Packet, np.ndarray]:
+        if first or (request_id not in self.handoff and request_id not in self.detached):
+            raise ValueError(f"request {request_id}: vLLM hands over a request's whole KV, after its prefill or "
+                             f"once it is detached; not tokens from {first} of a request still decoding")
         transfer = self.handoff.get(request_id)
-        if transfer is None or first:
-            raise ValueError(f"request {request_id}: vLLM hands KV over only after a prefill (NIXL); "
-                             f"migrate a decoding request by recompute")
+        if transfer is None:
+            raise KVNotReady(f"request {request_id}: its KV is being readied for NIXL")
         data = np.frombuffer(json.dumps(transfer).encode(), dtype=np.uint8)
         return describe(request_id, data), data
 
@@ -250,19 +258,29 @@ class VLLMEngine:
         self._submit(request, self._ids(request)[:-1], request.target - request.generated + 1, transfer)
 
     def release(self, request_id: int) -> Request:
-        """The KV went to a decode worker: vLLM frees it when NIXL says it was read."""
+        """The KV went to another worker: vLLM frees it when NIXL says it was read."""
         self.handoff.pop(request_id, None)
+        self.detached.pop(request_id, None)
         return self.requests.pop(request_id)
 
     def detach(self, request_id: int) -> Request | None:
+        """Stop decoding a request and ready its KV for NIXL: it leaves vLLM and comes
+        back as a one-token prefill with `do_remote_decode`, its KV found in the prefix
+        cache but for the last partial block; the token it re-samples is dropped."""
         request = self._leave(request_id)
-        if request is not None:
-            request.context = request.prompt + len(request.output) - 1
-            self.detached[request_id] = request
+        if request is None:
+            return None
+        request.context = request.prompt + len(request.output) - 1
+        self.detached[request_id] = request
+        self.skip.add(request_id)
+        self._submit(request, self._ids(request)[:-1], 1, {"do_remote_decode": True})
         return request
 
     def reattach(self, request_id: int) -> None:
-        self._recompute(self.detached.pop(request_id))
+        request = self.detached.pop(request_id)
+        self._leave(request_id)
+        self.handoff.pop(request_id, None)
+        self._recompute(request)
 
     def preempt(self, request_id: int, mode: str, now: float) -> float | None:
         request = self._leave(request_id)

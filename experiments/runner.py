@@ -94,7 +94,7 @@ def _run_live(config: ExperimentConfig, progress: Callable[[int, int], None] | N
                             config.seed, section.worker_gpus)
     actors, groups = start_workers(plan.instances, [int(n) for n in plan.table.node], workers)
     options = LiveOptions(section.speedup, section.transfer_timeout_s, stamp=section.stamp, transport=section.transport,
-                          paced_transfers=section.engine == "emulated", live_kv=section.engine != "vllm",
+                          paced_transfers=section.engine == "emulated", staged_kv=section.engine != "vllm",
                           report_batch_s=section.report_batch_s if section.report_batch_s is not None
                           else 0.0 if section.engine == "emulated" else REAL_ENGINE_BATCH_S)
     runtime = LiveRuntime(plan, actors, options, progress)

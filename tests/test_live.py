@@ -4,6 +4,7 @@ preemptions and resumes asked by the router complete and free every block."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import ray
@@ -47,13 +48,25 @@ def run_live(cfg: ExperimentConfig, policy: Policy | None = None, kill: tuple[fl
         threading.Timer(kill[0], lambda: ray.kill(actors[kill[1]])).start()
     try:
         options = LiveOptions(section.speedup, 10.0, 60.0, transport=section.transport,
-                              paced_transfers=section.engine == "emulated", live_kv=section.engine != "vllm")
+                              paced_transfers=section.engine == "emulated", staged_kv=section.engine != "vllm")
         record = LiveRuntime(plan, actors, options).run()
         alive = [i for i in range(len(actors)) if plan.table.alive[i]]
-        stats = {i: ray.get(actors[i].stats.remote()) for i in alive}
+        stats = settled_stats([actors[i] for i in alive], alive)
     finally:
         stop(actors, groups)
     return validate(Run(record.requests, record.tokens, record.events(), {"end_s": record.end_s})), stats
+
+
+def settled_stats(actors: list, indices: list[int], wait_s: float = 20.0) -> dict[int, dict]:
+    """Each worker's stats once its blocks are all free, or after `wait_s` (a real
+    engine frees handed-over KV when the reader's notice comes, a step or two later,
+    or when its lease runs out, 10 s, should the notice not come)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        stats = dict(zip(indices, ray.get([actor.stats.remote() for actor in actors])))
+        if all(s["free_blocks"] == s["total_blocks"] for s in stats.values()) or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.1)
 
 
 def assert_complete(run: Run) -> None:
