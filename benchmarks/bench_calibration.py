@@ -35,7 +35,8 @@ def config(engine: str, model_path: str, perf: str, requests: int, rate: float, 
 
 def figures(summary: dict) -> dict[str, float]:
     return {"TTFT p50 (ms)": summary["ttft_s"]["p50"] * 1e3, "TTFT p90 (ms)": summary["ttft_s"]["p90"] * 1e3,
-            "TPOT p50 (ms)": summary["tpot_s"]["p50"] * 1e3, "TPOT p90 (ms)": summary["tpot_s"]["p90"] * 1e3}
+            "TPOT p50 (ms)": summary["tpot_s"]["p50"] * 1e3, "TPOT p90 (ms)": summary["tpot_s"]["p90"] * 1e3,
+            "TBT p50 (ms)": summary["tbt_s"]["p50"] * 1e3}
 
 
 def main() -> None:

@@ -192,7 +192,8 @@ def _profile(args: argparse.Namespace) -> Path:
                                f"(make one with `pdlab model make FOLDER`)")
     from experiments.profiling import profile_engine
 
-    rows = profile_engine(args.engine, args.model_path, args.block_size, repeats=args.repeats, address=args.address)
+    rows = profile_engine(args.engine, args.model_path, args.block_size, repeats=args.repeats, address=args.address,
+                          engines=args.engines)
     path = Path(args.profile or (Path(args.out).with_suffix(".profile.csv") if args.out else "profile.csv"))
     path.parent.mkdir(parents=True, exist_ok=True)
     rows.to_csv(path, index=False)
@@ -231,6 +232,9 @@ def add_parser(commands) -> argparse.ArgumentParser:
                                                                                "(default 32, as vLLM's CPU build needs)")
     calibrate_cmd.add_argument("--address", help="with --engine: profile on the Ray cluster at HOST:PORT "
                                                  "(default: a local Ray)")
+    calibrate_cmd.add_argument("--engines", type=_positive, default=1,
+                               help="with --engine: engines profiled at once, one per core (as many as the cluster "
+                                    "you predict runs per machine: 2 for 1 prefill + 1 decode on 2 cores)")
     calibrate_cmd.add_argument("--repeats", type=_positive, default=3, help="with --engine: runs of each shape")
     calibrate_cmd.add_argument("--out", metavar="FILE.yaml", help="write the fit as a perf YAML (configs/perf format)")
     calibrate_cmd.add_argument("--model", help="model name or YAML the profile measured (labels --out)")

@@ -26,9 +26,9 @@ PLACEHOLDER = IterationModel(prefill=(0.001, 0.0, 0.0), decode=(0.001, 0.0, 0.0)
 
 
 class Profiler:
-    def __init__(self, backend: str, model_path: str, block_size: int, blocks: int) -> None:
+    def __init__(self, backend: str, model_path: str, block_size: int, blocks: int, index: int = 0) -> None:
         config = SchedulerConfig(max_num_seqs=64, max_num_batched_tokens=4096, block_size=block_size)
-        self.engine = EngineSpec(backend, 0, COLOCATED, PLACEHOLDER, config, blocks, 0.0, 1e9,
+        self.engine = EngineSpec(backend, index, COLOCATED, PLACEHOLDER, config, blocks, 0.0, 1e9,
                                  model_path=model_path)()
         self.ids = itertools.count()
         self.rows: list[tuple[int, int, int, int, float]] = []
@@ -85,17 +85,23 @@ class Profiler:
 
 
 def profile_engine(backend: str, model_path: str, block_size: int = 32, blocks: int = 1024, repeats: int = 3,
-                   address: str | None = None) -> pd.DataFrame:
+                   address: str | None = None, engines: int = 1) -> pd.DataFrame:
     """Profile rows of a `backend` engine serving the model at `model_path`, measured
-    where live workers run it: in a Ray actor (on the cluster at `address`, else a
-    local Ray), its steps on a thread of their own."""
+    where live workers run it: in Ray actors (on the cluster at `address`, else a local
+    Ray), steps on a thread of their own. `engines` profile at once, each on its own
+    core, as in a cluster whose every core runs an engine: cores that share a host's
+    caches and memory slow each other down (here a busy neighbour made small decode
+    steps 1.5x slower)."""
     import ray
 
     from cluster.raycluster import connect
 
     connect(address)
-    profiler = ray.remote(Profiler).options(num_cpus=0.1).remote(backend, model_path, block_size, blocks)
+    profilers = [ray.remote(Profiler).options(num_cpus=0.1).remote(backend, model_path, block_size, blocks, index)
+                 for index in range(engines)]
     try:
-        return ray.get(profiler.run_on_thread.remote(repeats))
+        rows = pd.concat(ray.get([p.run_on_thread.remote(repeats) for p in profilers]), ignore_index=True)
     finally:
-        ray.kill(profiler)
+        for profiler in profilers:
+            ray.kill(profiler)
+    return rows.groupby(SHAPE, as_index=False)["time_s"].median()

