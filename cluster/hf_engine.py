@@ -13,7 +13,7 @@ import numpy as np
 from cluster.cpu import use_threads
 from cluster.engine import ModelEngine, StepResult
 from cluster.paged_llama import Chunk, PagedLlama
-from cluster.prompts import prompt_ids
+from cluster.prompts import check_token_ids, prompt_ids
 from cluster.request import SWAPPED, Request
 from migration.transport import Packet, describe
 
@@ -39,9 +39,7 @@ class HFEngine(ModelEngine):
         return self.prompts[request.id] + request.output
 
     def add(self, request: Request) -> None:
-        if len(request.output) != request.generated:
-            raise ValueError(f"request {request.id}: {request.generated} tokens generated but {len(request.output)} "
-                             f"token ids given; a real engine recomputes from the ids")
+        check_token_ids(request)
         super().add(request)
 
     def begin(self, now: float) -> float | None:

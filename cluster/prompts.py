@@ -9,3 +9,11 @@ import numpy as np
 def prompt_ids(request_id: int, length: int, vocab_size: int, seed: int = 0) -> list[int]:
     rng = np.random.default_rng([seed, request_id])
     return rng.integers(1, vocab_size, length).tolist()
+
+
+def check_token_ids(request) -> None:
+    """A request sent to a real engine carries the ids of the tokens it has (it is
+    recomputed from them): one per token generated."""
+    if len(request.output) != request.generated:
+        raise ValueError(f"request {request.id}: {request.generated} tokens generated but {len(request.output)} "
+                         f"token ids given; a real engine recomputes from the ids")

@@ -23,7 +23,7 @@ import numpy as np
 
 from cluster.cpu import use_threads
 from cluster.engine import KVNotReady, StepResult
-from cluster.prompts import prompt_ids
+from cluster.prompts import check_token_ids, prompt_ids
 from cluster.request import Request
 from migration.transport import Packet, describe
 from router.snapshot import COLOCATED, PREFILL
@@ -167,9 +167,7 @@ class VLLMEngine:
         return request
 
     def add(self, request: Request) -> None:
-        if len(request.output) != request.generated:
-            raise ValueError(f"request {request.id}: {request.generated} tokens generated but {len(request.output)} "
-                             f"token ids given; a real engine recomputes from the ids")
+        check_token_ids(request)
         self._recompute(request)
 
     def abort(self, request_id: int) -> None:
