@@ -142,11 +142,11 @@ class WorkerActor:
         self.worker.cancel(request_id)
 
     def export_kv(self, request_id: int, first: int, tokens: int | None, final: bool, peer: int | None = None,
-                  inbox: tuple[str, int] | None = None):
+                  inbox: tuple[str, int, int] | None = None):
         """KV of tokens [first, first + tokens) (to the end when `tokens` is None), with
         the request's state when `final` (the receiver takes it over). The bytes come
         back in the result, or go to rank `peer` of the workers' group, or into the
-        shared-memory `inbox` (name, size) of a worker on this node when they fit."""
+        shared-memory `inbox` (name, size, transfer) of a worker on this node when they fit."""
         deadline = time.monotonic() + EXPORT_WAIT_S
         while True:
             with self.worker.held():
@@ -166,7 +166,7 @@ class WorkerActor:
             self.group.send(packet, data, peer)
             data = None
         elif inbox is not None and data.nbytes <= inbox[1]:
-            self.writer.write(inbox[0], data)
+            self.writer.write(inbox[0], inbox[2], data)
             data = None
         return packet, data, moved, first, tokens
 
@@ -216,17 +216,19 @@ class WorkerActor:
 
         source, first, tokens = exported
         with self.inbox.lock:
-            packet, data, request, first, tokens = ray.get(
-                source.export_kv.remote(request_id, first, tokens, final, None, (self.inbox.name, self.inbox.nbytes)),
-                timeout=timeout_s)
+            ref = source.export_kv.remote(request_id, first, tokens, final, None,
+                                          (self.inbox.name, self.inbox.nbytes, self.inbox.open()))
+            deadline = time.monotonic() + timeout_s
+            streamed = self.inbox.follow(lambda: bool(ray.wait([ref], timeout=0)[0]) or time.monotonic() > deadline)
+            packet, data, request, first, tokens = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
             if data is None:
                 data = self.inbox.view(packet.nbytes)
-            self._take(packet, data, first)
+            self._take(packet, data, first, streamed)
         return packet.nbytes, request, tokens
 
-    def _take(self, packet, data, first: int) -> None:
+    def _take(self, packet, data, first: int, streamed: int | None = None) -> None:
         """Check arrived KV and hand it to the engine (which copies what it keeps)."""
-        verify(packet, data)
+        verify(packet, data, streamed)
         with self.worker.held():
             self.engine.import_kv(packet.request, first, data)
 

@@ -9,12 +9,16 @@ described (given to `receive`, or for torch.distributed sent ahead of the bytes)
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import xxhash
 
 TRANSPORTS = ("object_store", "gloo", "nccl")
+CHECKSUM_MASK = 2 ** 63 - 1
+INBOX_HEADER = 64
 
 
 class ChecksumError(RuntimeError):
@@ -30,14 +34,18 @@ class Packet:
 
 
 def checksum(data: np.ndarray) -> int:
-    return xxhash.xxh3_64_intdigest(memoryview(np.ascontiguousarray(data)).cast("B")) & (2 ** 63 - 1)
+    return xxhash.xxh3_64_intdigest(memoryview(np.ascontiguousarray(data)).cast("B")) & CHECKSUM_MASK
 
 
 def describe(request: int, data: np.ndarray) -> Packet:
     return Packet(request, int(data.nbytes), checksum(data))
 
 
-def verify(packet: Packet, data: np.ndarray) -> np.ndarray:
+def verify(packet: Packet, data: np.ndarray, streamed: int | None = None) -> np.ndarray:
+    """`data`, when it is what `packet` describes. `streamed`: its checksum taken as it
+    arrived; when that differs, the bytes are hashed again whole before they count as bad."""
+    if data.nbytes == packet.nbytes and streamed == packet.checksum:
+        return data
     if data.nbytes != packet.nbytes or checksum(data) != packet.checksum:
         raise ChecksumError(f"KV of request {packet.request}: {data.nbytes} bytes arrived with checksum "
                             f"{checksum(data):#010x}, expected {packet.nbytes} bytes with {packet.checksum:#010x}")
@@ -107,20 +115,49 @@ class TorchTransport:
 
 class SharedMemoryInbox:
     """A worker's inbox in shared memory, its pages touched once at creation, so that a
-    source on the same node writes KV straight into warm memory (one copy) and the
-    worker checks it in place. One transfer at a time holds it (`lock`)."""
+    source on the same node writes KV straight into warm memory (one copy). The source
+    writes in chunks and counts them in the inbox's header (transfer, total bytes, bytes
+    written), so the worker checks each chunk while the next is copied (`follow`).
+    One transfer at a time holds it (`lock`)."""
 
     def __init__(self, name: str, nbytes: int) -> None:
+        import itertools
         import threading
         from multiprocessing.shared_memory import SharedMemory
 
         self.name, self.nbytes = name, nbytes
-        self.memory = SharedMemory(name=name, create=True, size=nbytes)
-        self.view(nbytes).fill(0)
+        self.memory = SharedMemory(name=name, create=True, size=INBOX_HEADER + nbytes)
+        np.ndarray((INBOX_HEADER + nbytes,), dtype=np.uint8, buffer=self.memory.buf).fill(0)
+        self.header = _header(self.memory)
+        self.transfers = itertools.count(1)
         self.lock = threading.Lock()
 
     def view(self, nbytes: int) -> np.ndarray:
-        return np.ndarray((nbytes,), dtype=np.uint8, buffer=self.memory.buf)
+        return _payload(self.memory, nbytes)
+
+    def open(self) -> int:
+        """A new transfer's id, for the source to write under."""
+        transfer = next(self.transfers)
+        self.header[1:] = (-1, 0)
+        self.header[0] = transfer
+        return transfer
+
+    def follow(self, source_done: Callable[[], bool], poll_s: float = 50e-6, ask_s: float = 1e-3) -> int | None:
+        """The checksum of the payload, hashed chunk by chunk as the source writes it;
+        None when the source is done without writing it all here (asked after `ask_s`
+        without progress: asking costs more than a poll)."""
+        hasher, checked, progressed = xxhash.xxh3_64(), 0, time.monotonic()
+        while True:
+            total, written = int(self.header[1]), int(self.header[2])
+            if written > checked:
+                hasher.update(memoryview(self.view(written)[checked:]))
+                checked, progressed = written, time.monotonic()
+            elif total >= 0 and checked == total:
+                return hasher.intdigest() & CHECKSUM_MASK
+            elif time.monotonic() - progressed > ask_s and source_done():
+                return None
+            else:
+                time.sleep(poll_s)
 
     def close(self) -> None:
         self.memory.close()
@@ -130,10 +167,11 @@ class SharedMemoryInbox:
 class InboxWriter:
     """Writes payloads into other workers' inboxes on this node, keeping each mapped."""
 
-    def __init__(self) -> None:
+    def __init__(self, chunk_bytes: int = 1 << 20) -> None:
         self.mapped: dict = {}
+        self.chunk_bytes = chunk_bytes
 
-    def write(self, name: str, data: np.ndarray) -> None:
+    def write(self, name: str, transfer: int, data: np.ndarray) -> None:
         from multiprocessing import resource_tracker
         from multiprocessing.shared_memory import SharedMemory
 
@@ -141,4 +179,20 @@ class InboxWriter:
         if memory is None:
             memory = self.mapped[name] = SharedMemory(name=name)
             resource_tracker.unregister(memory._name, "shared_memory")
-        np.ndarray((data.nbytes,), dtype=np.uint8, buffer=memory.buf)[:] = data.view(np.uint8).reshape(-1)
+        header, source = _header(memory), data.view(np.uint8).reshape(-1)
+        if header[0] != transfer:
+            raise RuntimeError(f"inbox {name}: transfer {transfer} is no longer awaited (now {int(header[0])})")
+        target = _payload(memory, source.nbytes)
+        header[1] = source.nbytes
+        for start in range(0, source.nbytes, self.chunk_bytes):
+            end = min(start + self.chunk_bytes, source.nbytes)
+            target[start:end] = source[start:end]
+            header[2] = end
+
+
+def _header(memory) -> np.ndarray:
+    return np.ndarray((3,), dtype=np.int64, buffer=memory.buf)
+
+
+def _payload(memory, nbytes: int) -> np.ndarray:
+    return np.ndarray((nbytes,), dtype=np.uint8, buffer=memory.buf, offset=INBOX_HEADER)

@@ -6,6 +6,8 @@ import socket
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import ray
 
 from migration.transport import ChecksumError, ObjectStoreTransport, Packet, TorchTransport, describe
@@ -61,3 +63,70 @@ def test_gloo_moves_kv_point_to_point(local_ray):
     ray.get(sent)
     with pytest.raises(ChecksumError):
         ray.get(received)
+
+
+@pytest.fixture
+def inbox():
+    """An inbox and a writer in this process (a worker's and its source's, on two threads)."""
+    from multiprocessing import resource_tracker
+
+    from migration.transport import InboxWriter, SharedMemoryInbox
+
+    box = SharedMemoryInbox(f"pdlab-test-{np.random.default_rng().integers(1 << 30)}", 1 << 20)
+    writer = InboxWriter()
+    yield box, writer
+    if writer.mapped:
+        resource_tracker.register(box.memory._name, "shared_memory")
+    box.close()
+
+
+def write_beside(inbox, transfer: int, data: np.ndarray, chunk: int):
+    """The source's side on another thread, as a worker's call would run it."""
+    import threading
+
+    box, writer = inbox
+    writer.chunk_bytes = chunk
+    failed: list[Exception] = []
+
+    def write() -> None:
+        try:
+            writer.write(box.name, transfer, data)
+        except Exception as error:
+            failed.append(error)
+    thread = threading.Thread(target=write)
+    thread.start()
+    return thread, failed
+
+
+@given(nbytes=st.integers(1, 1 << 20), chunk=st.sampled_from([1, 4096, 65536, 1 << 20]), seed=st.integers(0, 99))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_inbox_checks_chunks_as_they_land(inbox, nbytes, chunk, seed):
+    from migration.transport import checksum, verify
+
+    box = inbox[0]
+    data = np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8)
+    thread, failed = write_beside(inbox, box.open(), data, max(chunk, nbytes // 64))
+    streamed = box.follow(lambda: not thread.is_alive())
+    thread.join()
+    assert not failed and streamed == checksum(data)
+    assert np.array_equal(verify(describe(0, data), box.view(nbytes), streamed), data)
+
+
+def test_inbox_refuses_a_stale_transfer_and_catches_corruption(inbox):
+    from migration.transport import verify
+
+    box = inbox[0]
+    data = np.arange(4096, dtype=np.uint8)
+    stale, current = box.open(), box.open()
+    thread, failed = write_beside(inbox, stale, data, 1024)
+    assert box.follow(lambda: not thread.is_alive()) is None
+    assert "no longer awaited" in str(failed[0])
+    thread, failed = write_beside(inbox, current, data, 1024)
+    streamed = box.follow(lambda: not thread.is_alive())
+    thread.join()
+    sent = data.copy()
+    sent[100] ^= 1
+    with pytest.raises(ChecksumError, match="KV of request 5"):
+        verify(describe(5, sent), box.view(4096), streamed)
+    box.view(4096)[100] ^= 1
+    assert verify(describe(5, sent), box.view(4096), streamed) is not None
