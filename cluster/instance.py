@@ -242,8 +242,14 @@ class Instance:
         return self.segment is None
 
     def load(self) -> tuple[int, int, int]:
-        """Queued requests, their tokens to prefill, and the decode batch size."""
-        return len(self.waiting) + len(self.swapped) + len(self.arriving), self.waiting_tokens, len(self.running)
+        """Queued requests, the prompt tokens still to prefill (queued, and those of
+        prefills under way: a router's wait estimates start from them), and the decode
+        batch size."""
+        under_way = {request.id: request for request in self.prefilling}
+        if self.segment is not None:
+            under_way.update((request.id, request) for request, _ in self.segment.prefill)
+        tokens = self.waiting_tokens + sum(r.to_prefill - r.prefilled for r in under_way.values())
+        return len(self.waiting) + len(self.swapped) + len(self.arriving), tokens, len(self.running)
 
     # ---- planning ---------------------------------------------------------
     def plan(self, now: float, outcome: Outcome) -> float | None:

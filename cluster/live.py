@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import time
 from array import array
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from cluster.actor import LinkTime, Pulled
+from cluster.actor import LinkTime
 from cluster.live_moves import LiveMoves
 from cluster.recorder import Recorder
-from cluster.request import (DECODING, FINISHED, HANDOFF, PREFILLING, REJECTED, TRANSFER, WAITING,
-                             Request)
-from cluster.scheduling import blocks_for
+from cluster.request import DECODING, FINISHED, HANDOFF, PREFILLING, REJECTED, WAITING, Request
 from cluster.simulator import Plan
 from cluster.worker import Report
 from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume, live_instance, take_waiting
@@ -66,6 +65,7 @@ class LiveRuntime:
         self.to_hand_off: dict[int, Request] = {}
         self.transfers: dict[int, int] = {}
         self.running: list[set[int]] = [set() for _ in actors]
+        self.submits, self.unseen = [0] * len(actors), [deque() for _ in actors]
         self.polls: dict = {}
         self.pending: dict = {}
         self.moves = LiveMoves(self)
@@ -124,7 +124,7 @@ class LiveRuntime:
                 upcoming += 1
             if tick and now >= tick:
                 tick = now + self.plan.tick_s
-                self._decide("tick")
+                self.decide("tick")
             wake = min(arrivals[upcoming].arrival if upcoming < len(arrivals) else np.inf, tick or np.inf,
                        self.plan.horizon_s)
             timeout = min(max(0.0, (wake - self.now()) / self.options.speedup), 0.25)
@@ -202,9 +202,9 @@ class LiveRuntime:
         if reports:
             self._sync(index, reports[-1].stats)
         if "prefill_done" in events:
-            self._decide("prefill_done")
+            self.decide("prefill_done")
         elif "finished" in events:
-            self._decide("finished")
+            self.decide("finished")
 
     def _step(self, index: int, step, now: float) -> set[str]:
         events = set()
@@ -232,9 +232,15 @@ class LiveRuntime:
         return events
 
     def _sync(self, index: int, stats: dict) -> None:
-        table = self.plan.table
+        """The worker's load as it reported it, plus what was sent after (a report in
+        flight must not erase requests the router just sent there)."""
+        table, unseen = self.plan.table, self.unseen[index]
         for column in ("free_blocks", "queued", "queued_tokens", "running", "context_tokens", "step_time_s"):
             getattr(table, column)[index] = stats[column]
+        while len(unseen) > self.submits[index] - stats["submitted"]:
+            unseen.popleft()
+        table.queued[index] += len(unseen)
+        table.queued_tokens[index] += sum(unseen)
 
     def place(self, request: Request, state: str, instance: int) -> None:
         if request.state == DECODING and request.instance >= 0:
@@ -271,7 +277,7 @@ class LiveRuntime:
         for request in self.requests.values():
             if request.instance == index and not request.final and request.id not in self.transfers:
                 self.requeue(request, f"instance {index} failed")
-        self._decide("fault")
+        self.decide("fault")
 
     def requeue(self, request: Request, reason: str) -> None:
         self.place(request, WAITING, -1)
@@ -286,7 +292,7 @@ class LiveRuntime:
         self.times[request.id] = array("d")
         self.record.event(self.now(), "arrive", request.id)
         self.to_dispatch[request.id] = request
-        self._decide("arrival")
+        self.decide("arrival")
 
     def view(self, request: Request) -> RequestView:
         tracker, now = request.tracker, self.now()
@@ -296,7 +302,7 @@ class LiveRuntime:
                            request.arrival + tracker.last, request.prompt + generated,
                            tracker.missed_ttft_tbt(now), tracker.slo)
 
-    def _decide(self, event: str) -> None:
+    def decide(self, event: str) -> None:
         policy, table = self.plan.policy, self.plan.table.view
         self._strand(PREFILL, self.to_dispatch)
         self._strand(DECODE, self.to_hand_off)
@@ -323,7 +329,7 @@ class LiveRuntime:
             request = self._pending(self.to_dispatch, action, "dispatch")
             self.dispatch(request, self.instance(action.instance, action))
         elif isinstance(action, Handoff):
-            self._hand_off(self._pending(self.to_hand_off, action, "hand off"), action)
+            self.moves.hand_off(self._pending(self.to_hand_off, action, "hand off"), action)
         elif isinstance(action, Reject):
             request = (self.to_dispatch.pop(action.request, None) or self.moves.abandon(action.request)
                        or self._pending(self.to_hand_off, action, "reject"))
@@ -345,6 +351,8 @@ class LiveRuntime:
         spec = Request(request.id, request.tenant, request.arrival, request.prompt, request.target,
                        generated=len(self.times[request.id]), output=list(request.output))
         self.actors[index].submit.remote(spec)
+        self.submits[index] += 1
+        self.unseen[index].append(spec.to_prefill)
         self.place(request, WAITING, index)
         table = self.plan.table
         table.queued[index] += 1
@@ -357,44 +365,3 @@ class LiveRuntime:
 
     def instance(self, index: int, action) -> int:
         return live_instance(self.plan.table.alive, index, action, self.plan.policy.name)
-
-    # ---- handoff: the target pulls the prefilled KV --------------------------------
-    def _hand_off(self, request: Request, action: Handoff) -> None:
-        source, target = request.instance, self.instance(action.target, action)
-        if target == source:
-            self.actors[source].decode_here.remote(request.id)
-            self.place(request, DECODING, source)
-            return
-        context = request.prompt + len(self.times[request.id]) - 1
-        blocks = blocks_for(context, self.block_size)
-        nbytes = context * self.plan.kv_bytes_per_token
-        self.place(request, TRANSFER, source)
-        self.transfers[request.id] = target
-        self.plan.table.free_blocks[target] -= blocks
-        ref = self.pull(request.id, source, target, 0, None, blocks, True)
-        self.call(ref, lambda result: self._handed_off(request, source, target, result))
-        self.record.event(self.now(), "transfer_start", request.id, source, target, nbytes)
-
-    def _handed_off(self, request: Request, source: int, target: int, result) -> None:
-        del self.transfers[request.id]
-        if request.final:
-            return
-        if isinstance(result, Pulled) and result.ok:
-            self.actors[source].release.remote(request.id)
-            self.place(request, DECODING, target)
-            self.record.event(self.now(), "transfer_end", request.id, source, target,
-                              (request.prompt + 1) * self.plan.kv_bytes_per_token)
-            self._decide("handoff_done")
-            return
-        reason = result.reason if isinstance(result, Pulled) else f"target_dead: {type(result).__name__}"
-        if reason == "target_full":
-            self.place(request, HANDOFF, source)
-            self.to_hand_off[request.id] = request
-            return
-        self.record.event(self.now(), "transfer_abort", request.id, source, target, detail=reason)
-        if self.plan.table.alive[source] and reason != "source_dead":
-            self.place(request, HANDOFF, source)
-            self.to_hand_off[request.id] = request
-        else:
-            self.requeue(request, reason)
-        self._decide("handoff_failed")

@@ -1,4 +1,4 @@
-"""Router-driven moves in the live runtime: preemption and resume, and D->D migration
+"""Router-driven moves in the live runtime: P->D handoffs, preemption and resume, and D->D migration
 by recompute or live (the stage protocol of `migration.live`: the target pulls KV
 stages while the source keeps decoding, the source detaches the request for the
 last stage, the target admits it). A move that cannot complete is aborted and the
@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cluster.actor import Pulled
-from cluster.request import DECODING, MIGRATING, PREEMPTED, WAITING, Request
+from cluster.request import DECODING, HANDOFF, MIGRATING, PREEMPTED, TRANSFER, WAITING, Request
 from cluster.scheduling import blocks_for
 from migration.live import LiveMigration
-from router.actions import Migrate, Preempt, Resume
+from router.actions import Handoff, Migrate, Preempt, Resume
 
 if TYPE_CHECKING:
     from cluster.live import LiveRuntime
@@ -41,6 +41,49 @@ class LiveMoves:
         for table in (self.preempted, self.parked_at, self.asked, self.recomputing, self.live):
             table.pop(request_id, None)
         self.swapped.discard(request_id)
+
+    # ---- handoff: the target pulls the prefilled KV ------------------------------------
+    def hand_off(self, request: Request, action: Handoff) -> None:
+        rt = self.rt
+        source, target = request.instance, rt.instance(action.target, action)
+        if target == source:
+            rt.actors[source].decode_here.remote(request.id)
+            rt.place(request, DECODING, source)
+            return
+        context = request.prompt + len(rt.times[request.id]) - 1
+        blocks = blocks_for(context, rt.block_size)
+        nbytes = context * rt.plan.kv_bytes_per_token
+        rt.place(request, TRANSFER, source)
+        rt.transfers[request.id] = target
+        rt.plan.table.free_blocks[target] -= blocks
+        ref = rt.pull(request.id, source, target, 0, None, blocks, True)
+        rt.call(ref, lambda result: self._handed_off(request, source, target, result))
+        rt.record.event(rt.now(), "transfer_start", request.id, source, target, nbytes)
+
+    def _handed_off(self, request: Request, source: int, target: int, result) -> None:
+        rt = self.rt
+        del rt.transfers[request.id]
+        if request.final:
+            return
+        if isinstance(result, Pulled) and result.ok:
+            rt.actors[source].release.remote(request.id)
+            rt.place(request, DECODING, target)
+            rt.record.event(rt.now(), "transfer_end", request.id, source, target,
+                            (request.prompt + 1) * rt.plan.kv_bytes_per_token)
+            rt.decide("handoff_done")
+            return
+        reason = result.reason if isinstance(result, Pulled) else f"target_dead: {type(result).__name__}"
+        if reason == "target_full":
+            rt.place(request, HANDOFF, source)
+            rt.to_hand_off[request.id] = request
+            return
+        rt.record.event(rt.now(), "transfer_abort", request.id, source, target, detail=reason)
+        if rt.plan.table.alive[source] and reason != "source_dead":
+            rt.place(request, HANDOFF, source)
+            rt.to_hand_off[request.id] = request
+        else:
+            rt.requeue(request, reason)
+        rt.decide("handoff_failed")
 
     # ---- preemption -----------------------------------------------------------------
     def preempt(self, action: Preempt, decision: int) -> None:

@@ -308,6 +308,7 @@ class VLLMEngine:
     def stats(self) -> dict:
         running, waiting = list(self.scheduler.running), list(self.scheduler.waiting)
         return {"free_blocks": self.free_blocks(), "total_blocks": self.total_blocks(), "queued": len(waiting),
-                "queued_tokens": sum(r.num_tokens - r.num_computed_tokens for r in waiting), "running": len(running),
+                "queued_tokens": sum(r.num_tokens - r.num_computed_tokens for r in waiting)
+                + sum(max(0, r.num_prompt_tokens - r.num_computed_tokens) for r in running), "running": len(running),
                 "context_tokens": sum(r.num_computed_tokens for r in running),
                 "step_time_s": self.step_s if running else 0.0}

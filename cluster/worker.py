@@ -33,7 +33,8 @@ YIELD_S = 0.0002
 @dataclass
 class Report:
     """What a worker tells the driver: a step's result (None when only notes changed),
-    notes `(kind, request, value)` from commands, the engine's load after it, when
+    notes `(kind, request, value)` from commands, the engine's load after it (and how
+    many submitted requests it has taken in), when
     the step ended by the engine's clock and when the report was sent (the worker's
     monotonic seconds)."""
     step: StepResult | None
@@ -54,6 +55,7 @@ class Worker:
         self.lock = threading.Lock()
         self.waiting_lock = threading.Lock()
         self.waiting = 0
+        self.submitted = 0
         self.wake = threading.Event()
         self.stopped = False
         self.origin = time.monotonic()
@@ -89,7 +91,11 @@ class Worker:
         self.wake.set()
 
     def submit(self, request: Request) -> None:
-        self.at_boundary(lambda: self.engine.add(request))
+        self.at_boundary(lambda: self._add(request))
+
+    def _add(self, request: Request) -> None:
+        self.engine.add(request)
+        self.submitted += 1
 
     def note(self, kind: str, request: int, value: float = 0.0) -> None:
         """Add a note to the next report (call with the lock held, as commands are)."""
@@ -133,7 +139,7 @@ class Worker:
         notes, self.notes = self.notes, []
         sent = self.flushed = time.monotonic()
         ended = self.origin + step.end_s / self.speedup if step is not None else sent
-        self.report(Report(step, notes, self.engine.stats(), ended, sent))
+        self.report(Report(step, notes, {**self.engine.stats(), "submitted": self.submitted}, ended, sent))
 
     def _loop(self) -> None:
         while not self.stopped:

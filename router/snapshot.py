@@ -29,6 +29,7 @@ class Instances:
     watermark_blocks: np.ndarray
     queued: np.ndarray
     queued_tokens: np.ndarray
+    """Prompt tokens still to prefill: queued, and those of prefills under way."""
     running: np.ndarray
     context_tokens: np.ndarray
     step_time_s: np.ndarray

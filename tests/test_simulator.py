@@ -114,6 +114,20 @@ def test_disaggregated_requests_are_prefilled_then_handed_off():
     assert summary["tbt_s"]["p99"] < 0.05
 
 
+@pytest.mark.parametrize("policy", ["least_loaded", "classic_goodput", "smooth_goodput"])
+def test_a_prefill_under_way_counts_as_work_ahead(policy):
+    cfg = config(cluster={"model": "Llama-3.1-8B", "hardware": "A100-80GB",
+                          "instances": [{"role": "prefill", "count": 2}, {"role": "decode"}]},
+                 router={"policy": policy},
+                 workload={"requests": 2, "arrival": {"process": "constant", "rate": 50.0},
+                           "lengths": {"dist": "fixed", "prompt": 3000, "output": 4}})
+    events = simulate(cfg).events
+    dispatched = events[events["kind"] == "dispatch"].set_index("request_id")["instance"]
+    prefilled = events[events["kind"] == "prefill_end"].set_index("request_id")["time_s"]
+    assert prefilled[0] > 0.02
+    assert dispatched[0] != dispatched[1]
+
+
 def test_same_config_and_seed_give_byte_identical_tables(tmp_path):
     cfg = config(cluster={"model": "Llama-3.1-8B", "hardware": "A100-80GB",
                           "instances": [{"role": "prefill"}, {"role": "decode"}]})
