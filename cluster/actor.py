@@ -143,19 +143,22 @@ class WorkerActor:
 
     def export_kv(self, request_id: int, first: int, tokens: int | None, final: bool, peer: int | None = None,
                   inbox: tuple[str, int, int] | None = None):
-        """KV of tokens [first, first + tokens) (to the end when `tokens` is None), with
-        the request's state when `final` (the receiver takes it over). The bytes come
+        """KV of tokens [first, first + tokens) (to the end when `tokens` is None), once
+        computed, with the request's state when `final` (the receiver takes it over). The bytes come
         back in the result, or go to rank `peer` of the workers' group, or into the
         shared-memory `inbox` (name, size, transfer) of a worker on this node when they fit."""
         deadline = time.monotonic() + EXPORT_WAIT_S
         while True:
             with self.worker.held():
-                request = self.engine.requests[request_id]
+                request, context = self.engine.requests[request_id], self.engine.context_of(request_id)
                 if tokens is None:
-                    tokens = self.engine.context_of(request_id) - first
+                    tokens = context - first
                 moved = dataclasses.replace(request, pieces=[], tracker=None, output=list(request.output)) \
                     if final else None
                 try:
+                    if first + tokens > context:
+                        raise KVNotReady(f"request {request_id}: KV up to token {first + tokens} asked, {context} "
+                                         "computed (the last token's KV comes with the next step)")
                     packet, data = self.engine.export_kv(request_id, first, tokens)
                     break
                 except KVNotReady:

@@ -71,3 +71,20 @@ def test_reserved_blocks_expire_unless_committed():
     worker.stop()
     assert ("reservation_expired", 7, 100) in [n for r in reports for n in r.notes]
     assert worker.engine.stats()["free_blocks"] == 1000 and worker.take_reservation(8) is None
+
+
+def test_kv_is_exported_only_once_computed():
+    """A decoding request's last token gets its KV in the next step: a stage asking for
+    it waits for that step instead of shipping KV not written yet."""
+    actor = WorkerActor(0, engine, 1.0)
+    actor.submit(Request(0, "default", 0.0, 20, 200))
+    while 0 not in actor.engine.instance.running:
+        time.sleep(0.001)
+    for _ in range(20):
+        with actor.worker.held():
+            asked = actor.engine.context_of(0) + 1
+        _, _, _, first, tokens = actor.export_kv(0, 0, asked, False)
+        assert (first, tokens) == (0, asked)
+        with actor.worker.held():
+            assert actor.engine.context_of(0) >= asked
+    actor.stop()
