@@ -24,6 +24,17 @@ class KVNotReady(Exception):
     """The engine is still preparing the KV asked for (ask again shortly)."""
 
 
+@dataclass(frozen=True)
+class StepShape:
+    """What one iteration computed, in the terms of the iteration-time model: prompt
+    tokens prefilled (and the sum of each chunk's tokens times the context it attends
+    to), and the decode batch with the KV tokens it reads."""
+    prefill_tokens: int = 0
+    prefill_tokens_sq: float = 0.0
+    decode_batch: int = 0
+    decode_context: int = 0
+
+
 @dataclass
 class StepResult:
     end_s: float
@@ -32,6 +43,8 @@ class StepResult:
     finished: list[int] = field(default_factory=list)
     preempted: list[int] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
+    start_s: float | None = None
+    shape: StepShape | None = None
 
 
 class Engine(Protocol):
@@ -81,7 +94,8 @@ class ModelEngine:
         self.parked: dict[int, Request] = {}
         self.batch: list[int] = []
         self.started: list[Outcome] = []
-        self.end_s = 0.0
+        self.start_s = self.end_s = 0.0
+        self.shape: StepShape | None = None
 
     def add(self, request: Request) -> None:
         self.requests[request.id] = request
@@ -94,8 +108,13 @@ class ModelEngine:
         segment = self.instance.segment
         self.batch = list(self.instance.running) if segment is not None and segment.steps else []
         if end is not None:
-            self.end_s = end
+            self.start_s, self.end_s, self.shape = now, end, self._shape()
         return end
+
+    def _shape(self) -> StepShape:
+        chunks = self.instance.segment.prefill
+        return StepShape(sum(size for _, size in chunks), float(sum(size * (size + r.prefilled) for r, size in chunks)),
+                         len(self.batch), self.instance.context_base if self.batch else 0)
 
     def finish(self) -> StepResult:
         chunks = [request for request, _ in self.instance.segment.prefill]
@@ -104,7 +123,7 @@ class ModelEngine:
         preempted = [r.id for early in self.started for r in early.preempted]
         self.started = []
         return StepResult(self.end_s, self.batch + first, [r.id for r in outcome.prefilled],
-                          [r.id for r in outcome.finished], preempted)
+                          [r.id for r in outcome.finished], preempted, start_s=self.start_s, shape=self.shape)
 
     def abort(self, request_id: int) -> None:
         parked = self.parked.pop(request_id, None)

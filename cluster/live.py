@@ -208,6 +208,8 @@ class LiveRuntime:
 
     def _step(self, index: int, step, now: float) -> set[str]:
         events = set()
+        if step.shape is not None and step.start_s is not None:
+            self.record.step(index, now, step.end_s - step.start_s, step.shape)
         for request_id, token in zip(step.tokens, step.token_ids):
             self.requests[request_id].output.append(token)
         for request_id in step.tokens:

@@ -13,6 +13,10 @@ EVENT_KINDS = ("arrive", "dispatch", "prefill_end", "transfer_start", "transfer_
                "vetoed", "transfer_abort")
 
 
+STEP_COLUMNS = ("instance", "end_s", "time_s", "prefill_tokens", "prefill_tokens_sq", "decode_batch",
+                "decode_context")
+
+
 class Recorder:
     def __init__(self) -> None:
         self.time, self.nbytes = array("d"), array("d")
@@ -23,6 +27,7 @@ class Recorder:
         self.end_s = 0.0
         self.requests = pd.DataFrame()
         self.token_ids: np.ndarray | None = None
+        self.step_rows: list[tuple] = []
 
     def event(self, time: float, kind: str, request: int = -1, instance: int = -1, peer: int = -1,
               nbytes: float = 0.0, detail: str = "", decision: int = -1) -> None:
@@ -34,6 +39,18 @@ class Recorder:
         self.nbytes.append(nbytes)
         self.detail.append(detail)
         self.decision.append(decision)
+
+    def step(self, instance: int, end_s: float, seconds: float, shape) -> None:
+        """One engine iteration of a live run: where, when it ended (client clock), how
+        long it took by the engine's clock, and what it computed (a `StepShape`)."""
+        self.step_rows.append((instance, end_s, seconds, shape.prefill_tokens, shape.prefill_tokens_sq,
+                               shape.decode_batch, shape.decode_context))
+
+    def steps(self) -> pd.DataFrame | None:
+        """The `steps` table (live runs), None when no step was recorded."""
+        if not self.step_rows:
+            return None
+        return pd.DataFrame(self.step_rows, columns=list(STEP_COLUMNS))
 
     def kinds(self) -> list[str]:
         return [EVENT_KINDS[code] for code in self.kind]

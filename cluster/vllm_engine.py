@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cluster.cpu import use_threads
-from cluster.engine import KVNotReady, StepResult
+from cluster.engine import KVNotReady, StepResult, StepShape
 from cluster.prompts import check_token_ids, prompt_ids
 from cluster.request import Request
 from migration.transport import Packet, describe
@@ -117,6 +117,24 @@ def _node_ip() -> str:
         return "127.0.0.1"
 
 
+def step_shape(output) -> StepShape:
+    """A vLLM `SchedulerOutput` in the iteration-time model's terms: a request given
+    more than one token (or its first) is prefilling that chunk, one given a single
+    token past what it has is decoding (a handed-over request's first step, its KV
+    loaded, reads like a decode)."""
+    before = {new.req_id: new.num_computed_tokens for new in output.scheduled_new_reqs}
+    cached = output.scheduled_cached_reqs
+    before.update(zip(cached.req_ids, cached.num_computed_tokens))
+    tokens = square = batch = context = 0
+    for request, count in output.num_scheduled_tokens.items():
+        done = before.get(request, 0)
+        if count == 1 and done > 0:
+            batch, context = batch + 1, context + done + 1
+        else:
+            tokens, square = tokens + count, square + count * (count + done)
+    return StepShape(tokens, float(square), batch, context)
+
+
 class VLLMEngine:
     paced = False
 
@@ -125,6 +143,8 @@ class VLLMEngine:
         self.index, self.role, self.seed, self.config, self.threads = index, role, seed, config, threads
         self.llm = start_vllm(index, role, path, config, total_blocks, threads)
         self.scheduler = self.llm.engine_core.engine_core.scheduler
+        self.shape: StepShape | None = None
+        self._watch_schedule()
         self.vocab_size = self.llm.model_config.get_vocab_size()
         self.requests: dict[int, Request] = {}
         self.parked: dict[int, Request] = {}
@@ -134,8 +154,18 @@ class VLLMEngine:
         self.skip: set[int] = set()
         self.reserved = 0
         self.outputs: list = []
-        self.ended_s = 0.0
+        self.started_s = self.ended_s = 0.0
         self.step_s = 0.0
+
+    def _watch_schedule(self) -> None:
+        """Keep the shape of what vLLM's scheduler hands each step (for the steps table)."""
+        schedule = self.scheduler.schedule
+
+        def scheduled(*args, **kwargs):
+            output = schedule(*args, **kwargs)
+            self.shape = step_shape(output)
+            return output
+        self.scheduler.schedule = scheduled
 
     # ---- requests in and out of vLLM ---------------------------------------------
     def _submit(self, request: Request, ids: list[int], max_tokens: int, transfer: dict | None = None) -> None:
@@ -180,16 +210,17 @@ class VLLMEngine:
         if not (self.llm.has_unfinished_requests() or self.scheduler.has_requests()):
             return None
         use_threads(self.threads)
-        started = time.monotonic()
+        started, self.shape = time.monotonic(), None
         self.outputs = self.llm.step()
         self.step_s = time.monotonic() - started
-        self.ended_s = now + self.step_s
+        self.started_s, self.ended_s = now, now + self.step_s
         if self.outputs:
             return self.ended_s
         return self.ended_s + (IDLE_S if self.scheduler.get_num_unfinished_requests() else KV_NOTICE_S)
 
     def finish(self) -> StepResult:
-        result = StepResult(self.ended_s)
+        worked = self.shape is not None and (self.shape.prefill_tokens or self.shape.decode_batch)
+        result = StepResult(self.ended_s, start_s=self.started_s, shape=self.shape if worked else None)
         for output in self.outputs:
             request = self.requests.get(int(output.request_id))
             if request is None:

@@ -12,6 +12,8 @@ migrating request) run at the next step boundary, as in a real engine; their res
 ride on the next report as notes. Blocks reserved for incoming KV expire at a
 deadline unless committed (the migration watchdog). A step that did nothing the driver
 must hear of (a real engine waiting on KV in flight) is reported at most every `QUIET_S`.
+A real engine's step run right after another counts from the end of that one: the
+worker's own work between steps is part of what each step costs.
 """
 from __future__ import annotations
 
@@ -151,11 +153,10 @@ class Worker:
                 self._expire()
                 if self.notes:
                     self._flush(None)
-                now = self.now()
-                behind = now - self.last_end if self.last_end is not None else None
-                on_schedule = getattr(self.engine, "paced", True) and behind is not None \
-                    and behind < CATCH_UP_S * self.speedup
-                end = self.engine.begin(self.last_end if on_schedule else now)
+                now, previous_end, paced = self.now(), self.last_end, getattr(self.engine, "paced", True)
+                behind = now - previous_end if previous_end is not None else None
+                on_schedule = paced and behind is not None and behind < CATCH_UP_S * self.speedup
+                end = self.engine.begin(previous_end if on_schedule else now)
                 self.last_end = end
             if end is None:
                 self.wake.wait(0.05 if self.reservations else None)
@@ -166,6 +167,8 @@ class Worker:
                 time.sleep(delay)
             with self.lock:
                 step = self.engine.finish()
+                if not paced and previous_end is not None and step.start_s is not None:
+                    step.start_s = previous_end
                 if step.tokens or step.prefilled or step.finished or step.preempted or self.notes \
                         or time.monotonic() - self.flushed > QUIET_S:
                     self._flush(step)

@@ -1,5 +1,6 @@
 """`pdlab calibrate PROFILE.csv`: fit the iteration-time model to measured iterations
-(`pdlab calibrate --engine vllm --model-path DIR` measures them first on a real engine).
+(`pdlab calibrate --engine vllm --model-path DIR` measures them first on a real engine;
+`pdlab calibrate RUN` takes those a live run's engines took, from its steps table).
 
 One CSV row per iteration: prefill_tokens, prefill_tokens_sq (optional, default
 prefill_tokens^2), decode_batch, decode_context, time_s. Prefill coefficients come
@@ -23,6 +24,7 @@ from cluster.specs import SpecError, load_hardware, load_model
 
 COUNTS = ("prefill_tokens", "decode_batch", "decode_context")
 REQUIRED = (*COUNTS, "time_s")
+SHAPE = ("prefill_tokens", "prefill_tokens_sq", "decode_batch", "decode_context")
 SIDES = {"prefill": ("prefill_tokens", "prefill_tokens_sq"), "decode": ("decode_batch", "decode_context")}
 
 
@@ -45,6 +47,7 @@ class Calibration:
     decode: SideFit
     mixed_rows: int
     mixed_errors: tuple[float, float] | None
+    handoff: tuple[float, int] | None = None
 
 
 def _show(value) -> str:
@@ -71,6 +74,33 @@ def _column(path: Path, table: pd.DataFrame, name: str, whole: bool) -> np.ndarr
         need = "a number of seconds > 0" if name == "time_s" else "a whole number >= 0" if whole else "a number >= 0"
         raise CalibrationError(f"{_where(path, row, name)}: expected {need}, got {_show(raw.iloc[row])}")
     return values
+
+
+def read_live_run(path: Path):
+    """A live run folder, which must have a steps table."""
+    from experiments.runformat import RunFormatError, read_run
+
+    try:
+        run = read_run(path)
+    except RunFormatError as exc:
+        raise CalibrationError(str(exc)) from None
+    if run.steps is None:
+        raise CalibrationError(f"{path}: no steps table (live runs record their engines' steps; "
+                               "a simulated run has none)")
+    return run
+
+
+def handoff_overhead_s(run) -> tuple[float, int] | None:
+    """What a P->D handoff adds beyond a decode step, median over a live run's handed-off
+    requests: from the first token (the prefill's) to the second (the decode worker's),
+    less the run's median decode step; and how many handoffs it is taken over."""
+    handed = run.events.loc[run.events["kind"] == "transfer_end", "request_id"].unique()
+    tokens = run.tokens[run.tokens["request_id"].isin(handed) & run.tokens["index"].isin([1, 2])]
+    times = tokens.pivot(index="request_id", columns="index", values="time_s").dropna()
+    decode = run.steps.loc[run.steps["decode_batch"] > 0, "time_s"]
+    if times.empty or decode.empty:
+        return None
+    return max(0.0, float(np.median(times[2] - times[1]) - decode.median())), len(times)
 
 
 def read_profile(path: str | Path) -> pd.DataFrame:
@@ -129,7 +159,7 @@ def _errors(predicted: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
     return float(relative.mean()), float(relative.max())
 
 
-def fit_side(path: Path, profile: pd.DataFrame, side: str) -> SideFit:
+def fit_side(path: Path, profile: pd.DataFrame, side: str, relative: bool = True) -> SideFit:
     first, second = SIDES[side]
     rows = profile[(profile["decode_batch"] == 0) if side == "prefill" else (profile["prefill_tokens"] == 0)]
     x = np.column_stack([np.ones(len(rows)), rows[first].to_numpy(), rows[second].to_numpy()])
@@ -139,23 +169,30 @@ def fit_side(path: Path, profile: pd.DataFrame, side: str) -> SideFit:
         only = "decode_batch == 0" if side == "prefill" else "prefill_tokens == 0"
         raise CalibrationError(f"{path}: too few {side} rows to fit 3 coefficients: need rows with {only} where "
                                f"{first} and {second} vary independently (3 or more), got {len(rows)} rows of rank {rank}")
-    coefficients = nonnegative_lstsq(x / y[:, None], np.ones(len(y)))
+    coefficients = nonnegative_lstsq(x / y[:, None], np.ones(len(y))) if relative else nonnegative_lstsq(x, y)
     return SideFit(tuple(float(c) for c in coefficients), len(rows), *_errors(x @ coefficients, y))
 
 
 def calibrate(path: str | Path) -> Calibration:
+    """Fit a profile CSV (each row a shape's median: relative errors count), or the steps
+    of a live run folder (many noisy rows: absolute errors count, so the fit predicts
+    the time the engines spent) with the overhead of its handoffs."""
     path = Path(path)
-    profile = read_profile(path)
-    prefill, decode = fit_side(path, profile, "prefill"), fit_side(path, profile, "decode")
+    run = read_live_run(path) if path.is_dir() else None
+    profile = read_profile(path) if run is None else \
+        run.steps[run.steps["time_s"] > 0][[*SHAPE, "time_s"]].astype(float).reset_index(drop=True)
+    relative = run is None
+    prefill, decode = fit_side(path, profile, "prefill", relative), fit_side(path, profile, "decode", relative)
     model = IterationModel(prefill.coefficients, decode.coefficients,
-                           source=f"calibrated from {path.name} on {date.today().isoformat()}")
+                           source=f"calibrated from {path.name if run is None else f'the steps of live run {path}'} "
+                                  f"on {date.today().isoformat()}")
     mixed = profile[(profile["prefill_tokens"] > 0) & (profile["decode_batch"] > 0)]
     errors = None
     if len(mixed):
         predicted = np.array([model.step_time(*row) for row in mixed[["prefill_tokens", "prefill_tokens_sq",
                                                                        "decode_batch", "decode_context"]].to_numpy()])
         errors = _errors(predicted, mixed["time_s"].to_numpy())
-    return Calibration(model, prefill, decode, len(mixed), errors)
+    return Calibration(model, prefill, decode, len(mixed), errors, None if run is None else handoff_overhead_s(run))
 
 
 def _line(side: str, fit: SideFit, units: tuple[str, str]) -> str:
@@ -170,6 +207,10 @@ def report(result: Calibration) -> str:
     if result.mixed_errors is not None:
         mean, worst = result.mixed_errors
         lines.append(f"mixed    {result.mixed_rows} rows not fitted; step_time error mean {mean:.2%}, max {worst:.2%}")
+    if result.handoff is not None:
+        seconds, count = result.handoff
+        lines.append(f"handoff  {seconds * 1e3:.4g} ms beyond a decode step, median of {count} handoffs "
+                     f"(the simulator's migration.stage_overhead_s)")
     return "\n".join(lines)
 
 
@@ -185,7 +226,8 @@ def _profile(args: argparse.Namespace) -> Path:
     """The profile CSV: the one given, or one measured now on a real engine."""
     if args.engine is None:
         if args.profile is None:
-            raise CalibrationError("give a profile CSV, or --engine vllm|hf with --model-path to measure one")
+            raise CalibrationError("give a profile CSV or a live run folder, or --engine vllm|hf with --model-path "
+                                   "to measure one")
         return Path(args.profile)
     if not args.model_path or not (Path(args.model_path) / "config.json").is_file():
         raise CalibrationError(f"--model-path: expected a model folder with a config.json, got {args.model_path!r} "
@@ -222,10 +264,11 @@ def _positive(text: str) -> int:
 
 def add_parser(commands) -> argparse.ArgumentParser:
     """Register `calibrate` on the `pdlab` subparsers; its handler returns an exit code."""
-    calibrate_cmd = commands.add_parser("calibrate", help="fit the iteration-time model to a measured profile CSV")
+    calibrate_cmd = commands.add_parser("calibrate", help="fit the iteration-time model to measured iterations")
     calibrate_cmd.add_argument("profile", nargs="?", help="CSV: prefill_tokens, [prefill_tokens_sq], decode_batch, "
-                                                          "decode_context, time_s; one row per iteration (with "
-                                                          "--engine: where the measured profile goes)")
+                                                          "decode_context, time_s; one row per iteration; or a live "
+                                                          "run folder, whose steps table has them (with --engine: "
+                                                          "where the measured profile goes)")
     calibrate_cmd.add_argument("--engine", choices=["vllm", "hf"], help="measure the profile on a real engine here")
     calibrate_cmd.add_argument("--model-path", help="with --engine: the model folder (pdlab model make)")
     calibrate_cmd.add_argument("--block-size", type=_positive, default=32, help="with --engine: KV block size "

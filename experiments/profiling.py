@@ -15,13 +15,13 @@ from cluster.backends import EngineSpec
 from cluster.perfmodel import IterationModel
 from cluster.request import Request
 from cluster.scheduling import SchedulerConfig
+from experiments.calibrate import SHAPE
 from router.snapshot import COLOCATED
 
 PREFILL_LENGTHS = (16, 64, 128, 256, 512, 1024)
 DECODE_BATCHES = (1, 2, 4, 8, 16)
 DECODE_CONTEXTS = (32, 256, 1024)
 DECODE_STEPS = 5
-SHAPE = ["prefill_tokens", "prefill_tokens_sq", "decode_batch", "decode_context"]
 PLACEHOLDER = IterationModel(prefill=(0.001, 0.0, 0.0), decode=(0.001, 0.0, 0.0))
 
 
@@ -81,7 +81,7 @@ class Profiler:
             if progress:
                 progress(index + 1, len(plan) * repeats)
         rows = pd.DataFrame(self.rows, columns=[*SHAPE, "time_s"])
-        return rows.groupby(SHAPE, as_index=False)["time_s"].median()
+        return rows.groupby(list(SHAPE), as_index=False)["time_s"].median()
 
 
 def profile_engine(backend: str, model_path: str, block_size: int = 32, blocks: int = 1024, repeats: int = 3,
@@ -104,4 +104,4 @@ def profile_engine(backend: str, model_path: str, block_size: int = 32, blocks: 
     finally:
         for profiler in profilers:
             ray.kill(profiler)
-    return rows.groupby(SHAPE, as_index=False)["time_s"].median()
+    return rows.groupby(list(SHAPE), as_index=False)["time_s"].median()

@@ -1,5 +1,5 @@
 """The run format: one folder per run with the `requests`, `tokens` and `events`
-tables and `run.json` (docs/run-format.md). Written as Parquet, read from Parquet
+tables, a live run's `steps`, and `run.json` (docs/run-format.md). Written as Parquet, read from Parquet
 or CSV, validated on both paths with errors that name the table, row and column.
 """
 from __future__ import annotations
@@ -21,6 +21,8 @@ STATUSES = ("finished", "aborted", "rejected", "unfinished")
 REQUEST_COLUMNS = {"request_id": "id", "arrival_s": "float", "prompt_tokens": "int", "output_tokens": "int", "status": "status"}
 TOKEN_COLUMNS = {"request_id": "id", "index": "int", "time_s": "float"}
 EVENT_COLUMNS = {"time_s": "float", "kind": "str", "request_id": "id?"}
+STEP_COLUMNS = {"instance": "int", "end_s": "float", "time_s": "float", "prefill_tokens": "int",
+                "prefill_tokens_sq": "float", "decode_batch": "int", "decode_context": "int"}
 TABLES = ("requests", "tokens", "events")
 
 
@@ -34,6 +36,7 @@ class Run:
     tokens: pd.DataFrame
     events: pd.DataFrame = field(default_factory=lambda: empty_events())
     meta: dict = field(default_factory=dict)
+    steps: pd.DataFrame | None = None
 
     @property
     def end_s(self) -> float | None:
@@ -147,7 +150,8 @@ def validate(run: Run) -> Run:
     end = meta.get("end_s")
     if end is not None and (isinstance(end, bool) or not isinstance(end, (int, float)) or not np.isfinite(end)):
         raise RunFormatError(f"run.json, key 'end_s': expected a finite number of seconds, got {_py(end)!r}")
-    return Run(requests, tokens, events, meta)
+    steps = None if run.steps is None else _normalise("steps", run.steps, STEP_COLUMNS)
+    return Run(requests, tokens, events, meta, steps)
 
 
 def _positions(requests: pd.DataFrame, tokens: pd.DataFrame) -> np.ndarray:
@@ -232,7 +236,8 @@ def read_run(path: str | os.PathLike) -> Run:
     requests = _read_table(folder, "requests", required=True)
     tokens = _read_table(folder, "tokens", required=True)
     events = _read_table(folder, "events", required=False)
-    return validate(Run(requests, tokens, empty_events() if events is None else events, meta))
+    steps = _read_table(folder, "steps", required=False)
+    return validate(Run(requests, tokens, empty_events() if events is None else events, meta, steps))
 
 
 @contextmanager
@@ -259,6 +264,8 @@ def write_run(run: Run, path: str | os.PathLike) -> Path:
     with _staged(path, run.meta) as staging:
         for name in TABLES:
             getattr(run, name).to_parquet(staging / f"{name}.parquet", index=False)
+        if run.steps is not None:
+            run.steps.to_parquet(staging / "steps.parquet", index=False)
     return Path(path)
 
 
@@ -266,7 +273,7 @@ def write_run_chunked(run: Run, chunks, path: str | os.PathLike) -> Path:
     """`write_run` for a run too large to hold its tokens table at once: `run.tokens` is
     ignored and the tokens come from `chunks`, (first, last, frame) per range of
     requests in `run.requests` order, each validated with its requests."""
-    head = validate(Run(run.requests.iloc[:0], run.tokens.iloc[:0], run.events, run.meta))
+    head = validate(Run(run.requests.iloc[:0], run.tokens.iloc[:0], run.events, run.meta, run.steps))
     with _staged(path, run.meta) as staging:
         writer = None
         for first, last, frame in chunks:
@@ -280,4 +287,6 @@ def write_run_chunked(run: Run, chunks, path: str | os.PathLike) -> Path:
             writer.close()
         run.requests.to_parquet(staging / "requests.parquet", index=False)
         head.events.to_parquet(staging / "events.parquet", index=False)
+        if head.steps is not None:
+            head.steps.to_parquet(staging / "steps.parquet", index=False)
     return Path(path)

@@ -112,13 +112,13 @@ def simulate(config: ExperimentConfig, veto: frozenset[int] = frozenset()) -> Ru
     """Run the simulator; `veto` drops the router's migrations and preemptions with
     those decision numbers (for counterfactual replays)."""
     record, meta = _simulate(config, veto)
-    return validate(Run(record.requests, record.tokens, record.events(), meta))
+    return validate(Run(record.requests, record.tokens, record.events(), meta, record.steps()))
 
 
 def run_config(config: ExperimentConfig, progress: Callable[[int, int], None] | None = None) -> Run:
     """Run the config on its runtime (the simulator, or live on Ray) and return the run."""
     record, meta = _run_live(config, progress) if config.runtime == "ray" else _simulate(config)
-    return validate(Run(record.requests, record.tokens, record.events(), meta))
+    return validate(Run(record.requests, record.tokens, record.events(), meta, record.steps()))
 
 
 def run_experiment(config: ExperimentConfig, out: Path, progress: Callable[[int, int], None] | None = None) -> Path:
@@ -127,8 +127,8 @@ def run_experiment(config: ExperimentConfig, out: Path, progress: Callable[[int,
     whole in memory. `progress(done, total)` hears of each request that ends (live)."""
     record, meta = _run_live(config, progress) if config.runtime == "ray" else _simulate(config)
     if record.total_tokens <= STREAM_TOKENS:
-        return write_run(Run(record.requests, record.tokens, record.events(), meta), out)
+        return write_run(Run(record.requests, record.tokens, record.events(), meta, record.steps()), out)
     empty = pd.DataFrame({"request_id": pd.Series(dtype="int64"), "index": pd.Series(dtype="int64"),
                           "time_s": pd.Series(dtype="float64")})
-    return write_run_chunked(Run(record.requests, empty, record.events(), meta),
+    return write_run_chunked(Run(record.requests, empty, record.events(), meta, record.steps()),
                              record.token_chunks(STREAM_TOKENS), out)

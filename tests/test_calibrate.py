@@ -14,6 +14,8 @@ from hypothesis.extra.numpy import arrays
 from cluster.perfmodel import IterationModel, iteration_model, load_iteration_model
 from cluster.specs import load_hardware, load_model
 from experiments.calibrate import add_parser, calibrate, nonnegative_lstsq
+from experiments.config import ExperimentConfig
+from experiments.runformat import read_run
 
 TRUE = IterationModel(prefill=(0.02, 7e-5, 3.6e-9), decode=(0.012, 4.2e-5, 3.2e-7))
 COLUMNS = ["prefill_tokens", "prefill_tokens_sq", "decode_batch", "decode_context", "time_s"]
@@ -143,7 +145,7 @@ def test_engine_without_a_model_folder_is_a_clear_error(tmp_path, pdlab_calibrat
     code, _, err = pdlab_calibrate("--engine", "hf", "--model-path", tmp_path / "nothing")
     assert code == 2 and "--model-path: expected a model folder with a config.json" in err
     code, _, err = pdlab_calibrate()
-    assert code == 2 and "give a profile CSV, or --engine" in err
+    assert code == 2 and "give a profile CSV or a live run folder, or --engine" in err
 
 
 @pytest.mark.parametrize("engine", ["hf", "vllm"])
@@ -160,3 +162,28 @@ def test_profiling_a_real_engine_fits_its_steps(local_ray, tiny_model, tmp_path,
     assert fit.prefill_time(1024, 1024**2) > fit.prefill_time(16, 256) > 0
     assert fit.decode_time(16, 16 * 1024) > fit.decode_time(1, 32) > 0
     assert "decode" in text and "prefill" in text
+
+
+def test_a_live_runs_steps_give_back_the_model_its_engines_emulated(local_ray, tmp_path, pdlab_calibrate):
+    from experiments.runner import build_plan, run_experiment
+    from experiments.workloads import generate
+
+    cfg = ExperimentConfig.model_validate({
+        "runtime": "ray", "seed": 2, "cluster": {"instances": [{"role": "prefill"}, {"role": "decode"}]},
+        "ray": {"speedup": 4.0, "worker_cpus": 0.1},
+        "workload": {"requests": 40, "arrival": {"process": "poisson", "rate": 16.0},
+                     "lengths": {"dist": "uniform", "prompt": [20, 2000], "output": [10, 200]}}})
+    run = read_run(run_experiment(cfg, tmp_path / "run"))
+    steps, requests = run.steps, run.requests
+    prefill, decode = steps[steps["instance"] == 0], steps[steps["instance"] == 1]
+    assert prefill["prefill_tokens"].sum() == requests["prompt_tokens"].sum() and (prefill["decode_batch"] == 0).all()
+    assert decode["decode_batch"].sum() == requests["output_tokens"].sum() - len(requests)
+    assert (decode["prefill_tokens"] == 0).all() and decode["decode_batch"].nunique() > 3
+    out = tmp_path / "fit.yaml"
+    code, text, err = pdlab_calibrate(tmp_path / "run", "--out", out)
+    assert code == 0, err
+    model, fit = build_plan(cfg, generate(cfg.workload, cfg.seed)).instances[0].model, load_iteration_model(out)
+    for side in ("prefill", "decode"):
+        assert np.allclose(getattr(fit, side), getattr(model, side), rtol=0.01, atol=1e-7), side
+    code, _, err = pdlab_calibrate(tmp_path / "nothing-here")
+    assert code == 2

@@ -54,7 +54,7 @@ def run_live(cfg: ExperimentConfig, policy: Policy | None = None, kill: tuple[fl
         stats = settled_stats([actors[i] for i in alive], alive)
     finally:
         stop(actors, groups)
-    return validate(Run(record.requests, record.tokens, record.events(), {"end_s": record.end_s})), stats
+    return validate(Run(record.requests, record.tokens, record.events(), {"end_s": record.end_s}, record.steps())), stats
 
 
 def settled_stats(actors: list, indices: list[int], wait_s: float = 20.0) -> dict[int, dict]:

@@ -41,3 +41,8 @@ def test_vllm_workers_hand_off_through_nixl_migrate_and_preempt_without_changing
     assert kinds.get("preempt", 0) == 2 and kinds.get("resume", 0) == 2
     assert_greedy(run, greedy, cfg.seed)
     assert all(s["free_blocks"] == s["total_blocks"] and s["running"] == 0 for s in stats.values()), stats
+    steps = run.steps
+    assert (steps["time_s"] > 0).all() and set(steps["instance"]) == {0, 1, 2}
+    prefill = steps[steps["instance"] == 0]
+    assert (prefill["decode_batch"] == 0).all() and prefill["prefill_tokens"].sum() == run.requests["prompt_tokens"].sum()
+    assert steps.loc[steps["instance"] > 0, "decode_batch"].sum() >= len(run.tokens) - 2 * len(run.requests)
