@@ -243,12 +243,13 @@ class Instance:
 
     def load(self) -> tuple[int, int, int]:
         """Queued requests, the prompt tokens still to prefill (queued, and those of
-        prefills under way: a router's wait estimates start from them), and the decode
-        batch size."""
-        under_way = {request.id: request for request in self.prefilling}
-        if self.segment is not None:
-            under_way.update((request.id, request) for request, _ in self.segment.prefill)
-        tokens = self.waiting_tokens + sum(r.to_prefill - r.prefilled for r in under_way.values())
+        prefills under way: a router's wait estimates start from them; chunked prefill
+        keeps those in `prefilling`, else they are the segment's), and the decode batch size."""
+        tokens = self.waiting_tokens
+        if self.prefilling:
+            tokens += sum(r.to_prefill - r.prefilled for r in self.prefilling)
+        elif self.segment is not None and self.segment.prefill:
+            tokens += sum(r.to_prefill - r.prefilled for r, _ in self.segment.prefill)
         return len(self.waiting) + len(self.swapped) + len(self.arriving), tokens, len(self.running)
 
     # ---- planning ---------------------------------------------------------
