@@ -29,14 +29,16 @@ from router.slo import SLO
 
 
 def config(engine: str, model_path: str, perf: str, requests: int, rate: float, layout: str,
-           handoff_s: float = 0.0005) -> ExperimentConfig:
+           handoff_s: float | None = None) -> ExperimentConfig:
+    """The benchmark's cluster; `handoff_s` sets the simulator's handoff overhead (else its default)."""
     instances = [{"role": "colocated"}] if layout == "colocated" else [{"role": "prefill"}, {"role": "decode"}]
     return ExperimentConfig.model_validate({
         "name": "calibration", "seed": 0, "runtime": "ray",
         "cluster": {"model": "tiny-llama", "hardware": "CPU", "perf": perf, "kv_blocks": 160,
                     "scheduler": {"block_size": 32, "max_num_seqs": 64, "max_num_batched_tokens": 4096},
                     "instances": instances},
-        "router": {"policy": "round_robin"}, "migration": {"stage_overhead_s": handoff_s},
+        "router": {"policy": "round_robin"},
+        "migration": {} if handoff_s is None else {"stage_overhead_s": handoff_s},
         "ray": {"engine": engine, "model_path": model_path, "start_timeout_s": 180},
         "workload": {"requests": requests, "arrival": {"process": "poisson", "rate": rate},
                      "lengths": {"dist": "dataset", "name": "sharegpt", "max_prompt": 1024, "max_output": 256}},
@@ -76,7 +78,7 @@ def main() -> None:
                         help="1 prefill + 1 decode worker (default), or one colocated worker")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pdlab-calibration-") as folder:
-        perf, handoff = fit_from_run(args, Path(folder)) if args.fit == "run" else (args.perf, 0.0005)
+        perf, handoff = fit_from_run(args, Path(folder)) if args.fit == "run" else (args.perf, None)
         live_config = config(args.engine, args.model_path, perf, args.requests, args.rate, args.layout, handoff)
         slo = SLO(**live_config.slo)
         started = time.perf_counter()

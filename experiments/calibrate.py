@@ -21,6 +21,7 @@ import pandas as pd
 
 from cluster.perfmodel import IterationModel, write_iteration_model
 from cluster.specs import SpecError, load_hardware, load_model
+from experiments.runformat import RunFormatError, read_run
 
 COUNTS = ("prefill_tokens", "decode_batch", "decode_context")
 REQUIRED = (*COUNTS, "time_s")
@@ -78,8 +79,6 @@ def _column(path: Path, table: pd.DataFrame, name: str, whole: bool) -> np.ndarr
 
 def read_live_run(path: Path):
     """A live run folder, which must have a steps table."""
-    from experiments.runformat import RunFormatError, read_run
-
     try:
         run = read_run(path)
     except RunFormatError as exc:
