@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster.perfmodel import write_iteration_model
+from cluster.hardware.perfmodel import write_iteration_model
 from experiments.calibrate import calibrate, report
 from experiments.config import ExperimentConfig
 from experiments.metrics import score

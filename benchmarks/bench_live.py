@@ -66,8 +66,8 @@ def simulated(instances: int, output: int, speedup: float, rate: float) -> dict:
 
 
 def live(instances: int, output: int, speedup: float, rate: float) -> dict:
-    from cluster.live import LiveOptions, LiveRuntime
-    from cluster.raycluster import WorkerOptions, start_workers, stop
+    from cluster.live.driver import LiveOptions, LiveRuntime
+    from cluster.live.raycluster import WorkerOptions, start_workers, stop
     from experiments.runner import build_plan
     from experiments.workloads import generate
 
@@ -114,13 +114,13 @@ def streaming(args) -> list[tuple[int, dict, dict]]:
 def kv_actors(transport: str):
     import ray
 
-    from cluster.actor import WorkerActor
-    from cluster.engine import ModelEngine
-    from cluster.kvbytes import EmulatedKV
-    from cluster.perfmodel import IterationModel
-    from cluster.raycluster import MAX_CONCURRENCY
-    from cluster.request import Request
-    from cluster.scheduling import SchedulerConfig
+    from cluster.live.actor import WorkerActor
+    from cluster.engines.engine import ModelEngine
+    from cluster.engines.kvbytes import EmulatedKV
+    from cluster.hardware.perfmodel import IterationModel
+    from cluster.live.raycluster import MAX_CONCURRENCY
+    from cluster.core.request import Request
+    from cluster.core.scheduling import SchedulerConfig
     from router.snapshot import DECODE, PREFILL
 
     flat = IterationModel(prefill=(0.001, 0.0, 0.0), decode=(0.001, 0.0, 0.0))
@@ -142,7 +142,7 @@ def transfer(source, target, tokens: int, transport: str) -> tuple[float, int, f
     """One pull of `tokens` tokens' KV: (the target's real_s, bytes, the driver's wall s)."""
     import ray
 
-    from cluster.actor import LinkTime
+    from cluster.live.actor import LinkTime
 
     start = time.perf_counter()
     exported = [source, 0, tokens] if transport == "shm" else [source.export_kv.remote(0, 0, tokens, False)]

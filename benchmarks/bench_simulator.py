@@ -71,7 +71,7 @@ def peak_gib() -> float:
 def measure(scenario: Scenario, check: bool) -> dict:
     import tempfile
 
-    from cluster.simulator import Simulator
+    from cluster.sim.simulator import Simulator
     from experiments.runformat import Run, write_run_chunked
     from experiments.runner import STREAM_TOKENS, build_plan
     from experiments.workloads import generate

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cluster.perfmodel import IterationModel, write_iteration_model
-from cluster.specs import SpecError, load_hardware, load_model
+from cluster.hardware.perfmodel import IterationModel, write_iteration_model
+from cluster.hardware.specs import SpecError, load_hardware, load_model
 from experiments.runformat import RunFormatError, read_run
 
 COUNTS = ("prefill_tokens", "decode_batch", "decode_context")

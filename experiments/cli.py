@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from cluster.raycluster import ClusterError
+from cluster.live.raycluster import ClusterError
 from experiments.calibrate import add_parser as add_calibrate
 from experiments.delay import delay_output
 from experiments.harm import add_parser as add_harm

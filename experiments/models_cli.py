@@ -6,7 +6,7 @@ import argparse
 
 
 def _make(args: argparse.Namespace) -> int:
-    from cluster.modelfiles import make_model
+    from cluster.engines.modelfiles import make_model
 
     folder = make_model(args.folder, args.model, args.seed, args.max_len)
     print(f"wrote {args.model} with random weights (seed {args.seed}) to {folder}")

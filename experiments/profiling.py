@@ -11,10 +11,10 @@ import threading
 import numpy as np
 import pandas as pd
 
-from cluster.backends import EngineSpec
-from cluster.perfmodel import IterationModel
-from cluster.request import Request
-from cluster.scheduling import SchedulerConfig
+from cluster.engines.backends import EngineSpec
+from cluster.hardware.perfmodel import IterationModel
+from cluster.core.request import Request
+from cluster.core.scheduling import SchedulerConfig
 from experiments.calibrate import SHAPE
 from router.snapshot import COLOCATED
 
@@ -94,7 +94,7 @@ def profile_engine(backend: str, model_path: str, block_size: int = 32, blocks: 
     steps 1.5x slower)."""
     import ray
 
-    from cluster.raycluster import connect
+    from cluster.live.raycluster import connect
 
     connect(address)
     profilers = [ray.remote(Profiler).options(num_cpus=0.1).remote(backend, model_path, block_size, blocks, index)

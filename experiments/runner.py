@@ -10,14 +10,14 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from cluster.instance import Instance
-from cluster.scheduling import SchedulerConfig
-from cluster.perfmodel import iteration_model, kv_capacity_tokens, load_iteration_model
-from cluster.request import Request
-from cluster.recorder import Recorder
-from cluster.simulator import Plan, Simulator
-from cluster.specs import load_hardware, load_model
-from cluster.topology import link_pool, place
+from cluster.core.instance import Instance
+from cluster.core.scheduling import SchedulerConfig
+from cluster.hardware.perfmodel import iteration_model, kv_capacity_tokens, load_iteration_model
+from cluster.core.request import Request
+from cluster.core.recorder import Recorder
+from cluster.sim.simulator import Plan, Simulator
+from cluster.hardware.specs import load_hardware, load_model
+from cluster.hardware.topology import link_pool, place
 from experiments.config import ExperimentConfig
 from experiments.runformat import Run, validate, write_run, write_run_chunked
 from experiments.workloads import generate, tenant_slos
@@ -83,8 +83,8 @@ REAL_ENGINE_BATCH_S = 0.005
 
 
 def _run_live(config: ExperimentConfig, progress: Callable[[int, int], None] | None) -> tuple[Recorder, dict]:
-    from cluster.live import LiveOptions, LiveRuntime
-    from cluster.raycluster import WorkerOptions, connect, start_workers, stop
+    from cluster.live.driver import LiveOptions, LiveRuntime
+    from cluster.live.raycluster import WorkerOptions, connect, start_workers, stop
 
     plan = build_plan(config, generate(config.workload, config.seed))
     section = config.ray

@@ -62,7 +62,7 @@ def local_ray():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A Llama-shaped model with seeded random weights, made once per session."""
-    from cluster.modelfiles import make_model
+    from cluster.engines.modelfiles import make_model
 
     return str(make_model(tmp_path_factory.mktemp("models") / "tiny-llama"))
 
@@ -73,7 +73,7 @@ def greedy(tiny_model):
     import torch
     from transformers import LlamaForCausalLM
 
-    from cluster.prompts import prompt_ids
+    from cluster.engines.prompts import prompt_ids
 
     model = LlamaForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     cache: dict[tuple[int, int, int], list[int]] = {}

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from cluster.perfmodel import IterationModel, iteration_model, load_iteration_model
-from cluster.specs import load_hardware, load_model
+from cluster.hardware.perfmodel import IterationModel, iteration_model, load_iteration_model
+from cluster.hardware.specs import load_hardware, load_model
 from experiments.calibrate import add_parser, calibrate, nonnegative_lstsq
 from experiments.config import ExperimentConfig
 from experiments.runformat import read_run

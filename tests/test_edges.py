@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from cluster.simulator import Simulator
+from cluster.sim.simulator import Simulator
 from experiments.config import ExperimentConfig
 from experiments.metrics import Window, score
 from experiments.runformat import Run, validate

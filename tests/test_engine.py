@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.engine import ModelEngine
-from cluster.request import Request
+from cluster.engines.engine import ModelEngine
+from cluster.core.request import Request
 from experiments.config import ExperimentConfig
 from experiments.runner import build_plan, simulate
 from experiments.workloads import generate
@@ -50,8 +50,8 @@ def test_stepping_the_model_engine_matches_the_simulator(chunked):
 
 
 def test_aborting_a_request_swapped_out_by_the_router_frees_its_blocks_once():
-    from cluster.perfmodel import IterationModel
-    from cluster.scheduling import SchedulerConfig
+    from cluster.hardware.perfmodel import IterationModel
+    from cluster.core.scheduling import SchedulerConfig
     from router.snapshot import COLOCATED
 
     flat = IterationModel(prefill=(0.01, 0.0, 0.0), decode=(0.01, 0.0, 0.0))

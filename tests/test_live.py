@@ -9,8 +9,8 @@ import time
 import pytest
 import ray
 
-from cluster.live import LiveOptions, LiveRuntime
-from cluster.raycluster import WorkerOptions, start_workers, stop
+from cluster.live.driver import LiveOptions, LiveRuntime
+from cluster.live.raycluster import WorkerOptions, start_workers, stop
 from experiments.config import ExperimentConfig
 from experiments.metrics import score
 from experiments.runformat import Run, validate

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.raycluster import ClusterError, WorkerOptions, connect, ray_nodes, start_workers, stop
+from cluster.live.raycluster import ClusterError, WorkerOptions, connect, ray_nodes, start_workers, stop
 from experiments.config import ExperimentConfig
 from experiments.runner import build_plan, run_config
 from experiments.workloads import generate

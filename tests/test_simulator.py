@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cluster.simulator import Simulator
+from cluster.sim.simulator import Simulator
 from experiments.config import ExperimentConfig
 from experiments.metrics import score
 from experiments.runner import build_plan, simulate

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from cluster.specs import (CONFIGS, LINK_KINDS, HardwareSpec, SpecError, available_hardware, available_models,
+from cluster.hardware.specs import (CONFIGS, LINK_KINDS, HardwareSpec, SpecError, available_hardware, available_models,
                            load_hardware, load_model)
 
 KIB = 1024

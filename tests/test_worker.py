@@ -7,12 +7,12 @@ from functools import partial
 
 import ray
 
-from cluster.engine import ModelEngine, StepResult
-from cluster.perfmodel import IterationModel
-from cluster.request import Request
-from cluster.scheduling import SchedulerConfig
-from cluster.actor import WorkerActor
-from cluster.worker import Report, Worker
+from cluster.engines.engine import ModelEngine, StepResult
+from cluster.hardware.perfmodel import IterationModel
+from cluster.core.request import Request
+from cluster.core.scheduling import SchedulerConfig
+from cluster.live.actor import WorkerActor
+from cluster.live.worker import Report, Worker
 from router.snapshot import COLOCATED
 
 

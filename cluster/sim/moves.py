@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cluster.scheduling import blocks_for
-from cluster.request import DECODING, MIGRATING, PREEMPTED, Request
+from cluster.core.scheduling import blocks_for
+from cluster.core.request import DECODING, MIGRATING, PREEMPTED, Request
 from migration.live import LiveMigration
 from router.actions import Migrate, Preempt, Resume
 
 if TYPE_CHECKING:
-    from cluster.simulator import Simulator
+    from cluster.sim.simulator import Simulator
 
 
 class Moves:

@@ -10,11 +10,11 @@ import time
 
 import numpy as np
 
-from cluster.cpu import use_threads
-from cluster.engine import ModelEngine, StepResult
-from cluster.paged_llama import Chunk, PagedLlama
-from cluster.prompts import check_token_ids, prompt_ids
-from cluster.request import SWAPPED, Request
+from cluster.engines.cpu import use_threads
+from cluster.engines.engine import ModelEngine, StepResult
+from cluster.engines.paged_llama import Chunk, PagedLlama
+from cluster.engines.prompts import check_token_ids, prompt_ids
+from cluster.core.request import SWAPPED, Request
 from migration.transport import Packet, describe
 
 

@@ -16,12 +16,12 @@ from typing import Callable
 
 import numpy as np
 
-from cluster.actor import LinkTime
-from cluster.live_moves import LiveMoves
-from cluster.recorder import Recorder
-from cluster.request import DECODING, FINISHED, HANDOFF, PREFILLING, REJECTED, WAITING, Request
-from cluster.simulator import Plan
-from cluster.worker import Report
+from cluster.live.actor import LinkTime
+from cluster.live.moves import LiveMoves
+from cluster.core.recorder import Recorder
+from cluster.core.request import DECODING, FINISHED, HANDOFF, PREFILLING, REJECTED, WAITING, Request
+from cluster.sim.simulator import Plan
+from cluster.live.worker import Report
 from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume, live_instance, take_waiting
 from router.snapshot import DECODE, PREFILL, RequestView, Snapshot
 from router.tracker import RequestTracker

@@ -9,9 +9,9 @@ import socket
 import uuid
 from dataclasses import dataclass
 
-from cluster.actor import WorkerActor
-from cluster.backends import EngineSpec
-from cluster.instance import Instance
+from cluster.live.actor import WorkerActor
+from cluster.engines.backends import EngineSpec
+from cluster.core.instance import Instance
 
 MAX_CONCURRENCY = 16
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])

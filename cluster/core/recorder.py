@@ -6,7 +6,7 @@ from array import array
 import numpy as np
 import pandas as pd
 
-from cluster.request import DECODING, FINAL, PREFILL_PIECE, UNFINISHED
+from cluster.core.request import DECODING, FINAL, PREFILL_PIECE, UNFINISHED
 
 EVENT_KINDS = ("arrive", "dispatch", "prefill_end", "transfer_start", "transfer_end", "preempt", "resume",
                "migrate_start", "migrate_stage", "migrate_end", "migrate_abort", "finish", "abort", "reject", "fault",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cluster.request import Request
+from cluster.core.request import Request
 
 PREEMPTION_MODES = ("recompute", "swap")
 

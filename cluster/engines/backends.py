@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cluster.engine import Engine, ModelEngine
-from cluster.kvbytes import EmulatedKV
-from cluster.scheduling import SchedulerConfig
+from cluster.engines.engine import Engine, ModelEngine
+from cluster.engines.kvbytes import EmulatedKV
+from cluster.core.scheduling import SchedulerConfig
 
 ENGINES = ("emulated", "hf", "vllm")
 REAL_ENGINES = ("hf", "vllm")
@@ -35,11 +35,11 @@ class EngineSpec:
         if self.backend == "emulated":
             return ModelEngine(*common, EmulatedKV(self.kv_bytes_per_token, self.kv_scale, seed=self.index))
         if self.backend == "hf":
-            from cluster.hf_engine import HFEngine
+            from cluster.engines.hf_engine import HFEngine
 
             return HFEngine(*common, self.model_path, self.seed, self.threads)
         if self.backend == "vllm":
-            from cluster.vllm_engine import VLLMEngine
+            from cluster.engines.vllm_engine import VLLMEngine
 
             return VLLMEngine(*common, self.model_path, self.seed, self.threads)
         raise ValueError(f"ray.engine: expected one of {list(ENGINES)}, got {self.backend!r}")

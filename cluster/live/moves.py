@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cluster.actor import Pulled
-from cluster.request import DECODING, HANDOFF, MIGRATING, PREEMPTED, TRANSFER, WAITING, Request
-from cluster.scheduling import blocks_for
+from cluster.live.actor import Pulled
+from cluster.core.request import DECODING, HANDOFF, MIGRATING, PREEMPTED, TRANSFER, WAITING, Request
+from cluster.core.scheduling import blocks_for
 from migration.live import LiveMigration
 from router.actions import Handoff, Migrate, Preempt, Resume
 
 if TYPE_CHECKING:
-    from cluster.live import LiveRuntime
+    from cluster.live.driver import LiveRuntime
 
 
 class LiveMoves:

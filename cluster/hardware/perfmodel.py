@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, NonNegativeFloat, PositiveInt
 
-from cluster.specs import CONFIGS, HardwareSpec, ModelSpec, SpecError, StrictModel, read_yaml
+from cluster.hardware.specs import CONFIGS, HardwareSpec, ModelSpec, SpecError, StrictModel, read_yaml
 
 PERF_DIR = CONFIGS / "perf"
 UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cluster.kvpool import KVPool
+from cluster.engines.kvpool import KVPool
 
 
 @dataclass

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 from typing import Callable
 
-from cluster.instance import Instance
-from cluster.scheduling import Outcome, blocks_for
-from cluster.moves import Moves
-from cluster.recorder import Recorder
-from cluster.request import DECODING, FINAL, HANDOFF, PREFILL_PIECE, REJECTED, TRANSFER, Request
+from cluster.core.instance import Instance
+from cluster.core.scheduling import Outcome, blocks_for
+from cluster.sim.moves import Moves
+from cluster.core.recorder import Recorder
+from cluster.core.request import DECODING, FINAL, HANDOFF, PREFILL_PIECE, REJECTED, TRANSFER, Request
 from migration.cost import TransferCost
 from migration.links import LinkPool
 from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume, live_instance, take_waiting

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from typing import Callable
 
-from cluster.engine import Engine, KVNotReady
-from cluster.request import Request
-from cluster.worker import Report, Worker
+from cluster.engines.engine import Engine, KVNotReady
+from cluster.core.request import Request
+from cluster.live.worker import Report, Worker
 from migration.transport import ChecksumError, InboxWriter, SharedMemoryInbox, TorchTransport, verify
 
 

@@ -17,8 +17,8 @@ from collections import deque
 
 import numpy as np
 
-from cluster.request import DECODING, FINISHED, HANDOFF, PREFILL_PIECE, PREFILLING, SWAPPED, WAITING, Request
-from cluster.scheduling import Outcome, SchedulerConfig, Segment, blocks_for
+from cluster.core.request import DECODING, FINISHED, HANDOFF, PREFILL_PIECE, PREFILLING, SWAPPED, WAITING, Request
+from cluster.core.scheduling import Outcome, SchedulerConfig, Segment, blocks_for
 from router.snapshot import PREFILL
 
 class Instance:

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, ValidationInfo, \
     field_validator, model_validator
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 LINK_KINDS = ("nvlink", "pcie", "network")
 HARDWARE_FIGURES = ("memory_gib", "hbm_bandwidth", "bf16_flops")

@@ -13,10 +13,10 @@ from typing import Protocol
 
 import numpy as np
 
-from cluster.instance import Instance
-from cluster.kvbytes import EmulatedKV
-from cluster.request import PREFILL_PIECE, Request
-from cluster.scheduling import Outcome, SchedulerConfig
+from cluster.core.instance import Instance
+from cluster.engines.kvbytes import EmulatedKV
+from cluster.core.request import PREFILL_PIECE, Request
+from cluster.core.scheduling import Outcome, SchedulerConfig
 from migration.transport import Packet
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cluster.cpu import use_threads
-from cluster.engine import KVNotReady, StepResult, StepShape
-from cluster.prompts import check_token_ids, prompt_ids
-from cluster.request import Request
+from cluster.engines.cpu import use_threads
+from cluster.engines.engine import KVNotReady, StepResult, StepShape
+from cluster.engines.prompts import check_token_ids, prompt_ids
+from cluster.core.request import Request
 from migration.transport import Packet, describe
 from router.snapshot import COLOCATED, PREFILL
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cluster.specs import HardwareSpec
+from cluster.hardware.specs import HardwareSpec
 from migration.cost import Link
 from migration.links import LinkPool
 
