@@ -68,12 +68,12 @@ def simulated(instances: int, output: int, speedup: float, rate: float) -> dict:
 def live(instances: int, output: int, speedup: float, rate: float) -> dict:
     from cluster.live.driver import LiveOptions, LiveRuntime
     from cluster.live.raycluster import WorkerOptions, start_workers, stop
-    from experiments.runner import build_plan
+    from experiments.runner import build_setup
     from experiments.workloads import generate
 
     config = stream_config(instances, output, speedup, rate, "ray")
     section = config.ray
-    plan = build_plan(config, generate(config.workload, config.seed))
+    plan = build_setup(config, generate(config.workload, config.seed))
     actors, groups = start_workers(plan.instances, [int(n) for n in plan.table.node],
                                    WorkerOptions(section.speedup, section.kv_scale, section.worker_cpus,
                                                  section.start_timeout_s))

@@ -2,7 +2,7 @@
 
 Each scenario runs in a fresh process pinned to one core: Azure conversation
 lengths, Poisson arrivals at about 75% of capacity, Llama on A100-80GB. Timed:
-generating the workload, building the plan and `Simulator(plan).run()` with the
+generating the workload, building the setup and `Simulator(setup).run()` with the
 requests table (tokens stay compact: decode-step times and per-request runs).
 Writing the run folder as `pdlab run` does (validated, Parquet, the tokens table
 in chunks of whole requests) is timed on its own, "write s".
@@ -73,17 +73,17 @@ def measure(scenario: Scenario, check: bool) -> dict:
 
     from cluster.sim.simulator import Simulator
     from experiments.runformat import Run, write_run_chunked
-    from experiments.runner import STREAM_TOKENS, build_plan
+    from experiments.runner import STREAM_TOKENS, build_setup
     from experiments.workloads import generate
 
     cfg = config(scenario)
     start = time.perf_counter()
     workload = generate(cfg.workload, cfg.seed)
-    plan = build_plan(cfg, workload)
-    record = Simulator(plan).run()
+    simulator = Simulator(build_setup(cfg, workload))
+    record = simulator.run()
     wall = time.perf_counter() - start
     figures = {"requests": len(record.requests), "finished": int((record.requests["status"] == "finished").sum()),
-               "iterations": int(sum(i.iterations for i in plan.instances)), "tokens": record.total_tokens,
+               "iterations": int(sum(i.iterations for i in simulator.instances)), "tokens": record.total_tokens,
                "simulated_s": record.end_s, "last_arrival_s": float(workload["arrival_s"].iloc[-1]),
                "wall_s": wall, "peak_gib": peak_gib(), "validate_s": None, "validate_peak_gib": None}
     if check:

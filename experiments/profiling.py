@@ -14,7 +14,7 @@ import pandas as pd
 from cluster.engines.backends import EngineSpec
 from cluster.hardware.perfmodel import IterationModel
 from cluster.core.request import Request
-from cluster.core.scheduling import SchedulerConfig
+from cluster.core.scheduling import InstanceSpec, SchedulerConfig
 from experiments.calibrate import SHAPE
 from router.snapshot import COLOCATED
 
@@ -28,8 +28,8 @@ PLACEHOLDER = IterationModel(prefill=(0.001, 0.0, 0.0), decode=(0.001, 0.0, 0.0)
 class Profiler:
     def __init__(self, backend: str, model_path: str, block_size: int, blocks: int, index: int = 0) -> None:
         config = SchedulerConfig(max_num_seqs=64, max_num_batched_tokens=4096, block_size=block_size)
-        self.engine = EngineSpec(backend, index, COLOCATED, PLACEHOLDER, config, blocks, 0.0, 1e9,
-                                 model_path=model_path)()
+        spec = InstanceSpec(index, COLOCATED, PLACEHOLDER, config, blocks, 0.0, 1e9)
+        self.engine = EngineSpec(backend, spec, model_path=model_path)()
         self.ids = itertools.count()
         self.rows: list[tuple[int, int, int, int, float]] = []
 

@@ -10,12 +10,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from cluster.core.instance import Instance
-from cluster.core.scheduling import SchedulerConfig
-from cluster.hardware.perfmodel import iteration_model, kv_capacity_tokens, load_iteration_model
-from cluster.core.request import Request
 from cluster.core.recorder import Recorder
-from cluster.sim.simulator import Plan, Simulator
+from cluster.core.request import Request
+from cluster.core.scheduling import InstanceSpec, SchedulerConfig
+from cluster.core.setup import RunSetup
+from cluster.hardware.perfmodel import iteration_model, kv_capacity_tokens, load_iteration_model
+from cluster.sim.simulator import Simulator
 from cluster.hardware.specs import load_hardware, load_model
 from cluster.hardware.topology import link_pool, place
 from experiments.config import ExperimentConfig
@@ -29,7 +29,7 @@ from router.snapshot import ROLES, InstanceTable
 STREAM_TOKENS = 20_000_000
 
 
-def build_plan(config: ExperimentConfig, workload: pd.DataFrame, veto: frozenset[int] = frozenset()) -> Plan:
+def build_setup(config: ExperimentConfig, workload: pd.DataFrame, veto: frozenset[int] = frozenset()) -> RunSetup:
     section = config.cluster
     model, hardware = load_model(section.model), load_hardware(section.hardware)
     groups = [(ROLES[g.role], g.tp, g.node) for g in section.instances for _ in range(g.count)]
@@ -39,18 +39,18 @@ def build_plan(config: ExperimentConfig, workload: pd.DataFrame, veto: frozenset
     for index, p in enumerate(placements):
         perf = load_iteration_model(section.perf) if section.perf else iteration_model(model, hardware, p.tp)
         blocks = section.kv_blocks or kv_capacity_tokens(model, hardware, p.tp, section.memory_utilization) // scheduler.block_size
-        instances.append(Instance(index, p.role, perf, scheduler, blocks, model.kv_bytes_per_token,
-                                  hardware.link("pcie").bandwidth))
+        instances.append(InstanceSpec(index, p.role, perf, scheduler, blocks, model.kv_bytes_per_token,
+                                      hardware.link("pcie").bandwidth))
     table = InstanceTable([p.role for p in placements], [p.node for p in placements],
                           [i.total_blocks for i in instances], [i.watermark_blocks for i in instances],
-                          scheduler.block_size, [i.model.prefill for i in instances], [i.model.decode for i in instances])
+                          scheduler.block_size, [i.perf.prefill for i in instances], [i.perf.decode for i in instances])
     links, path = link_pool(placements, hardware)
     overrides = tenant_slos(config.workload)
     slos = {tenant: SLO(**{**config.slo, **overrides.get(tenant, {})}) for tenant in workload["tenant"].unique()}
     requests = [Request(int(i), str(t), float(a), int(p), int(o)) for i, t, a, p, o in
                 zip(workload["request_id"], workload["tenant"], workload["arrival_s"], workload["prompt_tokens"],
                     workload["output_tokens"])]
-    return Plan(instances, table, make_policy(config.router.policy, config.router.params, config.seed), requests,
+    return RunSetup(instances, table, make_policy(config.router.policy, config.router.params, config.seed), requests,
                 slos, links, path, TransferCost(**config.migration.model_dump()), float(model.kv_bytes_per_token),
                 config.horizon_s or float("inf"), config.router.tick_s, veto)
 
@@ -65,17 +65,17 @@ def versions() -> dict:
     return found
 
 
-def _meta(config: ExperimentConfig, plan: Plan, end_s: float, runtime: str) -> dict:
+def _meta(config: ExperimentConfig, setup: RunSetup, end_s: float, runtime: str) -> dict:
     return {"end_s": end_s, "runtime": runtime, "seed": config.seed, "config": config.model_dump(mode="json"),
-            "versions": versions(), "slo": config.slo, "tenant_slo": {t: s.as_dict() for t, s in plan.slos.items()}}
+            "versions": versions(), "slo": config.slo, "tenant_slo": {t: s.as_dict() for t, s in setup.slos.items()}}
 
 
 def _simulate(config: ExperimentConfig, veto: frozenset[int] = frozenset()) -> tuple[Recorder, dict]:
     workload = generate(config.workload, config.seed)
-    plan = build_plan(config, workload, veto)
-    record = Simulator(plan).run()
-    meta = _meta(config, plan, record.end_s, "sim")
-    meta["iterations"] = int(sum(i.iterations for i in plan.instances))
+    simulator = Simulator(build_setup(config, workload, veto))
+    record = simulator.run()
+    meta = _meta(config, simulator.setup, record.end_s, "sim")
+    meta["iterations"] = int(sum(i.iterations for i in simulator.instances))
     return record, meta
 
 
@@ -86,23 +86,23 @@ def _run_live(config: ExperimentConfig, progress: Callable[[int, int], None] | N
     from cluster.live.driver import LiveOptions, LiveRuntime
     from cluster.live.raycluster import WorkerOptions, connect, start_workers, stop
 
-    plan = build_plan(config, generate(config.workload, config.seed))
+    setup = build_setup(config, generate(config.workload, config.seed))
     section = config.ray
     connect(section.address)
     workers = WorkerOptions(section.speedup, section.kv_scale, section.worker_cpus, section.start_timeout_s,
                             section.transport, section.shm_inbox_mib, section.engine, section.model_path or "",
                             config.seed, section.worker_gpus)
-    actors, groups = start_workers(plan.instances, [int(n) for n in plan.table.node], workers)
+    actors, groups = start_workers(setup.instances, [int(n) for n in setup.table.node], workers)
     options = LiveOptions(section.speedup, section.transfer_timeout_s, stamp=section.stamp, transport=section.transport,
                           paced_transfers=section.engine == "emulated", staged_kv=section.engine != "vllm",
                           report_batch_s=section.report_batch_s if section.report_batch_s is not None
                           else 0.0 if section.engine == "emulated" else REAL_ENGINE_BATCH_S)
-    runtime = LiveRuntime(plan, actors, options, progress)
+    runtime = LiveRuntime(setup, actors, options, progress)
     try:
         record = runtime.run()
     finally:
         stop(actors, groups)
-    meta = _meta(config, plan, record.end_s, "ray")
+    meta = _meta(config, setup, record.end_s, "ray")
     lag = np.frombuffer(runtime.lag) if len(runtime.lag) else np.zeros(1)
     meta["report_lag_s"] = {"p50": float(np.percentile(lag, 50)), "p99": float(np.percentile(lag, 99))}
     return record, meta

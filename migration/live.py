@@ -27,6 +27,8 @@ class LiveMigration:
     copying: int = 0
     final: bool = False
     stall_start_s: float | None = None
+    copy: int = 0
+    """The copy in flight (a late answer to an earlier one is ignored)."""
 
     def next_stage(self, context: int) -> int:
         """Start the next stage for a source now holding `context` tokens of KV;

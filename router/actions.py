@@ -18,6 +18,15 @@ class Handoff:
     target: int
 
 
+MIGRATION_MODES = ("live", "recompute")
+PREEMPTION_MODES = ("recompute", "swap")
+
+
+def _check_mode(action, modes: tuple[str, ...]) -> None:
+    if action.mode not in modes:
+        raise ValueError(f"{type(action).__name__} mode: expected {' or '.join(map(repr, modes))}, got {action.mode!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Migrate:
     """Move a decoding request to `target`: `live` copies its KV while it keeps decoding, `recompute` re-prefills there."""
@@ -25,12 +34,18 @@ class Migrate:
     target: int
     mode: str = "live"
 
+    def __post_init__(self) -> None:
+        _check_mode(self, MIGRATION_MODES)
+
 
 @dataclass(frozen=True, slots=True)
 class Preempt:
     """Stop a running request and free its KV: `recompute` drops it, `swap` copies it to host memory."""
     request: int
     mode: str = "recompute"
+
+    def __post_init__(self) -> None:
+        _check_mode(self, PREEMPTION_MODES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +62,6 @@ class Reject:
 
 
 Action = Dispatch | Handoff | Migrate | Preempt | Resume | Reject
-MIGRATION_MODES = ("live", "recompute")
-PREEMPTION_MODES = ("recompute", "swap")
 
 
 def take_waiting(waiting: dict, action, verb: str, policy: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from router.actions import Action
+from router.events import EVENTS
 from router.snapshot import Snapshot
 
 POLICIES: dict[str, type["Policy"]] = {}
@@ -16,8 +17,7 @@ class Policy:
 
     name: ClassVar[str] = ""
     events: ClassVar[frozenset[str]] = frozenset()
-    """Events the policy wants to see even when no request awaits a decision
-    (`handoff_done`, `finished`, `preempted`, `tick`)."""
+    """Events (`router.events`) the policy wants to see even when no request awaits a decision."""
     needs_running: ClassVar[bool] = False
     """Whether the snapshot must list every decoding request (costs O(running))."""
 
@@ -34,6 +34,9 @@ class Policy:
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
+        unknown = sorted(set(cls.events) - set(EVENTS))
+        if unknown:
+            raise TypeError(f"policy {cls.__name__}: unknown events {unknown}; expected some of {list(EVENTS)}")
         if cls.name:
             POLICIES[cls.name] = cls
 

@@ -165,7 +165,7 @@ def test_profiling_a_real_engine_fits_its_steps(local_ray, tiny_model, tmp_path,
 
 
 def test_a_live_runs_steps_give_back_the_model_its_engines_emulated(local_ray, tmp_path, pdlab_calibrate):
-    from experiments.runner import build_plan, run_experiment
+    from experiments.runner import build_setup, run_experiment
     from experiments.workloads import generate
 
     cfg = ExperimentConfig.model_validate({
@@ -182,7 +182,7 @@ def test_a_live_runs_steps_give_back_the_model_its_engines_emulated(local_ray, t
     out = tmp_path / "fit.yaml"
     code, text, err = pdlab_calibrate(tmp_path / "run", "--out", out)
     assert code == 0, err
-    model, fit = build_plan(cfg, generate(cfg.workload, cfg.seed)).instances[0].model, load_iteration_model(out)
+    model, fit = build_setup(cfg, generate(cfg.workload, cfg.seed)).instances[0].perf, load_iteration_model(out)
     for side in ("prefill", "decode"):
         assert np.allclose(getattr(fit, side), getattr(model, side), rtol=0.01, atol=1e-7), side
     code, _, err = pdlab_calibrate(tmp_path / "nothing-here")

@@ -25,14 +25,14 @@ GPU = sorted((Path(__file__).resolve().parents[1] / "configs" / "gpu").glob("*.y
 
 @pytest.mark.parametrize("path", GPU, ids=lambda p: p.name)
 def test_gpu_configs_validate_and_their_instances_fit(path, tiny_model):
-    from experiments.runner import build_plan
+    from experiments.runner import build_setup
     from experiments.workloads import generate
 
     configs = load_variants(path, [f"ray.model_path={tiny_model}", "workload.requests=10"])
     assert {c.router.policy for c in configs.values()} == {"classic_goodput", "smooth_goodput"}
     for config in configs.values():
         assert config.ray.engine == "vllm" and config.ray.worker_gpus == 1
-        plan = build_plan(config, generate(config.workload, config.seed))
+        plan = build_setup(config, generate(config.workload, config.seed))
         assert len(plan.instances) == 4 and all(i.total_blocks > 1000 for i in plan.instances)
 
 

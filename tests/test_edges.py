@@ -10,7 +10,7 @@ from cluster.sim.simulator import Simulator
 from experiments.config import ExperimentConfig
 from experiments.metrics import Window, score
 from experiments.runformat import Run, validate
-from experiments.runner import build_plan, simulate
+from experiments.runner import build_setup, simulate
 from experiments.workloads import generate
 from migration.ledger import build_ledger
 from router.actions import Preempt, Resume
@@ -59,7 +59,7 @@ class Spy(RoundRobin):
 
 def test_views_count_the_steps_of_the_segment_in_flight():
     cfg = config(router={"policy": "round_robin", "tick_s": 0.5})
-    plan = build_plan(cfg, generate(cfg.workload, 0))
+    plan = build_setup(cfg, generate(cfg.workload, 0))
     spy = plan.policy = Spy()
     record = Simulator(plan).run()
     tokens = record.tokens
@@ -74,7 +74,7 @@ def test_chunked_prefill_never_takes_the_blocks_decodes_need():
                     "scheduler": {"chunked_prefill": True, "max_num_batched_tokens": 512, "watermark": 0.0}},
         "workload": {"requests": 120, "arrival": {"process": "poisson", "rate": 8.0},
                      "lengths": {"dist": "uniform", "prompt": [50, 900], "output": [50, 400]}}})
-    record = CheckedSimulator(build_plan(cfg, generate(cfg.workload, 0))).run()
+    record = CheckedSimulator(build_setup(cfg, generate(cfg.workload, 0))).run()
     assert (record.requests["status"] == "finished").all()
 
 
@@ -96,14 +96,14 @@ def test_a_swap_out_done_while_idle_is_not_paid_again():
     cfg = config(router={"policy": "round_robin", "tick_s": 1.0},
                  workload={"requests": 1, "arrival": {"process": "constant", "rate": 1.0},
                            "lengths": {"dist": "fixed", "prompt": 4000, "output": 400}})
-    plan = build_plan(cfg, generate(cfg.workload, 0))
+    plan = build_setup(cfg, generate(cfg.workload, 0))
     plan.policy = SwapAndBack(0)
     simulator = Simulator(plan)
     record = simulator.run()
     instance = simulator.instances[0]
     swap_s = record.events().query("kind == 'preempt'")["bytes"].iloc[0] / instance.swap_bandwidth
     first_after = record.tokens[record.tokens["time_s"] > 3.0]["time_s"].iloc[0]
-    assert first_after - 3.0 == pytest.approx(swap_s + instance.model.decode_time(1, 4000 + 100), rel=0.02)
+    assert first_after - 3.0 == pytest.approx(swap_s + instance.perf.decode_time(1, 4000 + 100), rel=0.02)
 
 
 def test_each_ledger_row_counts_only_its_own_bytes():

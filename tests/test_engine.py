@@ -7,7 +7,7 @@ import pytest
 from cluster.engines.engine import ModelEngine
 from cluster.core.request import Request
 from experiments.config import ExperimentConfig
-from experiments.runner import build_plan, simulate
+from experiments.runner import build_setup, simulate
 from experiments.workloads import generate
 
 
@@ -38,11 +38,9 @@ def test_stepping_the_model_engine_matches_the_simulator(chunked):
         "workload": {"requests": 40, "arrival": {"process": "poisson", "rate": 4.0},
                      "lengths": {"dist": "uniform", "prompt": [50, 1200], "output": [5, 300]}}})
     workload = generate(config.workload, 0)
-    plan = build_plan(config, workload)
-    instance = plan.instances[0]
-    engine = ModelEngine(0, instance.role, instance.model, instance.config, instance.total_blocks,
-                         instance.kv_bytes_per_token, instance.swap_bandwidth)
-    stepped = drive(engine, [Request(r.id, r.tenant, r.arrival, r.prompt, r.target) for r in plan.requests])
+    plan = build_setup(config, workload)
+    engine = ModelEngine(plan.instances[0])
+    stepped = drive(engine, [Request(r.id, r.tenant, r.arrival, r.prompt, r.max_tokens) for r in plan.requests])
     run = simulate(config)
     for request_id, group in run.tokens.groupby("request_id"):
         assert stepped[request_id] == pytest.approx(list(group["time_s"]), abs=1e-9), request_id
@@ -51,11 +49,11 @@ def test_stepping_the_model_engine_matches_the_simulator(chunked):
 
 def test_aborting_a_request_swapped_out_by_the_router_frees_its_blocks_once():
     from cluster.hardware.perfmodel import IterationModel
-    from cluster.core.scheduling import SchedulerConfig
+    from cluster.core.scheduling import InstanceSpec, SchedulerConfig
     from router.snapshot import COLOCATED
 
     flat = IterationModel(prefill=(0.01, 0.0, 0.0), decode=(0.01, 0.0, 0.0))
-    engine = ModelEngine(0, COLOCATED, flat, SchedulerConfig(), 100, 1.0, 1e9)
+    engine = ModelEngine(InstanceSpec(0, COLOCATED, flat, SchedulerConfig(), 100, 1.0, 1e9))
     engine.add(Request(0, "default", 0.0, 100, 50))
     now = 0.0
     for _ in range(5):

@@ -9,7 +9,7 @@ import pytest
 from cluster.engines.hf_engine import HFEngine
 from cluster.hardware.perfmodel import IterationModel
 from cluster.core.request import Request
-from cluster.core.scheduling import SchedulerConfig, blocks_for
+from cluster.core.scheduling import InstanceSpec, SchedulerConfig, blocks_for
 from migration.transport import verify
 from router.snapshot import COLOCATED, DECODE, PREFILL
 
@@ -18,7 +18,8 @@ BLOCKS, BLOCK = 64, 16
 
 
 def engine(path: str, role: int = COLOCATED, **scheduler) -> HFEngine:
-    return HFEngine(0, role, FLAT, SchedulerConfig(block_size=BLOCK, **scheduler), BLOCKS, 2048.0, 1e9, path)
+    return HFEngine(InstanceSpec(0, role, FLAT, SchedulerConfig(block_size=BLOCK, **scheduler), BLOCKS, 2048.0, 1e9),
+                    path)
 
 
 def run(engine: HFEngine, until=lambda engine: False, steps: int = 10_000) -> dict[int, list[int]]:
@@ -75,7 +76,7 @@ def hand_off(source: HFEngine, target: HFEngine, request_id: int) -> None:
     blocks = blocks_for(context + 1, BLOCK)
     assert target.reserve(blocks)
     target.import_kv(request_id, 0, verify(packet, data.copy()))
-    target.admit(Request(moved.id, moved.tenant, moved.arrival, moved.prompt, moved.target, moved.generated,
+    target.admit(Request(moved.id, moved.tenant, moved.arrival, moved.prompt, moved.max_tokens, moved.generated,
                          context=moved.context, output=list(moved.output)), blocks)
     source.release(request_id)
 

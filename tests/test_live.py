@@ -14,7 +14,7 @@ from cluster.live.raycluster import WorkerOptions, start_workers, stop
 from experiments.config import ExperimentConfig
 from experiments.metrics import score
 from experiments.runformat import Run, validate
-from experiments.runner import build_plan, run_config
+from experiments.runner import build_setup, run_config
 from experiments.workloads import generate
 from router.actions import Dispatch, Handoff, Migrate, Preempt, Resume
 from router.policy import Policy
@@ -38,7 +38,7 @@ def run_live(cfg: ExperimentConfig, policy: Policy | None = None, kill: tuple[fl
     """A live run; `kill` = (wall seconds, instance) kills that worker mid-run. Returns
     the run and the stats of the workers left alive at its end, once their blocks are
     free or after `settle_s`."""
-    plan = build_plan(cfg, generate(cfg.workload, cfg.seed))
+    plan = build_setup(cfg, generate(cfg.workload, cfg.seed))
     if policy is not None:
         plan.policy = policy
     section = cfg.ray
@@ -177,7 +177,7 @@ def test_a_migration_that_cannot_complete_is_aborted_and_the_request_carries_on(
                  cluster={"instances": [{"role": "colocated", "count": 2}], "kv_blocks": 4000},
                  workload={"requests": 6, "arrival": {"process": "poisson", "rate": 4.0},
                            "lengths": {"dist": "uniform", "prompt": [100, 300], "output": [80, 100]}})
-    plan = build_plan(cfg, generate(cfg.workload, cfg.seed))
+    plan = build_setup(cfg, generate(cfg.workload, cfg.seed))
     actors, groups = start_workers(plan.instances, [0, 0], WorkerOptions(2.0, worker_cpus=0.1))
     plan.policy = OneSlowMigration(then=(lambda: ray.kill(actors[1])) if fault == "target_dead" else None)
     try:

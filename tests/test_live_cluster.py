@@ -15,7 +15,7 @@ import yaml
 
 from cluster.live.raycluster import ClusterError, WorkerOptions, connect, ray_nodes, start_workers, stop
 from experiments.config import ExperimentConfig
-from experiments.runner import build_plan, run_config
+from experiments.runner import build_setup, run_config
 from experiments.workloads import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def multi_node(out: str) -> None:
         cluster.wait_for_nodes()
         settings = config(address=cluster.address)
         run = run_config(settings)
-        plan = build_plan(settings, generate(settings.workload, settings.seed))
+        plan = build_setup(settings, generate(settings.workload, settings.seed))
         logical = [int(n) for n in plan.table.node]
         moves = run.events[run.events["kind"].str.startswith("transfer")]
         facts = {"ray_nodes": ray_nodes(), "logical": logical, "status": run.requests["status"].tolist(),
@@ -128,7 +128,7 @@ def live_groups() -> set[str]:
 
 
 def test_too_few_resources_fail_fast_and_leave_no_placement_group(local_ray):
-    plan = build_plan(config(), generate(config().workload, 0))
+    plan = build_setup(config(), generate(config().workload, 0))
     before = live_groups()
     started = time.monotonic()
     with pytest.raises(ClusterError, match="placement groups"):

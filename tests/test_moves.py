@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.config import ExperimentConfig
-from experiments.runner import build_plan
+from experiments.runner import build_setup
 from experiments.workloads import generate
 from router.actions import Dispatch, Handoff, Migrate, Preempt, Resume
 from router.policy import Policy
@@ -64,7 +64,7 @@ def run(policy: str, roles: list[str], mode: str, requests: int = 40):
         "workload": {"requests": requests, "arrival": {"process": "poisson", "rate": 4.0},
                      "lengths": {"dist": "uniform", "prompt": [100, 1500], "output": [100, 400]}}})
     workload = generate(config.workload, 0)
-    simulator = CheckedSimulator(build_plan(config, workload))
+    simulator = CheckedSimulator(build_setup(config, workload))
     record = simulator.run()
     events = record.events()
     assert (record.requests["status"] == "finished").all()
@@ -93,7 +93,7 @@ def test_migration_moves_decoding_requests_and_loses_no_token(mode):
     if mode == "live":
         stages = events[events["kind"] == "migrate_stage"]
         assert stages.groupby("request_id").size().max() >= 2     # copied while decoding, then the last stage
-    assert not simulator.moves.live
+    assert not simulator.control.moves.live
 
 
 @pytest.mark.parametrize("mode", ["recompute", "swap"])
@@ -106,7 +106,7 @@ def test_router_preemption_and_resume(mode):
     if mode == "swap":
         assert (preempts["bytes"] > 0).all()
         assert (resumes.set_index("request_id")["instance"] == preempts.set_index("request_id")["instance"]).all()
-    assert not simulator.moves.preempted
+    assert not simulator.control.moves.preempted
 
 
 def test_bad_moves_are_refused_with_a_clear_error():
@@ -121,7 +121,7 @@ def test_bad_moves_are_refused_with_a_clear_error():
         "workload": {"requests": 2, "arrival": {"process": "poisson", "rate": 4.0},
                      "lengths": {"dist": "fixed", "prompt": 10, "output": 5}}})
     with pytest.raises(ValueError, match="Migrate: request 0 is not decoding"):
-        CheckedSimulator(build_plan(config, generate(config.workload, 0))).run()
+        CheckedSimulator(build_setup(config, generate(config.workload, 0))).run()
 
 
 @pytest.mark.parametrize("policy", ["least_loaded", "classic_goodput", "smooth_goodput"])
@@ -132,7 +132,7 @@ def test_every_policy_runs_a_memory_tight_cluster_to_the_end(policy):
         "workload": {"requests": 120, "arrival": {"process": "poisson", "rate": 6.0},
                      "lengths": {"dist": "uniform", "prompt": [100, 1500], "output": [100, 600]}}})
     workload = generate(config.workload, 0)
-    simulator = CheckedSimulator(build_plan(config, workload))
+    simulator = CheckedSimulator(build_setup(config, workload))
     record = simulator.run()
     assert set(record.requests["status"]) <= {"finished", "rejected"}
     if policy == "smooth_goodput":

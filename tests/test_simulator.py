@@ -8,7 +8,7 @@ import pytest
 from cluster.sim.simulator import Simulator
 from experiments.config import ExperimentConfig
 from experiments.metrics import score
-from experiments.runner import build_plan, simulate
+from experiments.runner import build_setup, simulate
 from experiments.runformat import write_run
 from experiments.workloads import generate
 
@@ -37,8 +37,8 @@ def test_decode_stalls_while_a_prefill_runs_under_prefill_first():
     run = simulate(cfg)
     tokens = run.tokens[run.tokens["request_id"] == 0]["time_s"].to_numpy()
     gaps = np.diff(tokens)
-    plan = build_plan(cfg, generate(cfg.workload, 0))
-    prefill = plan.instances[0].model.prefill_time(4000, 4000 ** 2)
+    plan = build_setup(cfg, generate(cfg.workload, 0))
+    prefill = plan.instances[0].perf.prefill_time(4000, 4000 ** 2)
     second_arrival = run.requests["arrival_s"].iloc[1]
     stalled = gaps.argmax()
     assert tokens[stalled] <= second_arrival + 0.1 and gaps.max() >= prefill
@@ -66,21 +66,21 @@ class CheckedSimulator(Simulator):
     """Checks every instance's KV accounting after every event."""
 
     def _wake(self, index, version):
-        done = super()._wake(index, version)
+        super()._wake(index, version)
         for instance in self.instances:
             horizon = instance.step + (instance.segment.steps if instance.segment else 0)
             held = sum(instance.blocks_of(r, horizon) if r.state == "decoding" else r.blocks
                        for r in self.requests.values()
                        if r.instance == instance.id
                        and r.state in ("prefilling", "decoding", "handoff", "transfer", "migrating"))
-            reserved = sum(blocks for _, _, target, blocks in self.transfers.values() if target == instance.id)
-            reserved += sum(m.reserved_blocks for m in self.moves.live.values() if m.target == instance.id)
+            control = self.control
+            reserved = sum(t.blocks for t in control.transfers.values() if t.target == instance.id)
+            reserved += sum(m.reserved_blocks for m in control.moves.live.values() if m.target == instance.id)
             assert 0 <= instance.free <= instance.total_blocks
             assert instance.free + held + reserved == instance.total_blocks
             for request in instance.running.values():
                 in_use = request.context + instance.step - request.join_step
                 assert in_use <= instance.blocks_of(request) * instance.config.block_size
-        return done
 
 
 @pytest.mark.parametrize("mode", ["recompute", "swap"])
@@ -91,7 +91,7 @@ def test_kv_memory_never_exceeds_capacity_and_every_request_ends(mode, roles):
                  workload={"requests": 150, "arrival": {"process": "poisson", "rate": 6.0},
                            "lengths": {"dist": "uniform", "prompt": [200, 1500], "output": [50, 600]}})
     workload = generate(cfg.workload, 0)
-    simulator = CheckedSimulator(build_plan(cfg, workload))
+    simulator = CheckedSimulator(build_setup(cfg, workload))
     record = simulator.run()
     assert "preempt" in record.kinds()
     assert (record.requests["status"] == "finished").all()

@@ -14,7 +14,7 @@ from cluster.live.actor import LinkTime, WorkerActor
 from cluster.engines.backends import EngineSpec
 from cluster.hardware.perfmodel import IterationModel
 from cluster.core.request import Request
-from cluster.core.scheduling import SchedulerConfig
+from cluster.core.scheduling import InstanceSpec, SchedulerConfig
 from migration.transport import Packet
 from router.snapshot import COLOCATED
 
@@ -26,7 +26,7 @@ BLOCKS = 64
 
 @pytest.fixture(scope="module")
 def worker(local_ray, tiny_model):
-    spec = EngineSpec("vllm", 0, COLOCATED, FLAT, SchedulerConfig(block_size=32), BLOCKS, 2048.0, 1e9,
+    spec = EngineSpec("vllm", InstanceSpec(0, COLOCATED, FLAT, SchedulerConfig(block_size=32), BLOCKS, 2048.0, 1e9),
                       model_path=tiny_model)
     actor = ray.remote(WorkerActor).options(num_cpus=0.1, max_concurrency=8).remote(0, spec, 1.0)
     ray.get(actor.ready.remote(), timeout=120)

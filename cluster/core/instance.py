@@ -18,18 +18,19 @@ from collections import deque
 import numpy as np
 
 from cluster.core.request import DECODING, FINISHED, HANDOFF, PREFILL_PIECE, PREFILLING, SWAPPED, WAITING, Request
-from cluster.core.scheduling import Outcome, SchedulerConfig, Segment, blocks_for
+from cluster.core.scheduling import InstanceSpec, Outcome, Segment, blocks_for
 from router.snapshot import PREFILL
 
+
 class Instance:
-    def __init__(self, id: int, role: int, model, config: SchedulerConfig, total_blocks: int,
-                 kv_bytes_per_token: float, swap_bandwidth: float) -> None:
-        self.id, self.role, self.model, self.config = id, role, model, config
-        self.total_blocks = total_blocks
-        self.free = total_blocks
-        self.watermark_blocks = int(config.watermark * total_blocks)
-        self.kv_bytes_per_token = kv_bytes_per_token
-        self.swap_bandwidth = swap_bandwidth
+    def __init__(self, spec: InstanceSpec) -> None:
+        self.spec = spec
+        self.id, self.role, self.perf, self.config = spec.id, spec.role, spec.perf, spec.scheduler
+        self.total_blocks = spec.total_blocks
+        self.free = spec.total_blocks
+        self.watermark_blocks = spec.watermark_blocks
+        self.kv_bytes_per_token = spec.kv_bytes_per_token
+        self.swap_bandwidth = spec.swap_bandwidth
         self.waiting: deque[Request] = deque()
         self.swapped: deque[Request] = deque()
         self.arriving: deque[Request] = deque()
@@ -40,7 +41,7 @@ class Instance:
         self.context_base = 0
         self.context_step = 0
         self.finish_heap: list[tuple[int, float, int, int]] = []
-        self.residue = [0] * config.block_size
+        self.residue = [0] * self.config.block_size
         self.segment: Segment | None = None
         self.busy_until = 0.0
         self.now = 0.0
@@ -60,7 +61,7 @@ class Instance:
         request.epoch += 1
         self.running[request.id] = request
         self.context_base += request.context
-        finish = self.step + request.target - request.generated - 1
+        finish = self.step + request.max_tokens - request.generated - 1
         heapq.heappush(self.finish_heap, (finish, request.arrival, request.id, request.epoch))
         spare = request.blocks - blocks_for(request.context, self.config.block_size)
         if spare > 0:
@@ -146,11 +147,13 @@ class Instance:
 
     def _make_room(self, outcome: Outcome) -> None:
         """Preempt while the blocks this step needs are not free: the router's choice
-        when it makes one (`choose_victim`), else the latest arrival, as vLLM."""
+        when it makes one (`choose_victim(instance id, running requests)` gives a request
+        id), else the latest arrival, as vLLM."""
         size = self.config.block_size
         while self.running and self.residue[self.step % size] > self.free:
-            victim = self.choose_victim(self) if self.choose_victim else None
-            if victim is None or victim.id not in self.running:
+            chosen = self.choose_victim(self.id, self.running.values()) if self.choose_victim else None
+            victim = self.running.get(chosen)
+            if victim is None:
                 victim = max(self.running.values(), key=lambda r: (r.arrival, r.id))
             self._preempt(victim, outcome)
 
@@ -206,6 +209,9 @@ class Instance:
         self.free -= blocks
         return True
 
+    def unreserve(self, blocks: int) -> None:
+        self.free += blocks
+
     def release(self, request: Request) -> None:
         """A request whose KV left this instance (handed off or migrated) frees its blocks here."""
         self._free(request)
@@ -253,7 +259,7 @@ class Instance:
         return len(self.waiting) + len(self.swapped) + len(self.arriving), tokens, len(self.running)
 
     # ---- planning ---------------------------------------------------------
-    def plan(self, now: float, outcome: Outcome) -> float | None:
+    def schedule(self, now: float, outcome: Outcome) -> float | None:
         """Choose the next batch at boundary `now`; returns when it ends, or None if idle."""
         self.now = now
         self._make_room(outcome)
@@ -327,7 +333,7 @@ class Instance:
     def _start(self, now: float, steps: int, chunks: list[tuple[Request, int]]) -> float:
         """Time a segment: `steps` decode iterations (0: one prefill-only iteration), with
         prefill `chunks` riding on its first iteration."""
-        model, batch = self.model, len(self.running)
+        model, batch = self.perf, len(self.running)
         self._sync_context()
         context = self.context_base
         tokens = sum(size for _, size in chunks)
@@ -366,7 +372,7 @@ class Instance:
             request.context = request.to_prefill
             request.pieces.append((PREFILL_PIECE, end, 1))
             request.generated += 1
-            if request.generated >= request.target:
+            if request.generated >= request.max_tokens:
                 self._finish(request, outcome)
             elif self.role == PREFILL:
                 request.state = HANDOFF

@@ -157,5 +157,5 @@ def _request_table(ordered, counts: np.ndarray) -> pd.DataFrame:
         "output_tokens": counts,
         "status": [r.state if r.state in FINAL else UNFINISHED for r in ordered],
         "tenant": [r.tenant for r in ordered],
-        "planned_output_tokens": np.fromiter((r.target for r in ordered), dtype=np.int64, count=len(ordered)),
+        "planned_output_tokens": np.fromiter((r.max_tokens for r in ordered), dtype=np.int64, count=len(ordered)),
     })

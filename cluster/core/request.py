@@ -19,7 +19,7 @@ class Request:
     tenant: str
     arrival: float
     prompt: int
-    target: int
+    max_tokens: int
     generated: int = 0
     state: str = WAITING
     instance: int = -1

@@ -4,8 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cluster.core.request import Request
-
-PREEMPTION_MODES = ("recompute", "swap")
+from router.actions import PREEMPTION_MODES
 
 
 @dataclass(frozen=True)
@@ -28,6 +27,23 @@ class SchedulerConfig:
             raise ValueError(f"scheduler.preemption: expected one of {list(PREEMPTION_MODES)}, got {self.preemption!r}")
         if self.chunked_prefill and self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError("scheduler.max_num_batched_tokens: must be >= max_num_seqs with chunked prefill")
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One serving instance as configured: the simulator's scheduler and every engine
+    are made from it. `perf` is its iteration-time model (`cluster.hardware.perfmodel`)."""
+    id: int
+    role: int
+    perf: object
+    scheduler: SchedulerConfig
+    total_blocks: int
+    kv_bytes_per_token: float
+    swap_bandwidth: float
+
+    @property
+    def watermark_blocks(self) -> int:
+        return int(self.scheduler.watermark * self.total_blocks)
 
 
 @dataclass

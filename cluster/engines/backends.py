@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from cluster.engines.engine import Engine, ModelEngine
 from cluster.engines.kvbytes import EmulatedKV
-from cluster.core.scheduling import SchedulerConfig
+from cluster.core.scheduling import InstanceSpec
 
 ENGINES = ("emulated", "hf", "vllm")
 REAL_ENGINES = ("hf", "vllm")
@@ -17,29 +17,22 @@ REAL_ENGINES = ("hf", "vllm")
 @dataclass(frozen=True)
 class EngineSpec:
     backend: str
-    index: int
-    role: int
-    model: object
-    config: SchedulerConfig
-    total_blocks: int
-    kv_bytes_per_token: float
-    swap_bandwidth: float
+    instance: InstanceSpec
     kv_scale: float = 0.01
     model_path: str = ""
     seed: int = 0
     threads: int = 1
 
     def __call__(self) -> Engine:
-        common = (self.index, self.role, self.model, self.config, self.total_blocks, self.kv_bytes_per_token,
-                  self.swap_bandwidth)
+        spec = self.instance
         if self.backend == "emulated":
-            return ModelEngine(*common, EmulatedKV(self.kv_bytes_per_token, self.kv_scale, seed=self.index))
+            return ModelEngine(spec, EmulatedKV(spec.kv_bytes_per_token, self.kv_scale, seed=spec.id))
         if self.backend == "hf":
             from cluster.engines.hf_engine import HFEngine
 
-            return HFEngine(*common, self.model_path, self.seed, self.threads)
+            return HFEngine(spec, self.model_path, self.seed, self.threads)
         if self.backend == "vllm":
             from cluster.engines.vllm_engine import VLLMEngine
 
-            return VLLMEngine(*common, self.model_path, self.seed, self.threads)
+            return VLLMEngine(spec, self.model_path, self.seed, self.threads)
         raise ValueError(f"ray.engine: expected one of {list(ENGINES)}, got {self.backend!r}")

@@ -16,7 +16,7 @@ import numpy as np
 from cluster.core.instance import Instance
 from cluster.engines.kvbytes import EmulatedKV
 from cluster.core.request import PREFILL_PIECE, Request
-from cluster.core.scheduling import Outcome, SchedulerConfig
+from cluster.core.scheduling import InstanceSpec, Outcome
 from migration.transport import Packet
 
 
@@ -48,6 +48,11 @@ class StepResult:
 
 
 class Engine(Protocol):
+    paced: bool
+    """Its steps take a modelled time that the worker waits out (else they take what they take)."""
+    requests: dict[int, Request]
+    """The requests it holds, by id."""
+
     def add(self, request: Request) -> None: ...
 
     def begin(self, now: float) -> float | None: ...
@@ -70,6 +75,10 @@ class Engine(Protocol):
 
     def detach(self, request_id: int, keep_kv: bool = True) -> Request | None: ...
 
+    def reattach(self, request_id: int) -> None: ...
+
+    def prefer_victim(self, request_id: int | None) -> None: ...
+
     def preempt(self, request_id: int, mode: str, now: float) -> float | None: ...
 
     def resume(self, request_id: int) -> bool: ...
@@ -85,11 +94,11 @@ class ModelEngine:
     `paced`: its steps take the modelled time, which the worker waits out."""
     paced = True
 
-    def __init__(self, index: int, role: int, model, config: SchedulerConfig, total_blocks: int,
-                 kv_bytes_per_token: float, swap_bandwidth: float, kv: EmulatedKV | None = None) -> None:
-        self.kv = kv or EmulatedKV(kv_bytes_per_token)
-        single = replace(config, max_segment_steps=1)
-        self.instance = Instance(index, role, model, single, total_blocks, kv_bytes_per_token, swap_bandwidth)
+    def __init__(self, spec: InstanceSpec, kv: EmulatedKV | None = None) -> None:
+        self.kv = kv or EmulatedKV(spec.kv_bytes_per_token)
+        self.instance = Instance(replace(spec, scheduler=replace(spec.scheduler, max_segment_steps=1)))
+        self.instance.choose_victim = self._victim
+        self.victim: int | None = None
         self.requests: dict[int, Request] = {}
         self.parked: dict[int, Request] = {}
         self.batch: list[int] = []
@@ -103,7 +112,7 @@ class ModelEngine:
 
     def begin(self, now: float) -> float | None:
         outcome = Outcome()
-        end = self.instance.plan(now, outcome)
+        end = self.instance.schedule(now, outcome)
         self.started.append(outcome)
         segment = self.instance.segment
         self.batch = list(self.instance.running) if segment is not None and segment.steps else []
@@ -138,7 +147,7 @@ class ModelEngine:
         return self.instance.reserve(blocks)
 
     def unreserve(self, request_id: int, blocks: int) -> None:
-        self.instance.free += blocks
+        self.instance.unreserve(blocks)
 
     def export_kv(self, request_id: int, first: int, tokens: int) -> tuple[Packet, np.ndarray]:
         """Bytes standing for tokens [first, first + tokens) of a request's KV, described."""
@@ -171,6 +180,13 @@ class ModelEngine:
         """A detached request carries on here (its migration was aborted)."""
         request = self.requests[request_id]
         self.instance.admit_decode(request, request.blocks)
+
+    def prefer_victim(self, request_id: int | None) -> None:
+        """Out of KV, preempt this request first (if it is running; else the latest arrival)."""
+        self.victim = request_id
+
+    def _victim(self, instance: int, running) -> int | None:
+        return self.victim
 
     def preempt(self, request_id: int, mode: str, now: float) -> float | None:
         """Preempt a decoding request (the router's choice); returns the bytes swapped
@@ -205,4 +221,4 @@ class ModelEngine:
         context = instance.context_now()
         return {"free_blocks": instance.free, "total_blocks": instance.total_blocks, "queued": queued,
                 "queued_tokens": tokens, "running": running, "context_tokens": context,
-                "step_time_s": instance.model.decode_time(running, context) if running else 0.0}
+                "step_time_s": instance.perf.decode_time(running, context) if running else 0.0}

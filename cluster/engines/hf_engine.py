@@ -15,17 +15,17 @@ from cluster.engines.engine import ModelEngine, StepResult
 from cluster.engines.paged_llama import Chunk, PagedLlama
 from cluster.engines.prompts import check_token_ids, prompt_ids
 from cluster.core.request import SWAPPED, Request
+from cluster.core.scheduling import InstanceSpec
 from migration.transport import Packet, describe
 
 
 class HFEngine(ModelEngine):
     paced = False
 
-    def __init__(self, index: int, role: int, model, config, total_blocks: int, kv_bytes_per_token: float,
-                 swap_bandwidth: float, path: str, seed: int = 0, threads: int = 1) -> None:
-        super().__init__(index, role, model, config, total_blocks, kv_bytes_per_token, swap_bandwidth)
+    def __init__(self, spec: InstanceSpec, path: str, seed: int = 0, threads: int = 1) -> None:
+        super().__init__(spec)
         self.llama = PagedLlama(path)
-        self.pool = self.llama.pool(total_blocks, config.block_size)
+        self.pool = self.llama.pool(spec.total_blocks, spec.scheduler.block_size)
         self.seed, self.threads = seed, threads
         self.prompts: dict[int, list[int]] = {}
         self.incoming: dict[int, list[tuple[int, np.ndarray]]] = {}

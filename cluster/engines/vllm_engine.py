@@ -28,6 +28,7 @@ from cluster.engines.cpu import use_threads
 from cluster.engines.engine import KVNotReady, StepResult, StepShape
 from cluster.engines.prompts import check_token_ids, prompt_ids
 from cluster.core.request import Request
+from cluster.core.scheduling import InstanceSpec
 from migration.transport import Packet, describe
 from router.snapshot import COLOCATED, PREFILL
 
@@ -141,12 +142,13 @@ def step_shape(output) -> StepShape:
 class VLLMEngine:
     paced = False
 
-    def __init__(self, index: int, role: int, model, config, total_blocks: int, kv_bytes_per_token: float,
-                 swap_bandwidth: float, path: str, seed: int = 0, threads: int = 1) -> None:
-        self.index, self.role, self.seed, self.config, self.threads = index, role, seed, config, threads
-        self.llm = start_vllm(index, role, path, config, total_blocks, threads)
+    def __init__(self, spec: InstanceSpec, path: str, seed: int = 0, threads: int = 1) -> None:
+        self.index, self.role, self.seed, self.config, self.threads = spec.id, spec.role, seed, spec.scheduler, threads
+        self.llm = start_vllm(spec.id, spec.role, path, spec.scheduler, spec.total_blocks, threads)
         self.scheduler = self.llm.engine_core.engine_core.scheduler
         self.shape: StepShape | None = None
+        self.victim: int | None = None
+        self.preempted: list[int] = []
         self._watch_schedule()
         self.vocab_size = self.llm.model_config.get_vocab_size()
         self.requests: dict[int, Request] = {}
@@ -163,14 +165,30 @@ class VLLMEngine:
         self.step_s = 0.0
 
     def _watch_schedule(self) -> None:
-        """Keep the shape of what vLLM's scheduler hands each step (for the steps table)."""
+        """Put the router's victim last in vLLM's running list (vLLM preempts the last
+        one first when it runs out of blocks), and keep the shape of what its scheduler
+        hands each step (for the steps table) and whom it preempted."""
         schedule = self.scheduler.schedule
 
         def scheduled(*args, **kwargs):
+            self._victim_last()
             output = schedule(*args, **kwargs)
             self.shape = step_shape(output)
+            self.preempted += [int(vllm_id.split("-")[0]) for vllm_id in output.preempted_req_ids or ()]
             return output
         self.scheduler.schedule = scheduled
+
+    def _victim_last(self) -> None:
+        running, chosen = self.scheduler.running, self.vllm_ids.get(self.victim)
+        if chosen is None or not running or running[-1].request_id == chosen:
+            return
+        for position, request in enumerate(running):
+            if request.request_id == chosen:
+                running.append(running.pop(position))
+                return
+
+    def prefer_victim(self, request_id: int | None) -> None:
+        self.victim = request_id
 
     # ---- requests in and out of vLLM ---------------------------------------------
     def _submit(self, request: Request, ids: list[int], max_tokens: int, transfer: dict | None = None) -> None:
@@ -189,7 +207,7 @@ class VLLMEngine:
         return prompt_ids(request.id, request.prompt, self.vocab_size, self.seed) + request.output
 
     def _recompute(self, request: Request) -> None:
-        left = request.target - request.generated
+        left = request.max_tokens - request.generated
         if self.role == PREFILL and left > 1:
             self._submit(request, self._ids(request), 1, {"do_remote_decode": True})
         else:
@@ -227,6 +245,7 @@ class VLLMEngine:
     def finish(self) -> StepResult:
         worked = self.shape is not None and (self.shape.prefill_tokens or self.shape.decode_batch)
         result = StepResult(self.ended_s, start_s=self.started_s, shape=self.shape if worked else None)
+        result.preempted, self.preempted = [r for r in self.preempted if r in self.requests], []
         for output in self.outputs:
             request = self.requests.get(int(output.request_id.split("-")[0]))
             if request is None or self.vllm_ids.get(request.id) != output.request_id:
@@ -249,7 +268,7 @@ class VLLMEngine:
         if request.id in self.detached:
             self.handoff[request.id] = transfer or {}
             return
-        if self.role == PREFILL and transfer and request.generated < request.target:
+        if self.role == PREFILL and transfer and request.generated < request.max_tokens:
             self.handoff[request.id] = transfer
             request.context = request.prompt + request.generated - 1
             result.prefilled.append(request.id)
@@ -287,10 +306,10 @@ class VLLMEngine:
         self.reserved = max(0, self.reserved - blocks)
         transfer = self.incoming.pop(request.id, None)
         if transfer is None:
-            self._submit(request, self._ids(request), request.target - request.generated)
+            self._submit(request, self._ids(request), request.max_tokens - request.generated)
             return
         self.skip.add(request.id)
-        self._submit(request, self._ids(request)[:-1], request.target - request.generated + 1, transfer)
+        self._submit(request, self._ids(request)[:-1], request.max_tokens - request.generated + 1, transfer)
 
     def release(self, request_id: int) -> Request:
         """The KV went to another worker: vLLM frees it when NIXL says it was read."""

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from typing import Callable
 
+import numpy as np
+
 from cluster.engines.engine import Engine, KVNotReady
 from cluster.core.request import Request
 from cluster.live.worker import Report, Worker
@@ -58,6 +60,7 @@ class WorkerActor:
         self.posted = threading.Condition()
         self.worker = Worker(engine, self._post, speedup)
         self.engine = engine
+        self.corrupt: set[int] = set()
         self.group: TorchTransport | None = None
         self.worker.start()
 
@@ -137,9 +140,19 @@ class WorkerActor:
     def reattach(self, request_id: int) -> None:
         self.worker.at_boundary(lambda: self.engine.reattach(request_id))
 
+    def prefer_victim(self, request_id: int | None) -> None:
+        """The router's choice of whom the engine preempts first when its KV runs out."""
+        with self.worker.held():
+            self.engine.prefer_victim(request_id)
+
     def cancel(self, request_id: int) -> None:
         """Free the blocks reserved for a request's KV that will not come."""
         self.worker.cancel(request_id)
+
+    def corrupt_next_export(self, request_id: int) -> None:
+        """A fault to inject: the next KV this worker exports for the request arrives
+        with a byte flipped, so the receiver's check fails."""
+        self.corrupt.add(request_id)
 
     def export_kv(self, request_id: int, first: int, tokens: int | None, final: bool, peer: int | None = None,
                   inbox: tuple[str, int, int] | None = None):
@@ -160,6 +173,10 @@ class WorkerActor:
                         raise KVNotReady(f"request {request_id}: KV up to token {first + tokens} asked, {context} "
                                          "computed (the last token's KV comes with the next step)")
                     packet, data = self.engine.export_kv(request_id, first, tokens)
+                    if request_id in self.corrupt:
+                        self.corrupt.discard(request_id)
+                        data = data.copy()
+                        data.view(np.uint8).reshape(-1)[0] ^= 0xFF
                     break
                 except KVNotReady:
                     if time.monotonic() > deadline:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from cluster.live.actor import WorkerActor
 from cluster.engines.backends import EngineSpec
-from cluster.core.instance import Instance
+from cluster.core.scheduling import InstanceSpec
 
 MAX_CONCURRENCY = 16
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
@@ -88,7 +88,7 @@ def ray_nodes() -> list[str]:
     return [n["NodeID"] for n in nodes]
 
 
-def start_workers(instances: list[Instance], nodes: list[int], options: WorkerOptions) -> tuple[list, list]:
+def start_workers(instances: list[InstanceSpec], nodes: list[int], options: WorkerOptions) -> tuple[list, list]:
     """One placement group and one worker actor per instance; the instances' logical
     nodes map onto the cluster's nodes in order. Returns (actors, placement groups)."""
     import ray
@@ -113,9 +113,7 @@ def start_workers(instances: list[Instance], nodes: list[int], options: WorkerOp
     actors, run = [], uuid.uuid4().hex[:8]
     inbox = options.inbox_mib << 20 if options.transport == "shm" else 0
     for instance, group in zip(instances, groups):
-        engine = EngineSpec(options.engine, instance.id, instance.role, instance.model, instance.config,
-                            instance.total_blocks, instance.kv_bytes_per_token, instance.swap_bandwidth,
-                            options.kv_scale, options.model_path, options.seed)
+        engine = EngineSpec(options.engine, instance, options.kv_scale, options.model_path, options.seed)
         actors.append(remote.options(num_cpus=options.worker_cpus, num_gpus=options.worker_gpus,
                                      max_concurrency=MAX_CONCURRENCY,
                                      scheduling_strategy=PlacementGroupSchedulingStrategy(group, 0))

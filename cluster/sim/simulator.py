@@ -1,313 +1,283 @@
-"""The discrete-event runtime: a virtual clock, an event heap, instances, KV transfers
-over contended links, and the router called at the logical events."""
+"""The discrete-event runtime: a virtual clock, an event heap, the vLLM-like instances,
+KV transfers over contended links; the control plane (`cluster.core.control`) makes
+every routing decision. Anything that takes a running request out of a batch waits
+for its instance's next step boundary: the instance's segment is cut after the step
+in flight."""
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
 
 import numpy as np
-from typing import Callable
 
+from cluster.core.control import ControlPlane
 from cluster.core.instance import Instance
-from cluster.core.scheduling import Outcome, blocks_for
-from cluster.sim.moves import Moves
 from cluster.core.recorder import Recorder
-from cluster.core.request import DECODING, FINAL, HANDOFF, PREFILL_PIECE, REJECTED, TRANSFER, Request
-from migration.cost import TransferCost
-from migration.links import LinkPool
-from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume, live_instance, take_waiting
-from router.policy import Policy
-from router.slo import SLO
-from router.snapshot import InstanceTable, RequestView, Snapshot
+from cluster.core.request import DECODING, PREEMPTED, PREFILL_PIECE, Request
+from cluster.core.runtime import Runtime
+from cluster.core.scheduling import Outcome
+from cluster.core.setup import RunSetup
+from router import events
+from router.snapshot import RequestView
 from router.tracker import RequestTracker
 
 ARRIVE, WAKE, TRANSFER_DONE, TICK = 0, 1, 2, 3
 
 
-@dataclass
-class Plan:
-    """Everything a simulation needs, built from an experiment config."""
-    instances: list[Instance]
-    table: InstanceTable
-    policy: Policy
-    requests: list[Request]
-    slos: dict[str, SLO]
-    links: LinkPool
-    path: Callable[[int, int], tuple[str, ...]]
-    cost: TransferCost
-    kv_bytes_per_token: float
-    horizon_s: float = float("inf")
-    tick_s: float | None = None
-    veto: frozenset[int] = frozenset()
+class Simulator(Runtime):
+    victim_at_need = True
 
-
-class Simulator:
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        self.instances = plan.instances
-        self.requests = {r.id: r for r in plan.requests}
+    def __init__(self, setup: RunSetup) -> None:
+        self.setup = setup
+        self.instances = [Instance(spec) for spec in setup.instances]
+        self.control = ControlPlane(setup, self)
+        self.requests = self.control.requests
         self.heap: list[tuple] = []
         self.seq = 0
-        self.now = 0.0
+        self.clock = 0.0
         self.versions = [0] * len(self.instances)
         self.link_version = 0
-        self.to_dispatch: dict[int, Request] = {}
-        self.to_hand_off: dict[int, Request] = {}
-        self.transfers: dict[int, tuple[Request, int, int, int]] = {}
-        self.deferred: dict[int, list[Callable[[], None]]] = {}
-        self.record = Recorder()
-        self.moves = Moves(self)
-        self.decisions = 0
-        self.unfinished = len(self.requests)
-        if type(plan.policy).choose_victim is not Policy.choose_victim:
+        self.copies: dict[int, tuple[int, int, str]] = {}
+        self.corrupt: set[int] = set()
+        self.keys = 0
+        self.deferred: dict[int, list[tuple[Request, str]]] = {}
+        if self.control.victim_rule:
             for instance in self.instances:
-                instance.choose_victim = self._victim
+                instance.choose_victim = self.control.victim
+
+    @property
+    def record(self) -> Recorder:
+        return self.control.record
 
     def _push(self, time: float, kind: int, a: int = 0, b: int = 0) -> None:
         self.seq += 1
         heapq.heappush(self.heap, (time, self.seq, kind, a, b))
 
     def run(self) -> Recorder:
-        for request in self.plan.requests:
+        for request in self.setup.requests:
             self._push(request.arrival, ARRIVE, request.id)
-        if self.plan.tick_s:
-            self._push(self.plan.tick_s, TICK)
+        if self.setup.tick_s:
+            self._push(self.setup.tick_s, TICK)
         handlers = {ARRIVE: self._arrive, WAKE: self._wake, TRANSFER_DONE: self._transfer_done, TICK: self._tick}
-        self.unfinished = len(self.requests)
+        control = self.control
         while self.heap:
             time, _, kind, a, b = heapq.heappop(self.heap)
-            if time > self.plan.horizon_s:
-                self._stop_at(self.plan.horizon_s)
+            if time > self.setup.horizon_s:
+                self._stop_at(self.setup.horizon_s)
                 break
-            self.now = time
-            self.unfinished -= handlers[kind](a, b)
-            if self.unfinished == 0:
+            self.clock = time
+            handlers[kind](a, b)
+            if control.unfinished == 0:
                 break
-        self.record.close(self.now, self.requests.values(), self.instances)
+        self.record.close(self.clock, self.requests.values(), self.instances)
         return self.record
 
     def _stop_at(self, horizon: float) -> None:
         """The clock stops: every instance keeps the steps that ended by then."""
-        self.now = horizon
+        self.clock = horizon
         for instance in self.instances:
             outcome = instance.finish_by(horizon)
             if outcome is not None:
-                self.unfinished -= self._settle(instance, outcome)
+                self._settle(instance, outcome)
 
-    # ---- events -------------------------------------------------------------
-    def _arrive(self, request_id: int, _: int) -> int:
-        request = self.requests[request_id]
-        self.record.event(self.now, "arrive", request.id)
-        self.to_dispatch[request.id] = request
-        return self._decide("arrival")
+    def corrupt_next_copy(self, request_id: int) -> None:
+        """A fault to inject: the request's next KV copy arrives corrupted (its check fails)."""
+        self.corrupt.add(request_id)
 
-    def _wake(self, index: int, version: int) -> int:
+    # ---- events -------------------------------------------------------------------
+    def _arrive(self, request_id: int, _: int) -> None:
+        self.control.arrive(self.requests[request_id])
+
+    def _wake(self, index: int, version: int) -> None:
         if version != self.versions[index]:
-            return 0
+            return
         instance = self.instances[index]
         outcome = instance.complete()
-        done = self._settle(instance, outcome)
-        for operation in self.deferred.pop(index, []):
-            operation()
-        done += self.kick(instance)
+        self._settle(instance, outcome)
+        for request, how in self.deferred.pop(index, []):
+            self._stop(request, how)
+        self._kick(instance)
         if outcome.prefilled:
-            done += self._decide("prefill_done")
+            self.control.decide(events.PREFILL_DONE)
         elif outcome.finished:
-            done += self._decide("finished")
-        return done
+            self.control.decide(events.FINISHED)
 
-    def _transfer_done(self, key, version: int) -> int:
+    def _transfer_done(self, key: int, version: int) -> None:
         if version != self.link_version:
-            return 0
-        self.plan.links.finish(key, self.now)
+            return
+        self.setup.links.finish(key, self.clock)
         self._reschedule_links()
-        if isinstance(key, tuple):
-            return self.moves.stage_done(key[1])
-        request, source, target, blocks = self.transfers.pop(key)
-        self.instances[source].release(request)
-        self.instances[target].admit_decode(request, blocks)
-        self.record.event(self.now, "transfer_end", request.id, source, target, request.context * self.plan.kv_bytes_per_token)
-        return self.kick(self.instances[source]) + self.kick(self.instances[target]) + self._decide("handoff_done")
+        request_id, copy, reason = self.copies.pop(key)
+        self.control.copied(request_id, copy, reason)
 
-    def _tick(self, _: int, __: int) -> int:
-        if self.unfinished > 0:
-            self._push(self.now + self.plan.tick_s, TICK)
-        return self._decide("tick")
+    def _tick(self, _: int, __: int) -> None:
+        if self.control.unfinished > 0:
+            self._push(self.clock + self.setup.tick_s, TICK)
+        self.control.decide(events.TICK)
 
-    # ---- instances ------------------------------------------------------------
-    def kick(self, instance: Instance) -> int:
-        """Let an instance react to a change: plan if idle, else cut its decode segment short."""
+    # ---- instances ------------------------------------------------------------------
+    def _kick(self, instance: Instance) -> None:
+        """Let an instance react to a change: schedule if idle, else cut its decode segment short."""
         if instance.idle:
             outcome = Outcome()
-            end = instance.plan(self.now, outcome)
-            done = self._settle(instance, outcome)
+            end = instance.schedule(self.clock, outcome)
+            self._settle(instance, outcome)
             if end is not None:
-                self._schedule(instance, end)
-            self._sync(instance)
-            return done
-        end = instance.interrupt(self.now)
-        if end is not None:
-            self._schedule(instance, end)
+                self._wake_at(instance, end)
+        else:
+            end = instance.interrupt(self.clock)
+            if end is not None:
+                self._wake_at(instance, end)
         self._sync(instance)
-        return 0
 
-    def at_boundary(self, instance: Instance, operation: Callable[[], None]) -> None:
-        """Run `operation` when `instance` is between steps: now if idle, else after the step in flight."""
+    def _at_boundary(self, request: Request, how: str) -> None:
+        """Stop `request` when its instance is between steps: now if idle, else after the step in flight."""
+        instance = self.instances[request.instance]
         if instance.idle:
-            operation()
-            self.kick(instance)
+            self._stop(request, how)
+            self._kick(instance)
             return
-        self.deferred.setdefault(instance.id, []).append(operation)
-        end = instance.interrupt(self.now)
+        self.deferred.setdefault(instance.id, []).append((request, how))
+        end = instance.interrupt(self.clock)
         if end is not None:
-            self._schedule(instance, end)
+            self._wake_at(instance, end)
 
-    def start_transfer(self, key, nbytes: float, source: int, target: int) -> None:
-        self.plan.links.start(key, nbytes, self.plan.path(source, target), self.now, self.plan.cost.stage_overhead_s)
-        self._reschedule_links()
+    def _stop(self, request: Request, how: str) -> None:
+        if request.state != DECODING:
+            value = -1
+        elif how in ("recompute", "swap"):
+            value = self.instances[request.instance].preempt(request, how, self.clock)
+        elif how == "detach":
+            self.instances[request.instance].detach(request)
+            value = request.context
+        else:
+            value = self.instances[request.instance].context_of(request)
+        if how in ("recompute", "swap"):
+            self.control.preempt_done(request.id, value)
+        else:
+            self.control.detach_done(request.id, value)
 
-    def _schedule(self, instance: Instance, end: float) -> None:
+    def _wake_at(self, instance: Instance, end: float) -> None:
         self.versions[instance.id] += 1
         self._push(end, WAKE, instance.id, self.versions[instance.id])
 
-    def _settle(self, instance: Instance, outcome: Outcome) -> int:
+    def _settle(self, instance: Instance, outcome: Outcome) -> None:
+        control = self.control
         for request in outcome.preempted:
-            self.record.event(self.now, "preempt", request.id, instance.id, detail=f"engine-{instance.config.preemption}")
+            control.engine_preempted(request, instance.id, instance.config.preemption)
         for request in outcome.finished:
-            self.record.event(self.now, "finish", request.id, instance.id)
+            control.finished(request, instance.id)
         for request in outcome.prefilled:
-            self.record.event(self.now, "prefill_end", request.id, instance.id)
-            self.to_hand_off[request.id] = request
-        return len(outcome.finished)
+            control.prefilled(request, instance.id)
 
     def _sync(self, instance: Instance) -> None:
-        table, i = self.plan.table, instance.id
+        table, i = self.setup.table, instance.id
         queued, tokens, running = instance.load()
-        context = instance.context_now(self.now)
+        context = instance.context_now(self.clock)
         table.free_blocks[i], table.queued[i], table.queued_tokens[i] = instance.free, queued, tokens
         table.running[i], table.context_tokens[i] = running, context
-        table.step_time_s[i] = instance.model.decode_time(running, context) if running else 0.0
+        table.step_time_s[i] = instance.perf.decode_time(running, context) if running else 0.0
 
-    # ---- the router -------------------------------------------------------------
+    def _reschedule_links(self) -> None:
+        self.link_version += 1
+        upcoming = self.setup.links.next_completion()
+        if upcoming is not None:
+            self._push(max(upcoming[0], self.clock), TRANSFER_DONE, upcoming[1], self.link_version)
+
+    # ---- what a policy sees -------------------------------------------------------------
     def _feed(self, request: Request) -> RequestTracker:
         """The request's tracker, fed every token received since the last call."""
-        if request.tracker is None:
-            request.tracker = RequestTracker(request.arrival, self.plan.slos[request.tenant])
         tracker, (piece, offset) = request.tracker, request.fed
         for index, first, count in request.pieces[piece:]:
-            self._feed_piece(tracker, index, first, count, offset)
+            if count > offset:
+                if index == PREFILL_PIECE:
+                    tracker.add_tokens(first)
+                else:
+                    steps = np.frombuffer(self.instances[index].step_end, dtype=np.float64)
+                    tracker.add_times(steps[first + offset:first + count])
             offset = 0
         piece = len(request.pieces)
         if request.state == DECODING:
             instance = self.instances[request.instance]
-            done = instance.steps_done(self.now) - request.join_step
+            done = instance.steps_done(self.clock) - request.join_step
             if done > offset:
                 tracker.add_times(instance.step_times(request.join_step + offset, request.join_step + done))
                 offset = done
         request.fed = (piece, offset)
         return tracker
 
-    def _feed_piece(self, tracker: RequestTracker, index: int, first, count: int, offset: int) -> None:
-        if count <= offset:
-            return
-        if index == PREFILL_PIECE:
-            tracker.add_tokens(first)
-        else:
-            steps = np.frombuffer(self.instances[index].step_end, dtype=np.float64)
-            tracker.add_times(steps[first + offset:first + count])
-
-    def _view(self, request: Request) -> RequestView:
+    def view(self, request: Request) -> RequestView:
         tracker = self._feed(request)
-        context = request.context
+        now = self.clock
+        return RequestView(request.id, request.tenant, request.arrival, request.prompt, request.max_tokens,
+                           tracker.n, request.instance, tracker.idle_latency(now, False), tracker.slack(now),
+                           request.arrival + tracker.last, self.context_of(request), tracker.missed_ttft_tbt(now),
+                           tracker.slo)
+
+    # ---- the control plane's hooks --------------------------------------------------------
+    def now(self) -> float:
+        return self.clock
+
+    def running(self) -> dict:
+        return {instance.id: instance.running.values() for instance in self.instances if instance.running}
+
+    def context_of(self, request: Request) -> int:
         if request.state == DECODING:
-            context = self.instances[request.instance].context_of(request, self.now)
-        return RequestView(request.id, request.tenant, request.arrival, request.prompt, request.target,
-                           tracker.n, request.instance, tracker.idle_latency(self.now, False),
-                           tracker.slack(self.now), request.arrival + tracker.last, context,
-                           tracker.missed_ttft_tbt(self.now), tracker.slo)
+            return self.instances[request.instance].context_of(request, self.clock)
+        return request.context
 
-    def _victim(self, instance: Instance) -> Request | None:
-        running = {instance.id: tuple(self._view(r) for r in instance.running.values())}
-        snapshot = Snapshot(self.now, "preempting", self.plan.table.view, running=running)
-        chosen = self.plan.policy.choose_victim(snapshot, instance.id)
-        return instance.running.get(chosen) if chosen is not None else None
+    def enqueue(self, request: Request, instance: int) -> None:
+        self.instances[instance].enqueue(request)
 
-    def _decide(self, event: str) -> int:
-        policy = self.plan.policy
-        preempted = self.moves.preempted
-        if not (self.to_dispatch or self.to_hand_off or preempted or event in policy.events):
-            return 0
-        running = {}
-        if policy.needs_running:
-            running = {instance.id: tuple(self._view(r) for r in instance.running.values() if r.id not in self.moves.live)
-                       for instance in self.instances if instance.running}
-        snapshot = Snapshot(self.now, event, self.plan.table.view,
-                            tuple(self._view(r) for r in self.to_dispatch.values()),
-                            tuple(self._view(r) for r in self.to_hand_off.values()),
-                            tuple(self._view(r) for r in preempted.values()), running)
-        done = 0
-        for action in policy.decide(snapshot):
-            done += self._apply(action)
-        return done
+    def decode_here(self, request: Request) -> None:
+        self.instances[request.instance].admit_decode(request, request.blocks)
 
-    def _apply(self, action) -> int:
-        if isinstance(action, Dispatch):
-            request = self._pending(self.to_dispatch, action, "dispatch")
-            instance = self.instance(action.instance, action)
-            instance.enqueue(request)
-            self.record.event(self.now, "dispatch", request.id, instance.id)
-            return self.kick(instance)
-        if isinstance(action, Handoff):
-            return self._hand_off(self._pending(self.to_hand_off, action, "hand off"), action)
-        if isinstance(action, Reject):
-            request = (self.to_dispatch.pop(action.request, None) or self.moves.abandon(action.request)
-                       or self._pending(self.to_hand_off, action, "reject"))
-            if request.state == HANDOFF:
-                self.instances[request.instance].release(request)
-            request.state, request.reason = REJECTED, action.reason
-            self.record.event(self.now, "reject", request.id, request.instance, detail=action.reason)
-            return 1
-        if isinstance(action, (Migrate, Preempt)):
-            self.decisions += 1
-            decision = self.decisions - 1
-            if decision in self.plan.veto:
-                self.record.event(self.now, "vetoed", action.request, detail=type(action).__name__, decision=decision)
-                return 0
-            if isinstance(action, Migrate):
-                return self.moves.migrate(action, decision)
-            return self.moves.preempt(action, decision)
-        if isinstance(action, Resume):
-            return self.moves.resume(action)
-        raise ValueError(f"policy {self.plan.policy.name!r}: {action!r} is not an action")
+    def reserve(self, request: Request, instance: int, blocks: int) -> bool:
+        if not self.instances[instance].reserve(blocks):
+            return False
+        self._sync(self.instances[instance])
+        return True
 
-    def _pending(self, pending: dict[int, Request], action, verb: str) -> Request:
-        return take_waiting(pending, action, verb, self.plan.policy.name)
+    def cancel(self, request: Request, instance: int, blocks: int) -> None:
+        self.instances[instance].unreserve(blocks)
 
-    def instance(self, index: int, action) -> Instance:
-        return self.instances[live_instance(self.plan.table.alive, index, action, self.plan.policy.name)]
+    def copy_kv(self, request: Request, source: int, target: int, first: int, tokens: int, final: bool,
+                move: int) -> None:
+        self.keys += 1
+        corrupted = request.id in self.corrupt
+        self.corrupt.discard(request.id)
+        self.copies[self.keys] = (request.id, move, "checksum" if corrupted else "")
+        setup = self.setup
+        setup.links.start(self.keys, tokens * setup.kv_bytes_per_token, setup.path(source, target), self.clock,
+                          setup.cost.stage_overhead_s)
+        self._reschedule_links()
 
-    def _hand_off(self, request: Request, action: Handoff) -> int:
-        source, target = self.instances[request.instance], self.instance(action.target, action)
-        if target is source:
-            source.admit_decode(request, request.blocks)
-            return self.kick(source)
-        blocks = blocks_for(request.context, source.config.block_size)
-        if not target.reserve(blocks):
-            self.to_hand_off[request.id] = request
-            return 0
-        self._sync(target)
-        request.state = TRANSFER
-        nbytes = request.context * self.plan.kv_bytes_per_token
-        self.transfers[request.id] = (request, source.id, target.id, blocks)
-        self.start_transfer(request.id, nbytes, source.id, target.id)
-        self.record.event(self.now, "transfer_start", request.id, source.id, target.id, nbytes)
-        return 0
+    def admit(self, request: Request, instance: int, blocks: int) -> None:
+        self.instances[instance].admit_decode(request, blocks)
 
-    def _reschedule_links(self) -> None:
-        self.link_version += 1
-        upcoming = self.plan.links.next_completion()
-        if upcoming is not None:
-            self._push(max(upcoming[0], self.now), TRANSFER_DONE, upcoming[1], self.link_version)
+    def release(self, request: Request, instance: int) -> None:
+        self.instances[instance].release(request)
 
+    def preempt(self, request: Request, mode: str) -> None:
+        self._at_boundary(request, mode)
 
-__all__ = ["Plan", "Simulator", "FINAL"]
+    def detach(self, request: Request, keep_kv: bool) -> None:
+        self._at_boundary(request, "detach" if keep_kv else "detach_drop")
+
+    def reattach(self, request: Request, instance: int) -> None:
+        self.instances[instance].admit_decode(request, request.blocks)
+
+    def resume(self, request: Request, instance: int) -> None:
+        if request.blocks:
+            self.instances[instance].resume_swapped(request)
+        else:
+            self.instances[instance].enqueue(request)
+
+    def drop(self, request: Request, instance: int) -> None:
+        if request.state == PREEMPTED:
+            request.blocks = 0
+        else:
+            self.instances[instance].remove(request)
+
+    def changed(self, *instances: int) -> None:
+        for index in instances:
+            self._kick(self.instances[index])

@@ -1,0 +1,228 @@
+"""The control plane, one for the simulator and the live cluster: the requests that
+await a decision (to dispatch, to hand off, preempted by the router), the router
+called at the runtime's events (`router.events`), each action checked and applied,
+the router's moves numbered and vetoed, the victim of an engine out of KV, and the
+event log. The runtime (`cluster.core.runtime`) does what differs: its clock,
+putting requests on instances, moving KV, stopping a request at a step boundary."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cluster.core.moves import Moves
+from cluster.core.recorder import Recorder
+from cluster.core.request import ABORTED, FINISHED, HANDOFF, REJECTED, TRANSFER, WAITING, Request
+from cluster.core.runtime import Runtime
+from cluster.core.scheduling import blocks_for
+from cluster.core.setup import RunSetup
+from router import events
+from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume, live_instance, take_waiting
+from router.policy import Policy
+from router.snapshot import DECODE, PREFILL, Snapshot
+from router.tracker import RequestTracker
+
+END_KINDS = {FINISHED: "finish", REJECTED: "reject", ABORTED: "abort"}
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A hand-off in flight: the prefilled KV going from `source` to `target`."""
+    source: int
+    target: int
+    blocks: int
+    nbytes: float
+
+
+class ControlPlane:
+    def __init__(self, setup: RunSetup, runtime: Runtime) -> None:
+        self.setup, self.rt, self.policy, self.table = setup, runtime, setup.policy, setup.table
+        self.requests = {r.id: r for r in setup.requests}
+        self.record = Recorder()
+        self.to_dispatch: dict[int, Request] = {}
+        self.to_hand_off: dict[int, Request] = {}
+        self.transfers: dict[int, Transfer] = {}
+        self.moves = Moves(setup, runtime, self.record, self.requests, self.requeue)
+        self.decisions = 0
+        self.unfinished = len(self.requests)
+        self.victim_rule = type(self.policy).choose_victim is not Policy.choose_victim
+        self.victims: dict[int, int | None] = {}
+
+    # ---- what the runtime reports ------------------------------------------------------
+    def arrive(self, request: Request) -> None:
+        request.tracker = RequestTracker(request.arrival, self.setup.slos[request.tenant])
+        self.record.event(self.rt.now(), "arrive", request.id)
+        self.to_dispatch[request.id] = request
+        self.decide(events.ARRIVAL)
+
+    def prefilled(self, request: Request, instance: int) -> None:
+        self.record.event(self.rt.now(), "prefill_end", request.id, instance)
+        self.to_hand_off[request.id] = request
+
+    def engine_preempted(self, request: Request, instance: int, mode: str) -> None:
+        self.record.event(self.rt.now(), "preempt", request.id, instance, detail=f"engine-{mode}")
+
+    def finished(self, request: Request, instance: int) -> None:
+        self._close(request, FINISHED, "", instance)
+
+    def end(self, request: Request, state: str, reason: str, instance: int | None = None) -> None:
+        """The router or the runtime ends a request (rejected, aborted)."""
+        if not request.final:
+            self._close(request, state, reason, request.instance if instance is None else instance)
+
+    def _close(self, request: Request, state: str, reason: str, instance: int) -> None:
+        self.rt.place(request, state, instance)
+        request.reason = reason
+        self.to_dispatch.pop(request.id, None)
+        self.to_hand_off.pop(request.id, None)
+        self.record.event(self.rt.now(), END_KINDS[state], request.id, instance, detail=reason)
+        self.unfinished -= 1
+        self.rt.ended(request)
+
+    def copied(self, request_id: int, copy: int, reason: str = "") -> None:
+        """KV copied by `Runtime.copy_kv` arrived (`reason` empty) or did not."""
+        request = self.requests[request_id]
+        if request_id in self.transfers:
+            self._handed_off(request, self.transfers.pop(request_id), reason)
+        else:
+            self.moves.copied(request, copy, reason)
+
+    def preempt_done(self, request_id: int, nbytes: float) -> None:
+        self.moves.preempt_done(self.requests[request_id], nbytes)
+
+    def detach_done(self, request_id: int, context: int) -> None:
+        self.moves.detach_done(self.requests[request_id], context)
+
+    def fault(self, instance: int, reason: str) -> None:
+        """An instance is gone: every request it held waits to be dispatched again."""
+        if not self.table.alive[instance]:
+            return
+        self.table.set_alive(instance, False)
+        self.record.event(self.rt.now(), "fault", -1, instance, detail=reason)
+        self.moves.fault(instance)
+        for request in self.requests.values():
+            if request.instance == instance and not request.final and request.id not in self.transfers:
+                self.requeue(request, f"instance {instance} failed")
+        self.decide(events.FAULT)
+
+    def requeue(self, request: Request, reason: str) -> None:
+        self.rt.place(request, WAITING, -1)
+        self.to_hand_off.pop(request.id, None)
+        self.moves.forget(request.id)
+        self.to_dispatch[request.id] = request
+        self.record.event(self.rt.now(), "fault", request.id, -1, detail=f"requeued: {reason}")
+
+    # ---- the router ---------------------------------------------------------------------
+    def decide(self, event: str) -> None:
+        preempted = self.moves.preempted
+        if not (self.to_dispatch or self.to_hand_off or preempted or event in self.policy.events):
+            return
+        self._strand(PREFILL, self.to_dispatch)
+        self._strand(DECODE, self.to_hand_off)
+        view = self.rt.view
+        running = self._running() if self.policy.needs_running else {}
+        snapshot = Snapshot(self.rt.now(), event, self.table.view, tuple(map(view, self.to_dispatch.values())),
+                            tuple(map(view, self.to_hand_off.values())), tuple(map(view, preempted.values())),
+                            running)
+        for action in self.policy.decide(snapshot):
+            self.apply(action)
+        if self.victim_rule and not self.rt.victim_at_need:
+            self._share_victims(snapshot)
+
+    def _running(self) -> dict:
+        view, moving = self.rt.view, self.moves.moving
+        running = {i: tuple(view(r) for r in requests if not moving(r.id)) for i, requests in self.rt.running().items()}
+        return {i: views for i, views in running.items() if views}
+
+    def _strand(self, role: int, waiting: dict[int, Request]) -> None:
+        if waiting and not self.table.view.serving(role):
+            for request in list(waiting.values()):
+                self.end(request, REJECTED, "no live instance", -1)
+
+    def victim(self, instance: int, running) -> int | None:
+        """The request an engine out of KV stops: the policy's choice (None: the engine's own)."""
+        views = {instance: tuple(map(self.rt.view, running))}
+        return self.policy.choose_victim(Snapshot(self.rt.now(), events.PREEMPTING, self.table.view, running=views),
+                                         instance)
+
+    def _share_victims(self, snapshot: Snapshot) -> None:
+        running = snapshot.running if self.policy.needs_running else self._running()
+        snapshot = Snapshot(snapshot.now, events.PREEMPTING, snapshot.instances, running=running)
+        for instance in running:
+            choice = self.policy.choose_victim(snapshot, instance)
+            if self.victims.get(instance) != choice:
+                self.victims[instance] = choice
+                self.rt.prefer_victim(instance, choice)
+
+    # ---- applying actions -------------------------------------------------------------
+    def apply(self, action) -> None:
+        if isinstance(action, Dispatch):
+            request, instance = self._take(self.to_dispatch, action, "dispatch"), self._instance(action.instance, action)
+            self.record.event(self.rt.now(), "dispatch", request.id, instance)
+            self.rt.enqueue(request, instance)
+            self.rt.changed(instance)
+        elif isinstance(action, Handoff):
+            self._hand_off(self._take(self.to_hand_off, action, "hand off"), action)
+        elif isinstance(action, Reject):
+            request = (self.to_dispatch.pop(action.request, None) or self.moves.abandon(action.request)
+                       or self._take(self.to_hand_off, action, "reject"))
+            if request.state == HANDOFF:
+                self.rt.drop(request, request.instance)
+            self.end(request, REJECTED, action.reason)
+        elif isinstance(action, (Migrate, Preempt)):
+            self.decisions += 1
+            decision = self.decisions - 1
+            if decision in self.setup.veto:
+                self.record.event(self.rt.now(), "vetoed", action.request, detail=type(action).__name__,
+                                  decision=decision)
+            elif isinstance(action, Migrate):
+                self.moves.migrate(action, decision)
+            else:
+                self.moves.preempt(action, decision)
+        elif isinstance(action, Resume):
+            self.moves.resume(action)
+        else:
+            raise ValueError(f"policy {self.policy.name!r}: {action!r} is not an action")
+
+    def _take(self, waiting: dict[int, Request], action, verb: str) -> Request:
+        return take_waiting(waiting, action, verb, self.policy.name)
+
+    def _instance(self, index: int, action) -> int:
+        return live_instance(self.table.alive, index, action, self.policy.name)
+
+    def _hand_off(self, request: Request, action: Handoff) -> None:
+        source, target = request.instance, self._instance(action.target, action)
+        if target == source:
+            self.rt.decode_here(request)
+            self.rt.changed(source)
+            return
+        context = self.rt.context_of(request)
+        blocks = blocks_for(context, self.table.view.block_size)
+        if not self.rt.reserve(request, target, blocks):
+            self.to_hand_off[request.id] = request
+            return
+        nbytes = context * self.setup.kv_bytes_per_token
+        self.rt.place(request, TRANSFER, source)
+        self.transfers[request.id] = Transfer(source, target, blocks, nbytes)
+        self.rt.copy_kv(request, source, target, 0, context, True, 0)
+        self.record.event(self.rt.now(), "transfer_start", request.id, source, target, nbytes)
+
+    def _handed_off(self, request: Request, transfer: Transfer, reason: str) -> None:
+        if request.final:
+            return
+        source, target, now = transfer.source, transfer.target, self.rt.now()
+        if not reason:
+            self.rt.release(request, source)
+            self.rt.admit(request, target, transfer.blocks)
+            self.record.event(now, "transfer_end", request.id, source, target, transfer.nbytes)
+            self.rt.changed(source, target)
+            self.decide(events.HANDOFF_DONE)
+            return
+        self.rt.cancel(request, target, transfer.blocks)
+        self.record.event(now, "transfer_abort", request.id, source, target, detail=reason)
+        self.rt.changed(target)
+        if reason == "target_full" or (self.table.alive[source] and reason != "source_dead"):
+            self.rt.place(request, HANDOFF, source)
+            self.to_hand_off[request.id] = request
+        else:
+            self.requeue(request, reason)
+        if reason != "target_full":
+            self.decide(events.HANDOFF_FAILED)
