@@ -73,7 +73,7 @@ def simulated():
     simulator = Simulator(scripted_setup("sim"))
     simulator.corrupt_next_copy(FAILED_HANDOFF)
     record = simulator.run()
-    blocks = [(i.free, i.total_blocks) for i in simulator.instances]
+    blocks = [(i.blocks.free, i.blocks.total) for i in simulator.instances]
     return record, blocks
 
 

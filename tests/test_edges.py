@@ -101,7 +101,7 @@ def test_a_swap_out_done_while_idle_is_not_paid_again():
     simulator = Simulator(plan)
     record = simulator.run()
     instance = simulator.instances[0]
-    swap_s = record.events().query("kind == 'preempt'")["bytes"].iloc[0] / instance.swap_bandwidth
+    swap_s = record.events().query("kind == 'preempt'")["bytes"].iloc[0] / instance.spec.swap_bandwidth
     first_after = record.tokens[record.tokens["time_s"] > 3.0]["time_s"].iloc[0]
     assert first_after - 3.0 == pytest.approx(swap_s + instance.perf.decode_time(1, 4000 + 100), rel=0.02)
 

@@ -69,18 +69,18 @@ class CheckedSimulator(Simulator):
         super()._wake(index, version)
         for instance in self.instances:
             horizon = instance.step + (instance.segment.steps if instance.segment else 0)
-            held = sum(instance.blocks_of(r, horizon) if r.state == "decoding" else r.blocks
+            held = sum(instance.batch.blocks_of(r, horizon) if r.state == "decoding" else r.blocks
                        for r in self.requests.values()
                        if r.instance == instance.id
                        and r.state in ("prefilling", "decoding", "handoff", "transfer", "migrating"))
             control = self.control
             reserved = sum(t.blocks for t in control.transfers.values() if t.target == instance.id)
             reserved += sum(m.reserved_blocks for m in control.moves.live.values() if m.target == instance.id)
-            assert 0 <= instance.free <= instance.total_blocks
-            assert instance.free + held + reserved == instance.total_blocks
+            assert 0 <= instance.blocks.free <= instance.blocks.total
+            assert instance.blocks.free + held + reserved == instance.blocks.total
             for request in instance.running.values():
                 in_use = request.context + instance.step - request.join_step
-                assert in_use <= instance.blocks_of(request) * instance.config.block_size
+                assert in_use <= instance.batch.blocks_of(request, instance.step) * instance.config.block_size
 
 
 @pytest.mark.parametrize("mode", ["recompute", "swap"])

@@ -2,22 +2,20 @@
 with a watermark, prefill-first or chunked prefill, recompute or swap preemption).
 
 Runs of identical decode iterations are planned as one segment, so the cost of
-simulating follows scheduling events, not tokens: a request in the decode batch
-gains one token per decode step, and its tokens are the instance's decode-step
-end times from the step it joined. It needs a new KV block every `block_size`
-steps, at steps of one residue modulo the block size, so the blocks a segment
-needs are counted per residue, not per request.
+simulating follows scheduling events, not tokens (`cluster.core.batch`: the decode
+batch and the blocks its steps need; `cluster.core.blocks`: the free blocks).
 """
 from __future__ import annotations
 
-import heapq
 from array import array
 from bisect import bisect_right
 from collections import deque
 
 import numpy as np
 
-from cluster.core.request import DECODING, FINISHED, HANDOFF, PREFILL_PIECE, PREFILLING, SWAPPED, WAITING, Request
+from cluster.core.batch import DecodeBatch
+from cluster.core.blocks import Blocks
+from cluster.core.request import FINISHED, HANDOFF, PREFILL_PIECE, PREFILLING, SWAPPED, WAITING, Request
 from cluster.core.scheduling import InstanceSpec, Outcome, Segment, blocks_for
 from router.snapshot import PREFILL
 
@@ -26,22 +24,15 @@ class Instance:
     def __init__(self, spec: InstanceSpec) -> None:
         self.spec = spec
         self.id, self.role, self.perf, self.config = spec.id, spec.role, spec.perf, spec.scheduler
-        self.total_blocks = spec.total_blocks
-        self.free = spec.total_blocks
-        self.watermark_blocks = spec.watermark_blocks
-        self.kv_bytes_per_token = spec.kv_bytes_per_token
-        self.swap_bandwidth = spec.swap_bandwidth
+        self.blocks = Blocks(spec.total_blocks, spec.watermark_blocks)
+        self.batch = DecodeBatch(spec.id, spec.scheduler.block_size)
+        self.running = self.batch.running
         self.waiting: deque[Request] = deque()
         self.swapped: deque[Request] = deque()
         self.arriving: deque[Request] = deque()
         self.prefilling: list[Request] = []
-        self.running: dict[int, Request] = {}
         self.step = 0
         self.step_end = array("d")
-        self.context_base = 0
-        self.context_step = 0
-        self.finish_heap: list[tuple[int, float, int, int]] = []
-        self.residue = [0] * self.config.block_size
         self.segment: Segment | None = None
         self.busy_until = 0.0
         self.now = 0.0
@@ -49,85 +40,16 @@ class Instance:
         self.waiting_tokens = 0
         self.choose_victim = None
 
-    # ---- the decode batch -------------------------------------------------
-    def _sync_context(self) -> None:
-        self.context_base += (self.step - self.context_step) * len(self.running)
-        self.context_step = self.step
-
     def _join(self, request: Request) -> None:
-        self._sync_context()
-        request.state, request.instance = DECODING, self.id
-        request.join_step, request.join_generated = self.step, request.generated
-        request.epoch += 1
-        self.running[request.id] = request
-        self.context_base += request.context
-        finish = self.step + request.max_tokens - request.generated - 1
-        heapq.heappush(self.finish_heap, (finish, request.arrival, request.id, request.epoch))
-        spare = request.blocks - blocks_for(request.context, self.config.block_size)
-        if spare > 0:
-            self.free += spare
-            request.blocks -= spare
-        request.first_crossing = self.step + request.blocks * self.config.block_size - request.context
-        self.residue[request.first_crossing % self.config.block_size] += 1
-
-    def blocks_of(self, request: Request, upto: int | None = None) -> int:
-        """A running request's blocks: those it joined with and one per crossing before `upto`."""
-        span = (self.step if upto is None else upto) - request.first_crossing
-        return request.blocks + (-(-span // self.config.block_size) if span > 0 else 0)
+        self.blocks.give(self.batch.join(request, self.step))
 
     def _leave(self, request: Request) -> None:
-        """Take a request out of the decode batch, settling its tokens and context."""
-        self._sync_context()
-        done = self.step - request.join_step
-        if done:
-            request.pieces.append((self.id, request.join_step, done))
-        request.generated = request.join_generated + done
-        request.context += done
-        self.context_base -= request.context
-        request.blocks = self.blocks_of(request)
-        self.residue[request.first_crossing % self.config.block_size] -= 1
-        del self.running[request.id]
-        request.epoch += 1
-
-    def _crossings(self, start: int, stop: int) -> int:
-        """New blocks the decode batch needs over steps [start, stop)."""
-        size = self.config.block_size
-        cycles, rest = divmod(stop - start, size)
-        total = cycles * len(self.running)
-        for step in range(start + cycles * size, stop):
-            total += self.residue[step % size]
-        return total
-
-    def _affordable(self, steps: int) -> int:
-        """The most of `steps` decode steps whose new blocks the free blocks cover."""
-        if not self.running or self._crossings(self.step, self.step + steps) <= self.free:
-            return steps
-        size, left = self.config.block_size, self.free
-        cycles = min(left // len(self.running), steps // size)
-        left -= cycles * len(self.running)
-        k = cycles * size
-        while k < steps and self.residue[(self.step + k) % size] <= left:
-            left -= self.residue[(self.step + k) % size]
-            k += 1
-        return k
-
-    def _live(self, heap, entry) -> bool:
-        request = self.running.get(entry[2])
-        return request is not None and request.epoch == entry[3]
-
-    def _next(self, heap) -> int | None:
-        while heap and not self._live(heap, heap[0]):
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        self.batch.leave(request, self.step)
 
     # ---- blocks and preemption -------------------------------------------
-    def _free(self, request: Request) -> None:
-        self.free += request.blocks
-        request.blocks = 0
-
     def _copy(self, blocks: int) -> None:
         """A swap between GPU and host memory: the instance's next step waits for it."""
-        seconds = blocks * self.config.block_size * self.kv_bytes_per_token / self.swap_bandwidth
+        seconds = blocks * self.config.block_size * self.spec.kv_bytes_per_token / self.spec.swap_bandwidth
         self.busy_until = max(self.busy_until, self.now) + seconds
 
     def _preempt(self, request: Request, outcome: Outcome) -> None:
@@ -135,10 +57,10 @@ class Instance:
         if self.config.preemption == "swap":
             self._copy(request.blocks)
             request.state = SWAPPED
-            self.free += request.blocks
+            self.blocks.give(request.blocks)
             self.swapped.append(request)
         else:
-            self._free(request)
+            self.blocks.release(request)
             request.context = 0
             request.state = WAITING
             self.waiting.appendleft(request)
@@ -150,7 +72,7 @@ class Instance:
         when it makes one (`choose_victim(instance id, running requests)` gives a request
         id), else the latest arrival, as vLLM."""
         size = self.config.block_size
-        while self.running and self.residue[self.step % size] > self.free:
+        while self.running and self.batch.residue[self.step % size] > self.blocks.free:
             chosen = self.choose_victim(self.id, self.running.values()) if self.choose_victim else None
             victim = self.running.get(chosen)
             if victim is None:
@@ -174,7 +96,7 @@ class Instance:
 
     def context_now(self, now: float | None = None) -> int:
         """Tokens of KV the decode batch holds after the steps done by `now`."""
-        return self.context_base + (self.steps_done(now) - self.context_step) * len(self.running)
+        return self.batch.context_at(self.steps_done(now))
 
     def context_of(self, request: Request, now: float | None = None) -> int:
         """Tokens of KV a running request holds after the steps done by `now`."""
@@ -190,12 +112,12 @@ class Instance:
         bytes swapped out (0 for recompute). The request leaves this instance."""
         self._leave(request)
         if mode == "swap":
-            nbytes = request.blocks * self.config.block_size * self.kv_bytes_per_token
+            nbytes = request.blocks * self.config.block_size * self.spec.kv_bytes_per_token
             self.now = now
             self._copy(request.blocks)
-            self.free += request.blocks
+            self.blocks.give(request.blocks)
             return nbytes
-        self._free(request)
+        self.blocks.release(request)
         request.context = 0
         return 0.0
 
@@ -204,17 +126,14 @@ class Instance:
         self.swapped.append(request)
 
     def reserve(self, blocks: int) -> bool:
-        if self.free - blocks < self.watermark_blocks:
-            return False
-        self.free -= blocks
-        return True
+        return self.blocks.reserve(blocks)
 
     def unreserve(self, blocks: int) -> None:
-        self.free += blocks
+        self.blocks.give(blocks)
 
     def release(self, request: Request) -> None:
         """A request whose KV left this instance (handed off or migrated) frees its blocks here."""
-        self._free(request)
+        self.blocks.release(request)
 
     # ---- what the runtime calls ------------------------------------------
     def enqueue(self, request: Request) -> None:
@@ -241,7 +160,7 @@ class Instance:
             self.prefilling.remove(request)
         if request.state == SWAPPED:
             request.blocks = 0
-        self._free(request)
+        self.blocks.release(request)
 
     @property
     def idle(self) -> bool:
@@ -281,10 +200,10 @@ class Instance:
         return self._start(now, steps=self._decode_steps_until_event(), chunks=[])
 
     def _swap_in(self) -> None:
-        while self.swapped and self.free - self.swapped[0].blocks >= self.watermark_blocks \
+        while self.swapped and self.blocks.room(self.swapped[0].blocks) \
                 and len(self.running) < self.config.max_num_seqs:
             request = self.swapped.popleft()
-            self.free -= request.blocks
+            self.blocks.take(request.blocks)
             self._copy(request.blocks)
             self._join(request)
 
@@ -301,12 +220,12 @@ class Instance:
                 break
             if config.chunked_prefill and tokens >= budget:
                 break
-            decoding = self.residue[self.step % config.block_size] if config.chunked_prefill else 0
-            if self.free - need - decoding < self.watermark_blocks:
+            decoding = self.batch.residue[self.step % config.block_size] if config.chunked_prefill else 0
+            if not self.blocks.room(need + decoding):
                 break
             self.waiting.popleft()
             self.waiting_tokens -= size
-            self.free -= need
+            self.blocks.take(need)
             request.blocks, request.prefilled, request.state = need, 0, PREFILLING
             admitted.append(request)
             tokens += size
@@ -326,16 +245,17 @@ class Instance:
 
     def _decode_steps_until_event(self) -> int:
         """Steps until the next finish, or until the free blocks run out."""
-        finish = self._next(self.finish_heap)
+        finish = self.batch.next_finish()
         end = finish + 1 if finish is not None else self.step + self.config.max_segment_steps
-        return max(1, self._affordable(min(end - self.step, self.config.max_segment_steps)))
+        steps = min(end - self.step, self.config.max_segment_steps)
+        return max(1, self.batch.affordable(self.step, steps, self.blocks.free))
 
     def _start(self, now: float, steps: int, chunks: list[tuple[Request, int]]) -> float:
         """Time a segment: `steps` decode iterations (0: one prefill-only iteration), with
         prefill `chunks` riding on its first iteration."""
         model, batch = self.perf, len(self.running)
-        self._sync_context()
-        context = self.context_base
+        self.batch.sync(self.step)
+        context = self.batch.context_base
         tokens = sum(size for _, size in chunks)
         squares = sum(size * (size + request.prefilled) for request, size in chunks)
         t = max(now, self.busy_until)
@@ -349,7 +269,7 @@ class Instance:
             for m in range(1, steps):
                 t += model.decode_time(batch, context + m * batch)
                 ends.append(t)
-        self.free -= self._crossings(self.step, self.step + steps)
+        self.blocks.take(self.batch.crossings(self.step, self.step + steps))
         self.segment = Segment(self.step, steps, ends, chunks)
         return ends[-1]
 
@@ -379,14 +299,14 @@ class Instance:
                 outcome.prefilled.append(request)
             else:
                 self._join(request)
-        while (finish := self._next(self.finish_heap)) is not None and finish < self.step:
-            request = self.running[heapq.heappop(self.finish_heap)[2]]
+        while (finish := self.batch.next_finish()) is not None and finish < self.step:
+            request = self.batch.pop_finished()
             self._leave(request)
             self._finish(request, outcome)
         return outcome
 
     def _finish(self, request: Request, outcome: Outcome) -> None:
-        self._free(request)
+        self.blocks.release(request)
         request.state = FINISHED
         outcome.finished.append(request)
 
@@ -398,7 +318,7 @@ class Instance:
             return None
         done = bisect_right(segment.ends, time)
         if segment.steps:
-            self.free += self._crossings(self.step + done, self.step + segment.steps)
+            self.blocks.give(self.batch.crossings(self.step + done, self.step + segment.steps))
             segment.steps = done
         del segment.ends[done:]
         if not done:
@@ -417,7 +337,7 @@ class Instance:
                 break
         if index + 1 >= segment.steps:
             return None
-        self.free += self._crossings(self.step + index + 1, self.step + segment.steps)
+        self.blocks.give(self.batch.crossings(self.step + index + 1, self.step + segment.steps))
         segment.steps = index + 1
         del segment.ends[index + 1:]
         return segment.ends[-1]

@@ -101,7 +101,7 @@ class ModelEngine:
         self.victim: int | None = None
         self.requests: dict[int, Request] = {}
         self.parked: dict[int, Request] = {}
-        self.batch: list[int] = []
+        self.decoding: list[int] = []
         self.started: list[Outcome] = []
         self.start_s = self.end_s = 0.0
         self.shape: StepShape | None = None
@@ -115,7 +115,7 @@ class ModelEngine:
         end = self.instance.schedule(now, outcome)
         self.started.append(outcome)
         segment = self.instance.segment
-        self.batch = list(self.instance.running) if segment is not None and segment.steps else []
+        self.decoding = list(self.instance.running) if segment is not None and segment.steps else []
         if end is not None:
             self.start_s, self.end_s, self.shape = now, end, self._shape()
         return end
@@ -123,7 +123,7 @@ class ModelEngine:
     def _shape(self) -> StepShape:
         chunks = self.instance.segment.prefill
         return StepShape(sum(size for _, size in chunks), float(sum(size * (size + r.prefilled) for r, size in chunks)),
-                         len(self.batch), self.instance.context_base if self.batch else 0)
+                         len(self.decoding), self.instance.batch.context_base if self.decoding else 0)
 
     def finish(self) -> StepResult:
         chunks = [request for request, _ in self.instance.segment.prefill]
@@ -131,7 +131,7 @@ class ModelEngine:
         first = [r.id for r in chunks if r.pieces and r.pieces[-1] == (PREFILL_PIECE, self.end_s, 1)]
         preempted = [r.id for early in self.started for r in early.preempted]
         self.started = []
-        return StepResult(self.end_s, self.batch + first, [r.id for r in outcome.prefilled],
+        return StepResult(self.end_s, self.decoding + first, [r.id for r in outcome.prefilled],
                           [r.id for r in outcome.finished], preempted, start_s=self.start_s, shape=self.shape)
 
     def abort(self, request_id: int) -> None:
@@ -219,6 +219,6 @@ class ModelEngine:
         instance = self.instance
         queued, tokens, running = instance.load()
         context = instance.context_now()
-        return {"free_blocks": instance.free, "total_blocks": instance.total_blocks, "queued": queued,
+        return {"free_blocks": instance.blocks.free, "total_blocks": instance.blocks.total, "queued": queued,
                 "queued_tokens": tokens, "running": running, "context_tokens": context,
                 "step_time_s": instance.perf.decode_time(running, context) if running else 0.0}

@@ -48,7 +48,7 @@ class HFEngine(ModelEngine):
         use_threads(self.threads)
         started = time.monotonic()
         chunks = [self._prefill_chunk(request, size) for request, size in self.instance.segment.prefill]
-        chunks += [self._decode_chunk(self.requests[request_id]) for request_id in self.batch]
+        chunks += [self._decode_chunk(self.requests[request_id]) for request_id in self.decoding]
         self.produced = self.llama.step(chunks, self.pool) if chunks else {}
         self.ended_s = now + time.monotonic() - started
         return self.ended_s

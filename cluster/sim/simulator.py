@@ -173,7 +173,7 @@ class Simulator(Runtime):
         table, i = self.setup.table, instance.id
         queued, tokens, running = instance.load()
         context = instance.context_now(self.clock)
-        table.free_blocks[i], table.queued[i], table.queued_tokens[i] = instance.free, queued, tokens
+        table.free_blocks[i], table.queued[i], table.queued_tokens[i] = instance.blocks.free, queued, tokens
         table.running[i], table.context_tokens[i] = running, context
         table.step_time_s[i] = instance.perf.decode_time(running, context) if running else 0.0
 
