@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cluster.core.tables import STEP_SHAPE
 from cluster.hardware.perfmodel import IterationModel, write_iteration_model
 from cluster.hardware.specs import SpecError, load_hardware, load_model
 from experiments.runformat import RunFormatError, read_run
 
 COUNTS = ("prefill_tokens", "decode_batch", "decode_context")
 REQUIRED = (*COUNTS, "time_s")
-SHAPE = ("prefill_tokens", "prefill_tokens_sq", "decode_batch", "decode_context")
-SIDES = {"prefill": ("prefill_tokens", "prefill_tokens_sq"), "decode": ("decode_batch", "decode_context")}
+SIDES = {"prefill": STEP_SHAPE[:2], "decode": STEP_SHAPE[2:]}
 
 
 class CalibrationError(ValueError):
@@ -179,7 +179,7 @@ def calibrate(path: str | Path) -> Calibration:
     path = Path(path)
     run = read_live_run(path) if path.is_dir() else None
     profile = read_profile(path) if run is None else \
-        run.steps[run.steps["time_s"] > 0][[*SHAPE, "time_s"]].astype(float).reset_index(drop=True)
+        run.steps[run.steps["time_s"] > 0][[*STEP_SHAPE, "time_s"]].astype(float).reset_index(drop=True)
     relative = run is None
     prefill, decode = fit_side(path, profile, "prefill", relative), fit_side(path, profile, "decode", relative)
     model = IterationModel(prefill.coefficients, decode.coefficients,

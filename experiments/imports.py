@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.runformat import STATUSES, Run, RunFormatError, read_run, validate
+from cluster.core.tables import ABORTED, FINISHED, STATUSES
+from experiments.runformat import Run, RunFormatError, read_run, validate
 
 
 def _tables(rows: list[dict], source: str) -> Run:
@@ -52,7 +53,7 @@ def read_jsonl(path: str | Path) -> Run:
             raise RunFormatError(f"{where}, key 'token_times': expected a list of numbers (seconds)")
         if not _is_number(item["arrival_s"]):
             raise RunFormatError(f"{where}, key 'arrival_s': expected a number of seconds, got {item['arrival_s']!r}")
-        status = item.get("status", "finished")
+        status = item.get("status", FINISHED)
         if status not in STATUSES:
             raise RunFormatError(f"{where}, key 'status': expected one of {list(STATUSES)}, got {status!r}")
         rows.append({"request_id": item["request_id"], "arrival_s": item["arrival_s"], "token_times": times,
@@ -112,7 +113,7 @@ def read_vllm_bench(path: str | Path) -> Run:
         tokens = 0 if failed else int(result["output_lens"][i])
         times = [arrival + t for t in _chunk_times(result["ttfts"][i], result["itls"][i], tokens)] if tokens else []
         rows.append({"request_id": i, "arrival_s": arrival, "prompt_tokens": int(result["input_lens"][i]),
-                     "status": "aborted" if failed else "finished", "token_times": times,
+                     "status": ABORTED if failed else FINISHED, "token_times": times,
                      "error": str(result["errors"][i])})
     run = _tables(rows, f"vllm-bench:{path.name}")
     run.meta.update({"arrivals": "start_times" if starts else "unknown (vLLM < 0.16): every request at 0",

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from cluster.core.tables import FINISHED
 from experiments.peers import andes_qoe, fluidity_index
 from experiments.runformat import Run
 from router.slo import SCHEMES, SLO, benefit
@@ -86,7 +87,7 @@ def _slo_columns(tl: Timelines, slo: SLO, finished: np.ndarray, waited: np.ndarr
 def per_request(requests: pd.DataFrame, tl: Timelines, slo: SLO, end_s: float,
                 tenant_slos: dict[str, SLO] | None = None) -> pd.DataFrame:
     """One row per request; a tenant named in `tenant_slos` is scored with its own SLO."""
-    finished = (requests["status"] == "finished").to_numpy()
+    finished = (requests["status"] == FINISHED).to_numpy()
     waited = end_s - requests["arrival_s"].to_numpy(dtype=np.float64)
     table = pd.DataFrame({
         "request_id": requests["request_id"],

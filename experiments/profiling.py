@@ -15,7 +15,7 @@ from cluster.engines.backends import EngineSpec
 from cluster.hardware.perfmodel import IterationModel
 from cluster.core.request import Request
 from cluster.core.scheduling import InstanceSpec, SchedulerConfig
-from experiments.calibrate import SHAPE
+from cluster.core.tables import STEP_SHAPE
 from router.snapshot import COLOCATED
 
 PREFILL_LENGTHS = (16, 64, 128, 256, 512, 1024)
@@ -80,8 +80,8 @@ class Profiler:
             self.prefill(shape) if kind == "prefill" else self.decode(*shape)
             if progress:
                 progress(index + 1, len(plan) * repeats)
-        rows = pd.DataFrame(self.rows, columns=[*SHAPE, "time_s"])
-        return rows.groupby(list(SHAPE), as_index=False)["time_s"].median()
+        rows = pd.DataFrame(self.rows, columns=[*STEP_SHAPE, "time_s"])
+        return rows.groupby(list(STEP_SHAPE), as_index=False)["time_s"].median()
 
 
 def profile_engine(backend: str, model_path: str, block_size: int = 32, blocks: int = 1024, repeats: int = 3,
@@ -104,4 +104,4 @@ def profile_engine(backend: str, model_path: str, block_size: int = 32, blocks: 
     finally:
         for profiler in profilers:
             ray.kill(profiler)
-    return rows.groupby(list(SHAPE), as_index=False)["time_s"].median()
+    return rows.groupby(list(STEP_SHAPE), as_index=False)["time_s"].median()

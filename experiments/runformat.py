@@ -17,12 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-STATUSES = ("finished", "aborted", "rejected", "unfinished")
-REQUEST_COLUMNS = {"request_id": "id", "arrival_s": "float", "prompt_tokens": "int", "output_tokens": "int", "status": "status"}
-TOKEN_COLUMNS = {"request_id": "id", "index": "int", "time_s": "float"}
-EVENT_COLUMNS = {"time_s": "float", "kind": "str", "request_id": "id?"}
-STEP_COLUMNS = {"instance": "int", "end_s": "float", "time_s": "float", "prefill_tokens": "int",
-                "prefill_tokens_sq": "float", "decode_batch": "int", "decode_context": "int"}
+from cluster.core.tables import EVENT_COLUMNS, REQUEST_COLUMNS, STATUSES, STEP_COLUMNS, TOKEN_COLUMNS
+
 TABLES = ("requests", "tokens", "events")
 
 

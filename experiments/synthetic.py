@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cluster.core.tables import ABORTED, FINISHED, REJECTED, UNFINISHED
 from experiments.runformat import Run
 
 
@@ -20,9 +21,9 @@ def synthetic_run(requests: int = 200, rate: float = 4.0, mean_output: int = 100
     arrival = np.cumsum(rng.exponential(1.0 / rate, requests))
     planned = np.maximum(1, rng.geometric(1.0 / mean_output, requests))
     prompt = rng.integers(16, 2048, requests)
-    status = rng.choice(["finished", "aborted", "rejected"], requests, p=[0.97, 0.02, 0.01])
-    delivered = np.where(status == "rejected", 0,
-                         np.where(status == "aborted", (planned * rng.uniform(0, 1, requests)).astype(np.int64), planned))
+    status = rng.choice([FINISHED, ABORTED, REJECTED], requests, p=[0.97, 0.02, 0.01])
+    delivered = np.where(status == REJECTED, 0,
+                         np.where(status == ABORTED, (planned * rng.uniform(0, 1, requests)).astype(np.int64), planned))
     total = int(delivered.sum())
     gaps = tbt * rng.lognormal(0.0, 0.25, total)
     gaps += np.where(rng.random(total) < stall_probability, rng.exponential(stall_s, total), 0.0)
@@ -37,7 +38,7 @@ def synthetic_run(requests: int = 200, rate: float = 4.0, mean_output: int = 100
     index = np.arange(total) - np.repeat(offsets[:-1], delivered) + 1
     keep = time_s <= end_s
     received = np.bincount(owner[keep], minlength=requests)
-    status = np.where((received < delivered) & (status == "finished"), "unfinished", status)
+    status = np.where((received < delivered) & (status == FINISHED), UNFINISHED, status)
     requests_table = pd.DataFrame({"request_id": np.arange(requests), "arrival_s": arrival,
                                    "prompt_tokens": prompt, "output_tokens": received, "status": status})
     tokens = pd.DataFrame({"request_id": owner[keep], "index": index[keep], "time_s": time_s[keep]})

@@ -132,3 +132,19 @@ def test_chunked_writing_equals_writing_whole(tmp_path):
     pd.testing.assert_frame_equal(whole.tokens, parts.tokens)
     pd.testing.assert_frame_equal(whole.requests, parts.requests)
     assert score(whole)[1] == score(parts)[1]
+
+
+def test_the_run_format_vocabulary_is_defined_once_and_documented():
+    from dataclasses import fields
+    from pathlib import Path
+
+    from cluster.core.recorder import Recorder
+    from cluster.core.tables import EVENT_KINDS, STEP_COLUMNS, STEP_SHAPE
+    from cluster.engines.engine import StepShape
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "run-format.md").read_text()
+    assert all(f"| `{kind}` |" in doc for kind in EVENT_KINDS)
+    assert tuple(f.name for f in fields(StepShape)) == STEP_SHAPE
+    assert list(STEP_COLUMNS)[-len(STEP_SHAPE):] == list(STEP_SHAPE)
+    with pytest.raises(KeyError):
+        Recorder().event(0.0, "teleport")

@@ -6,15 +6,10 @@ from array import array
 import numpy as np
 import pandas as pd
 
-from cluster.core.request import DECODING, FINAL, PREFILL_PIECE, UNFINISHED
+from cluster.core.request import DECODING, FINAL, PREFILL_PIECE
+from cluster.core.tables import EVENT_KINDS as KINDS, STEP_COLUMNS, UNFINISHED
 
-EVENT_KINDS = ("arrive", "dispatch", "prefill_end", "transfer_start", "transfer_end", "preempt", "resume",
-               "migrate_start", "migrate_stage", "migrate_end", "migrate_abort", "finish", "abort", "reject", "fault",
-               "vetoed", "transfer_abort")
-
-
-STEP_COLUMNS = ("instance", "end_s", "time_s", "prefill_tokens", "prefill_tokens_sq", "decode_batch",
-                "decode_context")
+EVENT_KINDS = tuple(KINDS)
 
 
 class Recorder:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cluster.core.tables import ABORTED, FINISHED, REJECTED
+
 WAITING, PREFILLING, HANDOFF, TRANSFER, DECODING, SWAPPED = "waiting", "prefilling", "handoff", "transfer", "decoding", "swapped"
 PREEMPTED, MIGRATING = "preempted", "migrating"
-FINISHED, ABORTED, REJECTED, UNFINISHED = "finished", "aborted", "rejected", "unfinished"
 FINAL = (FINISHED, ABORTED, REJECTED)
 PREFILL_PIECE = -1
 
