@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from experiments.config import ExperimentConfig
-from experiments.metrics import score
-from experiments.runner import run_config
+from experiments.config.experiment import ExperimentConfig
+from experiments.runs.runner import run_config
+from experiments.scoring.metrics import score
 from router.slo import SLO
 
 

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 from cluster.hardware.perfmodel import write_iteration_model
-from experiments.calibrate import calibrate, report
-from experiments.config import ExperimentConfig
-from experiments.metrics import score
-from experiments.runner import run_config, run_experiment
+from experiments.calibration.calibrate import calibrate, report
+from experiments.config.experiment import ExperimentConfig
+from experiments.runs.runner import run_config, run_experiment
+from experiments.scoring.metrics import score
 from router.slo import SLO
 
 

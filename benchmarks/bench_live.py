@@ -44,7 +44,7 @@ GIB = 2**30
 
 
 def stream_config(instances: int, output: int, speedup: float, rate: float, runtime: str):
-    from experiments.config import ExperimentConfig
+    from experiments.config.experiment import ExperimentConfig
 
     return ExperimentConfig.model_validate({
         "name": "bench-live", "seed": 0, "runtime": runtime,
@@ -58,7 +58,7 @@ def stream_config(instances: int, output: int, speedup: float, rate: float, runt
 
 
 def simulated(instances: int, output: int, speedup: float, rate: float) -> dict:
-    from experiments.runner import run_config
+    from experiments.runs.runner import run_config
 
     run = run_config(stream_config(instances, output, speedup, rate, "sim"))
     span = float(run.tokens["time_s"].max() - run.requests["arrival_s"].min())
@@ -68,8 +68,8 @@ def simulated(instances: int, output: int, speedup: float, rate: float) -> dict:
 def live(instances: int, output: int, speedup: float, rate: float) -> dict:
     from cluster.live.driver import LiveOptions, LiveRuntime
     from cluster.live.raycluster import WorkerOptions, start_workers, stop
-    from experiments.runner import build_setup
-    from experiments.workloads import generate
+    from experiments.runs.runner import build_setup
+    from experiments.workloads.workload import generate
 
     config = stream_config(instances, output, speedup, rate, "ray")
     section = config.ray
@@ -114,13 +114,13 @@ def streaming(args) -> list[tuple[int, dict, dict]]:
 def kv_actors(transport: str):
     import ray
 
-    from cluster.live.actor import WorkerActor
+    from cluster.core.request import Request
+    from cluster.core.scheduling import SchedulerConfig
     from cluster.engines.engine import ModelEngine
     from cluster.engines.kvbytes import EmulatedKV
     from cluster.hardware.perfmodel import IterationModel
+    from cluster.live.actor import WorkerActor
     from cluster.live.raycluster import MAX_CONCURRENCY
-    from cluster.core.request import Request
-    from cluster.core.scheduling import SchedulerConfig
     from router.snapshot import DECODE, PREFILL
 
     flat = IterationModel(prefill=(0.001, 0.0, 0.0), decode=(0.001, 0.0, 0.0))

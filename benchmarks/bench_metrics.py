@@ -20,8 +20,8 @@ from pathlib import Path
 
 
 def measure(folder: str) -> dict:
-    from experiments.metrics import score
-    from experiments.runformat import read_run
+    from experiments.runs.runformat import read_run
+    from experiments.scoring.metrics import score
 
     start = time.perf_counter()
     run = read_run(folder)
@@ -43,8 +43,8 @@ def main() -> None:
     if args.measure:
         print(json.dumps(measure(args.measure)))
         return
-    from experiments.runformat import write_run
-    from experiments.synthetic import synthetic_run
+    from experiments.runs.runformat import write_run
+    from experiments.runs.synthetic import synthetic_run
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "run"

@@ -22,8 +22,8 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 VIDUR_REQUESTS_S, VIDUR_ITERATIONS_S = 1_030, 10_400
 TARGET_REQUESTS_S, TARGET_ITERATIONS_S, TARGET_GIB = 10_000, 75_000, 4.0
@@ -51,7 +51,7 @@ SCENARIOS = {
 
 
 def config(scenario: Scenario):
-    from experiments.config import ExperimentConfig
+    from experiments.config.experiment import ExperimentConfig
 
     lengths = {"dist": "dataset", "name": "azure_conv"}
     if scenario.max_total:
@@ -72,9 +72,9 @@ def measure(scenario: Scenario, check: bool) -> dict:
     import tempfile
 
     from cluster.sim.simulator import Simulator
-    from experiments.runformat import Run, write_run_chunked
-    from experiments.runner import STREAM_TOKENS, build_setup
-    from experiments.workloads import generate
+    from experiments.runs.runformat import Run, write_run_chunked
+    from experiments.runs.runner import STREAM_TOKENS, build_setup
+    from experiments.workloads.workload import generate
 
     cfg = config(scenario)
     start = time.perf_counter()

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from experiments.cli import main
+from experiments.cli.main import main
 
 
 def make_run(folder, streams, *, end_s=None, statuses=None, arrivals=None, fmt="csv"):

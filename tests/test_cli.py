@@ -76,7 +76,7 @@ def test_run_json_slo_section_sets_defaults(pdlab_json, run):
 
 def test_layouts_compare_colocated_chunked_and_disaggregated(tmp_path):
     config = Path(__file__).resolve().parents[1] / "configs" / "layouts.yaml"
-    done = subprocess.run([sys.executable, "-m", "experiments.cli", "run", str(config), "--out", str(tmp_path / "l")],
+    done = subprocess.run([sys.executable, "-m", "experiments.cli.main", "run", str(config), "--out", str(tmp_path / "l")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     summaries = {}
@@ -84,7 +84,7 @@ def test_layouts_compare_colocated_chunked_and_disaggregated(tmp_path):
         run = tmp_path / "l" / variant
         assert (run / "tokens.parquet").exists() and (run / "run.json").exists(), variant
         summaries[variant] = json.loads(subprocess.run(
-            [sys.executable, "-m", "experiments.cli", "metrics", str(run), "--json"],
+            [sys.executable, "-m", "experiments.cli.main", "metrics", str(run), "--json"],
             capture_output=True, text=True, check=True).stdout)
     colocated, chunked, disaggregated = (summaries[k] for k in ("colocated", "chunked", "disaggregated"))
     assert chunked["tbt_s"]["p99"] < colocated["tbt_s"]["p99"]
@@ -94,7 +94,7 @@ def test_layouts_compare_colocated_chunked_and_disaggregated(tmp_path):
 
 def test_quickstart_runs_both_routers_live_and_writes_the_report(tmp_path):
     out = tmp_path / "qs"
-    done = subprocess.run([sys.executable, "-m", "experiments.cli", "quickstart", "--out", str(out),
+    done = subprocess.run([sys.executable, "-m", "experiments.cli.main", "quickstart", "--out", str(out),
                            "--set", "workload.requests=40"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     results = pd.read_csv(out / "results.csv")

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from experiments.config import ConfigError, load_config
+from experiments.config.experiment import ConfigError, load_config
 
 MINIMAL = {"workload": {"requests": 20, "arrival": {"process": "poisson", "rate": 2.0},
                         "lengths": {"dist": "fixed", "prompt": 100, "output": 20}}}

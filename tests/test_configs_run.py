@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.config import load_variants
-from experiments.runner import simulate
+from experiments.config.experiment import load_variants
+from experiments.runs.runner import simulate
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -25,8 +25,8 @@ GPU = sorted((Path(__file__).resolve().parents[1] / "configs" / "gpu").glob("*.y
 
 @pytest.mark.parametrize("path", GPU, ids=lambda p: p.name)
 def test_gpu_configs_validate_and_their_instances_fit(path, tiny_model):
-    from experiments.runner import build_setup
-    from experiments.workloads import generate
+    from experiments.runs.runner import build_setup
+    from experiments.workloads.workload import generate
 
     configs = load_variants(path, [f"ray.model_path={tiny_model}", "workload.requests=10"])
     assert {c.router.policy for c in configs.values()} == {"classic_goodput", "smooth_goodput"}

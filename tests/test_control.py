@@ -12,10 +12,10 @@ import ray
 from cluster.live.driver import LiveOptions, LiveRuntime
 from cluster.live.raycluster import WorkerOptions, start_workers, stop
 from cluster.sim.simulator import Simulator
-from experiments.config import ExperimentConfig
-from experiments.runner import build_setup
-from experiments.workloads import generate
-from migration.ledger import build_ledger
+from experiments.config.experiment import ExperimentConfig
+from experiments.runs.runner import build_setup
+from experiments.scoring.ledger import build_ledger
+from experiments.workloads.workload import generate
 from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume
 from router.policy import Policy
 from router.slo import SLO

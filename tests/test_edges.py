@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 
 from cluster.sim.simulator import Simulator
-from experiments.config import ExperimentConfig
-from experiments.metrics import Window, score
-from experiments.runformat import Run, validate
-from experiments.runner import build_setup, simulate
-from experiments.workloads import generate
-from migration.ledger import build_ledger
+from experiments.config.experiment import ExperimentConfig
+from experiments.runs.runformat import Run, validate
+from experiments.runs.runner import build_setup, simulate
+from experiments.scoring.ledger import build_ledger
+from experiments.scoring.metrics import Window, score
+from experiments.workloads.workload import generate
 from router.actions import Preempt, Resume
 from router.policies.round_robin import RoundRobin
 from router.slo import SLO

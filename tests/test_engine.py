@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.engines.engine import ModelEngine
 from cluster.core.request import Request
-from experiments.config import ExperimentConfig
-from experiments.runner import build_setup, simulate
-from experiments.workloads import generate
+from cluster.engines.engine import ModelEngine
+from experiments.config.experiment import ExperimentConfig
+from experiments.runs.runner import build_setup, simulate
+from experiments.workloads.workload import generate
 
 
 def drive(engine: ModelEngine, requests: list[Request]) -> dict[int, list[float]]:
@@ -48,8 +48,8 @@ def test_stepping_the_model_engine_matches_the_simulator(chunked):
 
 
 def test_aborting_a_request_swapped_out_by_the_router_frees_its_blocks_once():
-    from cluster.hardware.perfmodel import IterationModel
     from cluster.core.scheduling import InstanceSpec, SchedulerConfig
+    from cluster.hardware.perfmodel import IterationModel
     from router.snapshot import COLOCATED
 
     flat = IterationModel(prefill=(0.01, 0.0, 0.0), decode=(0.01, 0.0, 0.0))

@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.config import ExperimentConfig
-from experiments.harm import analyse, classify
-from experiments.runformat import Run, validate
-from experiments.runner import simulate
-from migration.ledger import build_ledger
+from experiments.config.experiment import ExperimentConfig
+from experiments.runs.runformat import Run, validate
+from experiments.runs.runner import simulate
+from experiments.scoring.harm import analyse, classify
+from experiments.scoring.ledger import build_ledger
 from router.slo import SLO
 from tests.test_moves import MigrateOnce  # noqa: F401  (registers the test policy)
 
@@ -59,7 +59,7 @@ def test_a_vetoed_decision_is_not_applied_and_changes_nothing_before_it():
 
 
 def test_harm_command_replays_and_writes_its_report(tmp_path, pdlab):
-    from experiments.runformat import write_run
+    from experiments.runs.runformat import write_run
 
     folder = write_run(simulate(config()), tmp_path / "run")
     code, out, err = pdlab("harm", folder, "--replays", 3)

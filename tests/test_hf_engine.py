@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.engines.hf_engine import HFEngine
-from cluster.hardware.perfmodel import IterationModel
 from cluster.core.request import Request
 from cluster.core.scheduling import InstanceSpec, SchedulerConfig, blocks_for
+from cluster.engines.hf_engine import HFEngine
+from cluster.hardware.perfmodel import IterationModel
 from migration.transport import verify
 from router.snapshot import COLOCATED, DECODE, PREFILL
 

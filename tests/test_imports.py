@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments.imports import _chunk_times, read_jsonl, read_vllm_bench
-from experiments.metrics import score
-from experiments.runformat import RunFormatError, read_run
+from experiments.runs.imports import _chunk_times, read_jsonl, read_vllm_bench
+from experiments.runs.runformat import RunFormatError, read_run
+from experiments.scoring.metrics import score
 
 DATA = Path(__file__).parent / "data"
 

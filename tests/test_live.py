@@ -11,11 +11,11 @@ import ray
 
 from cluster.live.driver import LiveOptions, LiveRuntime
 from cluster.live.raycluster import WorkerOptions, start_workers, stop
-from experiments.config import ExperimentConfig
-from experiments.metrics import score
-from experiments.runformat import Run, validate
-from experiments.runner import build_setup, run_config
-from experiments.workloads import generate
+from experiments.config.experiment import ExperimentConfig
+from experiments.runs.runformat import Run, validate
+from experiments.runs.runner import build_setup, run_config
+from experiments.scoring.metrics import score
+from experiments.workloads.workload import generate
 from router.actions import Dispatch, Handoff, Migrate, Preempt, Resume
 from router.policy import Policy
 from router.slo import SLO

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from cluster.live.raycluster import ClusterError, WorkerOptions, connect, ray_nodes, start_workers, stop
-from experiments.config import ExperimentConfig
-from experiments.runner import build_setup, run_config
-from experiments.workloads import generate
+from experiments.config.experiment import ExperimentConfig
+from experiments.runs.runner import build_setup, run_config
+from experiments.workloads.workload import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUESTS = 8
@@ -141,7 +141,7 @@ def test_cli_reports_an_unreachable_address_without_a_traceback(tmp_path):
     path = tmp_path / "live.yaml"
     path.write_text(yaml.safe_dump(SETTINGS))
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "experiments.cli", "run", str(path), "--runtime", "ray",
+    done = subprocess.run([sys.executable, "-m", "experiments.cli.main", "run", str(path), "--runtime", "ray",
                            "--set", "ray.address=127.0.0.1:1", "--out", str(tmp_path / "run")],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert time.monotonic() - started < 15

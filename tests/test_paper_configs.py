@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.config import load_variants
-from experiments.runner import simulate
-from experiments.sweep import load_sweep
+from experiments.config.experiment import load_variants
+from experiments.runs.runner import simulate
+from experiments.sweeps.spec import load_sweep
 
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
 FILES = sorted(PAPER.glob("*.yaml"))

@@ -6,8 +6,18 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cluster.hardware.perfmodel import (PERF_DIR, DoesNotFit, IterationModel, Roofline, iteration_model, kv_capacity_tokens,
-                               load_iteration_model, published_fits, roofline_model, write_iteration_model)
+from cluster.hardware.perfmodel import (
+    PERF_DIR,
+    DoesNotFit,
+    IterationModel,
+    Roofline,
+    iteration_model,
+    kv_capacity_tokens,
+    load_iteration_model,
+    published_fits,
+    roofline_model,
+    write_iteration_model,
+)
 from cluster.hardware.specs import SpecError, available_hardware, available_models, load_hardware, load_model
 
 MODELS = {name: load_model(name) for name in available_models()}

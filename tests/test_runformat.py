@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.metrics import score
-from experiments.runformat import Run, RunFormatError, read_run, write_run
-from experiments.synthetic import synthetic_run
+from experiments.runs.runformat import Run, RunFormatError, read_run, write_run
+from experiments.runs.synthetic import synthetic_run
+from experiments.scoring.metrics import score
 from tests.conftest import make_run
 
 
@@ -115,9 +115,9 @@ def test_missing_folder_and_table(tmp_path, pdlab):
 
 
 def test_chunked_writing_equals_writing_whole(tmp_path):
-    from experiments.config import ExperimentConfig
-    from experiments.runformat import write_run_chunked
-    from experiments.runner import _simulate
+    from experiments.config.experiment import ExperimentConfig
+    from experiments.runs.runformat import write_run_chunked
+    from experiments.runs.runner import _simulate
 
     config = ExperimentConfig.model_validate({
         "cluster": {"instances": [{"role": "prefill"}, {"role": "decode"}]},

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from cluster.sim.simulator import Simulator
-from experiments.config import ExperimentConfig
-from experiments.metrics import score
-from experiments.runner import build_setup, simulate
-from experiments.runformat import write_run
-from experiments.workloads import generate
+from experiments.config.experiment import ExperimentConfig
+from experiments.runs.runformat import write_run
+from experiments.runs.runner import build_setup, simulate
+from experiments.scoring.metrics import score
+from experiments.workloads.workload import generate
 
 
 def config(**sections) -> ExperimentConfig:

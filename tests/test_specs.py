@@ -4,8 +4,16 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from cluster.hardware.specs import (CONFIGS, LINK_KINDS, HardwareSpec, SpecError, available_hardware, available_models,
-                           load_hardware, load_model)
+from cluster.hardware.specs import (
+    CONFIGS,
+    LINK_KINDS,
+    HardwareSpec,
+    SpecError,
+    available_hardware,
+    available_models,
+    load_hardware,
+    load_model,
+)
 
 KIB = 1024
 REQUIRED_MODELS = {"Llama-3.1-8B", "Qwen2-7B", "Qwen2.5-14B", "Qwen2.5-7B", "Llama-2-7B", "Llama-2-13B", "Llama-2-70B"}

@@ -9,10 +9,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from experiments.metrics import score
-from experiments.report import reading
-from experiments.runformat import Run, read_run, validate
-from experiments.sweep import EVENT_COUNTS, add_parser, headline, load_sweep
+from experiments.cli.sweep import add_parser
+from experiments.runs.runformat import Run, read_run, validate
+from experiments.scoring.metrics import score
+from experiments.sweeps.points import EVENT_COUNTS, headline
+from experiments.sweeps.report import reading
+from experiments.sweeps.spec import load_sweep
 from router.slo import SCHEMES
 
 BASE = {
@@ -181,8 +183,8 @@ def test_reading_states_the_peaks_and_winners_of_the_numbers(values):
 
 
 def test_harm_columns_count_moves_and_replayed_verdicts(tmp_path):
-    from experiments.harm import harm_counts
-    from experiments.runner import simulate
+    from experiments.runs.runner import simulate
+    from experiments.scoring.harm import harm_counts
     from router.slo import SLO
     from tests.test_harm import config
 

@@ -6,9 +6,9 @@ import socket
 
 import numpy as np
 import pytest
+import ray
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-import ray
 
 from migration.transport import ChecksumError, ObjectStoreTransport, Packet, TorchTransport, describe
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import ray
 
-from cluster.live.actor import LinkTime, WorkerActor
-from cluster.engines.backends import EngineSpec
-from cluster.hardware.perfmodel import IterationModel
 from cluster.core.request import Request
 from cluster.core.scheduling import InstanceSpec, SchedulerConfig
+from cluster.engines.backends import EngineSpec
+from cluster.hardware.perfmodel import IterationModel
+from cluster.live.actor import LinkTime, WorkerActor
 from migration.transport import Packet
 from router.snapshot import COLOCATED
 

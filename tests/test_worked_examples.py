@@ -71,8 +71,8 @@ def test_output_delay_trick(pdlab, tmp_path):
 
 
 def test_output_delay_releases_the_printed_times(tmp_path):
-    from experiments.delay import delay_output
-    from experiments.runformat import read_run
+    from experiments.runs.runformat import read_run
+    from experiments.scoring.delay import delay_output
 
     run = read_run(make_run(tmp_path / "run", [[0.5, 0.6, 0.7, 1.2, 1.3]]))
     delayed = delay_output(run, 0.1)

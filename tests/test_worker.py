@@ -7,14 +7,13 @@ from functools import partial
 
 import ray
 
-from cluster.engines.engine import ModelEngine, StepResult
-from cluster.hardware.perfmodel import IterationModel
 from cluster.core.request import Request
 from cluster.core.scheduling import InstanceSpec, SchedulerConfig
+from cluster.engines.engine import ModelEngine, StepResult
+from cluster.hardware.perfmodel import IterationModel
 from cluster.live.actor import WorkerActor
 from cluster.live.worker import Report, Worker
 from router.snapshot import COLOCATED
-
 
 FLAT = IterationModel(prefill=(0.01, 0.0, 0.0), decode=(0.01, 0.0, 0.0))
 engine = partial(ModelEngine, InstanceSpec(0, COLOCATED, FLAT, SchedulerConfig(), 1000, 1.0, 1e9))

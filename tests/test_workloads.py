@@ -13,8 +13,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from experiments.lengths import DATASETS, TRACES_DIR
-from experiments.workloads import COLUMNS, WorkloadConfig, generate, load_workload, tenant_slos
+from experiments.workloads.lengths import DATASETS, TRACES_DIR
+from experiments.workloads.workload import COLUMNS, WorkloadConfig, generate, load_workload, tenant_slos
 
 FIXED = {"dist": "fixed", "prompt": 100, "output": 10}
 AZURE = pd.read_csv(TRACES_DIR / DATASETS["azure_conv"])

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from cluster.core.request import DECODING, FINAL, PREFILL_PIECE
-from cluster.core.tables import EVENT_KINDS as KINDS, STEP_COLUMNS, UNFINISHED
+from cluster.core.tables import EVENT_KINDS as KINDS
+from cluster.core.tables import STEP_COLUMNS, UNFINISHED
 
 EVENT_KINDS = tuple(KINDS)
 

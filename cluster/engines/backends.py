@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cluster.core.scheduling import InstanceSpec
 from cluster.engines.engine import Engine, ModelEngine
 from cluster.engines.kvbytes import EmulatedKV
-from cluster.core.scheduling import InstanceSpec
 
 ENGINES = ("emulated", "hf", "vllm")
 REAL_ENGINES = ("hf", "vllm")

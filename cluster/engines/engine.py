@@ -14,9 +14,9 @@ from typing import Protocol
 import numpy as np
 
 from cluster.core.instance import Instance
-from cluster.engines.kvbytes import EmulatedKV
 from cluster.core.request import PREFILL_PIECE, Request
 from cluster.core.scheduling import InstanceSpec, Outcome
+from cluster.engines.kvbytes import EmulatedKV
 from migration.transport import Packet
 
 

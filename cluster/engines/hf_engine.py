@@ -10,12 +10,12 @@ import time
 
 import numpy as np
 
+from cluster.core.request import SWAPPED, Request
+from cluster.core.scheduling import InstanceSpec
 from cluster.engines.cpu import use_threads
 from cluster.engines.engine import ModelEngine, StepResult
 from cluster.engines.paged_llama import Chunk, PagedLlama
 from cluster.engines.prompts import check_token_ids, prompt_ids
-from cluster.core.request import SWAPPED, Request
-from cluster.core.scheduling import InstanceSpec
 from migration.transport import Packet, describe
 
 

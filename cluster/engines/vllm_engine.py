@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cluster.core.request import Request
+from cluster.core.scheduling import InstanceSpec
 from cluster.engines.cpu import use_threads
 from cluster.engines.engine import KVNotReady, StepResult, StepShape
 from cluster.engines.prompts import check_token_ids, prompt_ids
-from cluster.core.request import Request
-from cluster.core.scheduling import InstanceSpec
 from migration.transport import Packet, describe
 from router.snapshot import COLOCATED, PREFILL
 

@@ -9,16 +9,14 @@ import dataclasses
 import threading
 import time
 from dataclasses import dataclass
-
 from typing import Callable
 
 import numpy as np
 
-from cluster.engines.engine import Engine, KVNotReady
 from cluster.core.request import Request
+from cluster.engines.engine import Engine, KVNotReady
 from cluster.live.worker import Report, Worker
 from migration.transport import ChecksumError, InboxWriter, SharedMemoryInbox, TorchTransport, verify
-
 
 EXPORT_WAIT_S = 30.0
 

@@ -9,9 +9,9 @@ import socket
 import uuid
 from dataclasses import dataclass
 
-from cluster.live.actor import WorkerActor
-from cluster.engines.backends import EngineSpec
 from cluster.core.scheduling import InstanceSpec
+from cluster.engines.backends import EngineSpec
+from cluster.live.actor import WorkerActor
 
 MAX_CONCURRENCY = 16
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])

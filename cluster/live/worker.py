@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
-from cluster.engines.engine import Engine, StepResult
 from cluster.core.request import Request
+from cluster.engines.engine import Engine, StepResult
 
 CATCH_UP_S = 0.005
 QUIET_S = 0.05

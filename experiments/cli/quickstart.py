@@ -8,10 +8,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from experiments.report import SHOWN
-from experiments.sweep import load_sweep, run_sweep
+from experiments.sweeps.report import SHOWN
+from experiments.sweeps.spec import load_sweep
+from experiments.sweeps.sweep import run_sweep
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "quickstart.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sweeps" / "quickstart.yaml"
 COLUMNS = ("policy", "ttft_tbt_attainment", "smooth_goodput", "ttft_p99_s", "tbt_p99_s", "idle_latency_p99_s",
            "preemptions", "migrations_started", "rejected")
 

@@ -13,7 +13,7 @@ from typing import Annotated, Callable, Literal, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
-from experiments.lengths import read_table, resolve_data_file
+from experiments.workloads.lengths import read_table, resolve_data_file
 
 Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 

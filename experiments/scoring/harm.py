@@ -2,25 +2,19 @@
 runs a counterfactual per decision (the same config and seed with that one decision
 vetoed, run to the end): the decision is harmful when the run with it has less
 total benefit than the run without it, helpful when more, neutral within `NEUTRAL`.
-`pdlab harm RUN` prints the report and saves harm.csv and harm.json beside the run.
+`pdlab harm RUN` (experiments/cli/harm.py) prints the report and saves harm.csv and harm.json.
 """
 from __future__ import annotations
-
-import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.progress import track
-from rich.table import Table
 
-from experiments.config import ExperimentConfig
-from experiments.imports import read_any
-from experiments.metrics import run_end, run_slos, score
-from experiments.runformat import Run
-from migration.ledger import build_ledger
+from experiments.config.experiment import ExperimentConfig
+from experiments.runs.runformat import Run
+from experiments.scoring.ledger import build_ledger
+from experiments.scoring.metrics import run_end, score
 from router.slo import SLO
 
 NEUTRAL = 1.0
@@ -32,7 +26,7 @@ def ledger(run: Run, slo: SLO, tenant_slos: dict[str, SLO]) -> pd.DataFrame:
 
 def replay_without(config: ExperimentConfig, decision: int, slo: SLO, tenant_slos: dict[str, SLO]) -> float:
     """Total benefit of the same run with decision `decision` vetoed."""
-    from experiments.runner import simulate
+    from experiments.runs.runner import simulate
 
     run = simulate(config, veto=frozenset({decision}))
     return float(score(run, slo, tenant_slos=tenant_slos)[0]["benefit"].sum())
@@ -86,41 +80,3 @@ def summary(table: pd.DataFrame) -> dict:
             "mean_stall_s": float(part["stall_s"].mean()) if len(part) else None,
         }
     return out
-
-
-def _print(report: dict, console: Console) -> None:
-    table = Table(title="migrations and preemptions")
-    for column in ("move", "n", "replayed", "harmful", "neutral", "helpful", "visible", "idle s", "stall s"):
-        table.add_column(column, justify="left" if column == "move" else "right")
-    for move, row in report.items():
-        table.add_row(move, str(row["count"]), str(row["replayed"]), str(row["harmful"]), str(row["neutral"]),
-                      str(row["helpful"]), str(row["with_visible_idle"]), f"{row['visible_idle_s']:.3f}",
-                      "-" if row["mean_stall_s"] is None else f"{row['mean_stall_s']:.4f}")
-    console.print(table)
-
-
-def _handle(args: argparse.Namespace) -> int:
-    run = read_any(args.run)
-    console = Console()
-    table = analyse(run, *run_slos(run.meta), args.replays, args.seed, console)
-    report = summary(table)
-    out = Path(args.out or (args.run if Path(args.run).is_dir() else Path(args.run).parent))
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "harm.csv", index=False)
-    (out / "harm.json").write_text(json.dumps(report, indent=2) + "\n")
-    if not len(table):
-        console.print("no migration or preemption in this run")
-    else:
-        _print(report, console)
-    console.print(f"wrote {out / 'harm.csv'} and {out / 'harm.json'}")
-    return 0
-
-
-def add_parser(commands) -> None:
-    harm = commands.add_parser("harm", help="which migrations and preemptions hurt users")
-    harm.add_argument("run", help="a run folder")
-    harm.add_argument("--replays", type=int, default=20,
-                      help="counterfactual replays (simulated runs), sampled among the router's decisions")
-    harm.add_argument("--seed", type=int, default=0, help="seed of the sampling")
-    harm.add_argument("--out", help="folder for harm.csv and harm.json (default: the run folder)")
-    harm.set_defaults(handler=_handle)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from cluster.core.tables import ABORTED, FINISHED, REJECTED, UNFINISHED
-from experiments.runformat import Run
+from experiments.runs.runformat import Run
 
 
 def synthetic_run(requests: int = 200, rate: float = 4.0, mean_output: int = 100, tbt: float = 0.03,

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from cluster.core.tables import ABORTED, FINISHED, STATUSES
-from experiments.runformat import Run, RunFormatError, read_run, validate
+from experiments.runs.runformat import Run, RunFormatError, read_run, validate
 
 
 def _tables(rows: list[dict], source: str) -> Run:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
-TRACES_DIR = Path(__file__).resolve().parents[1] / "configs" / "traces"
+TRACES_DIR = Path(__file__).resolve().parents[2] / "configs" / "traces"
 DATASETS = {
     "sharegpt": "sharegpt_8k_filtered_stats_llama2_tokenizer.csv",
     "arxiv": "arxiv_summarization_stats_llama2_tokenizer_filtered_v2.csv",

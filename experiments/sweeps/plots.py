@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.runformat import Run  # noqa: E402
+from experiments.runs.runformat import Run  # noqa: E402
 from router.slo import SLO  # noqa: E402
 
 

@@ -18,9 +18,9 @@ from cluster.hardware.perfmodel import iteration_model, kv_capacity_tokens, load
 from cluster.sim.simulator import Simulator
 from cluster.hardware.specs import load_hardware, load_model
 from cluster.hardware.topology import link_pool, place
-from experiments.config import ExperimentConfig
-from experiments.runformat import Run, validate, write_run, write_run_chunked
-from experiments.workloads import generate, tenant_slos
+from experiments.config.experiment import ExperimentConfig
+from experiments.runs.runformat import Run, validate, write_run, write_run_chunked
+from experiments.workloads.workload import generate, tenant_slos
 from migration.cost import TransferCost
 from router.policy import make_policy
 from router.slo import SLO

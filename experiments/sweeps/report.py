@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.plots import counts_by_policy, token_timelines, versus_rate
-from experiments.runformat import read_run
-from experiments.sweep import MULTI_TENANT_RATE, Sweep, timeline_points
+from experiments.runs.runformat import read_run
+from experiments.sweeps.plots import counts_by_policy, token_timelines, versus_rate
+from experiments.sweeps.spec import MULTI_TENANT_RATE, Sweep, timeline_points
 from router.slo import SLO
 
 RATE_PLOTS = {

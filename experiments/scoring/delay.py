@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.metrics import timelines
-from experiments.runformat import Run
+from experiments.runs.runformat import Run
+from experiments.scoring.metrics import timelines
 
 
 def delay_output(run: Run, tbt: float) -> Run:

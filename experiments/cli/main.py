@@ -9,16 +9,17 @@ import sys
 from pathlib import Path
 
 from cluster.live.raycluster import ClusterError
-from experiments.calibrate import add_parser as add_calibrate
-from experiments.delay import delay_output
-from experiments.harm import add_parser as add_harm
-from experiments.sweep import add_parser as add_sweep
-from experiments.imports import read_any
-from experiments.install import InstallError, add_parser as add_install
-from experiments.models_cli import add_parser as add_model
-from experiments.metrics import Window, run_slos, score
-from experiments.runformat import RunFormatError, validate, write_run
-from experiments.show import print_summaries
+from experiments.cli.calibrate import add_parser as add_calibrate
+from experiments.cli.harm import add_parser as add_harm
+from experiments.cli.install import InstallError
+from experiments.cli.install import add_parser as add_install
+from experiments.cli.model import add_parser as add_model
+from experiments.cli.show import print_summaries
+from experiments.cli.sweep import add_parser as add_sweep
+from experiments.runs.imports import read_any
+from experiments.runs.runformat import RunFormatError, validate, write_run
+from experiments.scoring.delay import delay_output
+from experiments.scoring.metrics import Window, run_slos, score
 from router.slo import SLO
 
 SLO_FLAGS = {  # flag -> (SLO field, help)
@@ -77,8 +78,8 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from experiments.config import load_variants
-    from experiments.runner import run_experiment
+    from experiments.config.experiment import load_variants
+    from experiments.runs.runner import run_experiment
 
     overrides = list(args.set) + ([f"runtime={args.runtime}"] if args.runtime else [])
     overrides += [f"ray.address={args.address}"] if args.address else []
@@ -96,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from experiments.quickstart import quickstart
+    from experiments.cli.quickstart import quickstart
 
     return quickstart(Path(args.out), args.set)
 

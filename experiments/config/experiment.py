@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from experiments.workloads import WorkloadConfig
+from experiments.workloads.workload import WorkloadConfig
 from router.slo import SLO
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from cluster.core.tables import FINISHED
-from experiments.peers import andes_qoe, fluidity_index
-from experiments.runformat import Run
+from experiments.runs.runformat import Run
+from experiments.scoring.peers import andes_qoe, fluidity_index
 from router.slo import SCHEMES, SLO, benefit
 from router.timelines import Timelines, idle_latency, meets, tpot
 

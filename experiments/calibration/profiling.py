@@ -11,11 +11,11 @@ import threading
 import numpy as np
 import pandas as pd
 
-from cluster.engines.backends import EngineSpec
-from cluster.hardware.perfmodel import IterationModel
 from cluster.core.request import Request
 from cluster.core.scheduling import InstanceSpec, SchedulerConfig
 from cluster.core.tables import STEP_SHAPE
+from cluster.engines.backends import EngineSpec
+from cluster.hardware.perfmodel import IterationModel
 from router.snapshot import COLOCATED
 
 PREFILL_LENGTHS = (16, 64, 128, 256, 512, 1024)

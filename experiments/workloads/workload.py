@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
-from experiments.arrivals import Arrival, TraceArrival
-from experiments.lengths import Lengths, SameTraceLengths
+from experiments.workloads.arrivals import Arrival, TraceArrival
+from experiments.workloads.lengths import Lengths, SameTraceLengths
 from router.slo import SLO
 
 DEFAULT_TENANT = "default"

@@ -1,0 +1,239 @@
+"""A sweep file (docs/sweeps.md): one base experiment over the cross product of
+clusters, router policies, arrival rates and seeds, validated, with every point's
+config built and validated."""
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from experiments.config.experiment import ConfigError, ExperimentConfig, Strict, apply_overrides, explain, read_mapping
+
+LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SINGLE_TENANT_RATE = "workload.arrival.rate"
+MULTI_TENANT_RATE = "workload.rate_scale"
+
+
+def _check_label(label: str) -> str:
+    if not LABEL.match(label):
+        raise ValueError("expected a label of letters, digits, '.', '_' or '-' (it names a folder)")
+    return label
+
+
+class PolicyChoice(Strict):
+    """A router policy by registry name, with its params; `label` names it in the
+    table, plots and folders (default: the name)."""
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        import router.policies  # noqa: F401  (registers the built-in policies)
+        from router.policy import POLICIES
+
+        if name not in POLICIES:
+            raise ValueError(f"unknown policy; expected one of {sorted(POLICIES)}")
+        return name
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, label: str | None) -> str | None:
+        return None if label is None else _check_label(label)
+
+    @model_validator(mode="after")
+    def _params(self) -> PolicyChoice:
+        from router.policy import make_policy
+
+        try:
+            make_policy(self.name, self.params)
+        except ValueError as exc:
+            raise ValueError(f"params: {str(exc).removeprefix('router.params: ')}") from None
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+def _unique(labels: list[str], what: str, hint: str = "") -> None:
+    seen = set()
+    for index, label in enumerate(labels):
+        if label in seen:
+            raise ValueError(f"entry {index}: duplicate {what} {label!r}{hint}")
+        seen.add(label)
+
+
+class SweepAxes(Strict):
+    rates: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=1)
+    policies: list[PolicyChoice] = Field(min_length=1)
+    clusters: dict[str, list[str]] = Field(default_factory=lambda: {"base": []}, min_length=1)
+    seeds: list[int] | None = Field(None, min_length=1)
+    rate_key: str | None = None
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, rates: list[float]) -> list[float]:
+        _unique([f"{r:g}" for r in rates], "rate")
+        return rates
+
+    @field_validator("policies")
+    @classmethod
+    def _policies(cls, policies: list[PolicyChoice]) -> list[PolicyChoice]:
+        _unique([p.key for p in policies], "policy label", "; give each entry its own label")
+        return policies
+
+    @field_validator("clusters")
+    @classmethod
+    def _clusters(cls, clusters: dict[str, list[str]]) -> dict[str, list[str]]:
+        for label in clusters:
+            try:
+                _check_label(label)
+            except ValueError as exc:
+                raise ValueError(f"{label!r}: {exc}") from None
+        return clusters
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None:
+            _unique([str(s) for s in seeds], "seed")
+        return seeds
+
+
+class WindowSection(Strict):
+    warmup_s: float = Field(0.0, ge=0, allow_inf_nan=False)
+    cooldown_s: float = Field(0.0, ge=0, allow_inf_nan=False)
+
+
+class SweepFile(Strict):
+    """`base` (an experiment config inline) or `base_config` (its path, relative to
+    the sweep file), `set` (overrides on the base), the `sweep` axes and the scoring `window`."""
+    name: str | None = None
+    base: dict[str, Any] | None = None
+    base_config: str | None = None
+    set: list[str] = Field(default_factory=list)
+    sweep: SweepAxes
+    window: WindowSection = Field(default_factory=WindowSection)
+    timeline_requests: int = Field(3, ge=1, le=8)
+    harm_replays: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_base(self) -> SweepFile:
+        if (self.base is None) == (self.base_config is None):
+            raise ValueError("base: give base (an experiment config) or base_config (its path), exactly one")
+        return self
+
+
+@dataclass(frozen=True)
+class Point:
+    cluster: str
+    policy: str
+    rate: float
+    seed: int
+    config: ExperimentConfig
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.cluster) / self.policy / f"rate={self.rate:g}" / f"seed={self.seed}"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    path: Path
+    name: str
+    spec: SweepFile
+    base: ExperimentConfig
+    rate_key: str
+    points: list[Point]
+
+    @property
+    def seeds(self) -> list[int]:
+        return self.spec.sweep.seeds or [self.base.seed]
+
+
+def _error(exc: ValidationError, where: str, section: str = "") -> ConfigError:
+    lines = explain(exc, where).replace(": Value error, ", ": ").splitlines()
+    return ConfigError("\n".join(line.replace(f"{where}: ", f"{where}: {section}", 1) for line in lines))
+
+
+def _validate(data: dict, where: str, section: str = "") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _error(exc, where, section) from None
+
+
+def _base_data(path: Path, spec: SweepFile, overrides: list[str]) -> tuple[dict, ExperimentConfig]:
+    section = "base." if spec.base is not None else ""
+    if spec.base is not None:
+        data, where = copy.deepcopy(spec.base), str(path)
+    else:
+        base_path = (path.parent / spec.base_config).resolve()
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base_config: no such config file {str(base_path)!r} "
+                              "(a path relative to the sweep file)")
+        data, where = read_mapping(base_path), str(base_path)
+    data = apply_overrides(data, [*spec.set, *overrides], where)
+    if "variants" in data:
+        raise ConfigError(f"{where}: {section}variants: a sweep's base takes no variants; use sweep.clusters instead")
+    return data, _validate(data, where, section)
+
+
+def _rate_key(data: dict, spec: SweepFile) -> str:
+    if spec.sweep.rate_key:
+        return spec.sweep.rate_key
+    return MULTI_TENANT_RATE if "tenants" in (data.get("workload") or {}) else SINGLE_TENANT_RATE
+
+
+def _point(path: Path, base: dict, rate_key: str, choice: tuple) -> Point:
+    (cluster, changes), policy, rate, seed = choice
+    where = f"{path}, point {cluster}/{policy.key}/rate={rate:g}/seed={seed}"
+    data = apply_overrides(copy.deepcopy(base), list(changes), where)
+    data["router"] = {**(data.get("router") or {}), "policy": policy.name, "params": dict(policy.params)}
+    data = apply_overrides(data, [f"{rate_key}={rate!r}"], where)
+    data["seed"] = seed
+    data["name"] = f"{data.get('name', 'experiment')}-{cluster}-{policy.key}-rate{rate:g}-seed{seed}"
+    return Point(cluster, policy.key, float(rate), seed, _validate(data, where))
+
+
+def _split(overrides: list[str]) -> tuple[list[str], list[str]]:
+    own = [o for o in overrides if o.startswith("sweep.")]
+    return own, [o for o in overrides if not o.startswith("sweep.")]
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
+    """The sweep file, validated, with every point's config built and validated.
+    `overrides` starting with `sweep.` change the sweep file; the others the base config."""
+    path = Path(path)
+    own, base_overrides = _split(list(overrides))
+    raw = apply_overrides(read_mapping(path), own, str(path))
+    if ("base" in raw) == ("base_config" in raw):
+        raise ConfigError(f"{path}: base: give base (an experiment config) or base_config (its path), exactly one")
+    try:
+        spec = SweepFile.model_validate(raw)
+    except ValidationError as exc:
+        raise _error(exc, str(path)) from None
+    data, base = _base_data(path, spec, base_overrides)
+    rate_key = _rate_key(data, spec)
+    seeds = spec.sweep.seeds or [base.seed]
+    choices = itertools.product(spec.sweep.clusters.items(), spec.sweep.policies, spec.sweep.rates, seeds)
+    points = [_point(path, data, rate_key, choice) for choice in choices]
+    return Sweep(path, spec.name or path.stem, spec, base, rate_key, points)
+
+
+def timeline_points(sweep: Sweep) -> list[Point]:
+    """Per cluster, every policy at the highest rate and the first seed."""
+    top, first = max(sweep.spec.sweep.rates), sweep.seeds[0]
+    return [p for p in sweep.points if p.rate == top and p.seed == first]
