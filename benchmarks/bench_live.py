@@ -66,19 +66,17 @@ def simulated(instances: int, output: int, speedup: float, rate: float) -> dict:
 
 
 def live(instances: int, output: int, speedup: float, rate: float) -> dict:
-    from cluster.live.driver import LiveOptions, LiveRuntime
-    from cluster.live.raycluster import WorkerOptions, start_workers, stop
-    from experiments.runs.runner import build_setup
+    from cluster.live.driver import LiveRuntime
+    from cluster.live.raycluster import start_workers, stop
+    from experiments.runs.runner import build_setup, live_options
     from experiments.workloads.workload import generate
 
     config = stream_config(instances, output, speedup, rate, "ray")
-    section = config.ray
     plan = build_setup(config, generate(config.workload, config.seed))
-    actors, groups = start_workers(plan.instances, [int(n) for n in plan.table.node],
-                                   WorkerOptions(section.speedup, section.kv_scale, section.worker_cpus,
-                                                 section.start_timeout_s))
+    workers, options = live_options(config)
+    actors, groups = start_workers(plan.instances, [int(n) for n in plan.table.node], workers)
     try:
-        runtime = LiveRuntime(plan, actors, LiveOptions(section.speedup, section.transfer_timeout_s))
+        runtime = LiveRuntime(plan, actors, options)
         wall, cpu = time.perf_counter(), time.process_time()
         record = runtime.run()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

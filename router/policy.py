@@ -1,6 +1,7 @@
 """Policies: the base class, the registry, and building one by name from config."""
 from __future__ import annotations
 
+import inspect
 from typing import ClassVar
 
 from router.actions import Action
@@ -46,7 +47,11 @@ def make_policy(name: str, params: dict | None = None, seed: int = 0) -> Policy:
 
     if name not in POLICIES:
         raise ValueError(f"router.policy: unknown policy {name!r}; expected one of {sorted(POLICIES)}")
+    accepted = [p for p in inspect.signature(POLICIES[name]).parameters if p != "seed"]
+    for key in params or {}:
+        if key not in accepted:
+            raise ValueError(f"router.params.{key}: not a parameter of {name}; expected some of {accepted}")
     try:
         return POLICIES[name](seed=seed, **(params or {}))
-    except TypeError as exc:
+    except ValueError as exc:
         raise ValueError(f"router.params: {exc}") from None

@@ -47,6 +47,21 @@ class SLO:
         return asdict(self)
 
 
+SLO_KEYS = tuple(field.name for field in fields(SLO))
+
+
+def check_slo(values: dict) -> dict:
+    """SLO parameters as a config gives them (any of `SLO_KEYS`), checked; errors name the key."""
+    for key in values:
+        if key not in SLO_KEYS:
+            raise ValueError(f"{key}: unknown SLO key; expected one of {list(SLO_KEYS)}")
+    try:
+        SLO(**values)
+    except ValueError as exc:
+        raise ValueError(str(exc).removeprefix("slo.")) from None
+    return values
+
+
 Penalty = Callable[[np.ndarray, np.ndarray, np.ndarray, SLO], np.ndarray]
 
 

@@ -13,7 +13,7 @@ from cluster.live.driver import LiveOptions, LiveRuntime
 from cluster.live.raycluster import WorkerOptions, start_workers, stop
 from cluster.sim.simulator import Simulator
 from experiments.config.experiment import ExperimentConfig
-from experiments.runs.runner import build_setup
+from experiments.runs.runner import build_setup, live_options
 from experiments.scoring.ledger import build_ledger
 from experiments.workloads.workload import generate
 from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume
@@ -79,12 +79,11 @@ def simulated():
 
 def live():
     setup = scripted_setup("ray")
-    options = scripted_config("ray").ray
-    actors, groups = start_workers(setup.instances, [0] * len(setup.instances),
-                                   WorkerOptions(options.speedup, options.kv_scale, options.worker_cpus))
+    workers, options = live_options(scripted_config("ray"))
+    actors, groups = start_workers(setup.instances, [0] * len(setup.instances), workers)
     try:
         ray.get(actors[PREFILL].corrupt_next_export.remote(FAILED_HANDOFF))
-        record = LiveRuntime(setup, actors, LiveOptions(options.speedup, transfer_timeout_s=10.0)).run()
+        record = LiveRuntime(setup, actors, options).run()
         stats = settled_stats(actors, list(range(len(actors))))
     finally:
         stop(actors, groups)

@@ -3,6 +3,7 @@ simulator; a worker killed mid-run loses no request; live and recompute migratio
 preemptions and resumes asked by the router complete and free every block."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -13,7 +14,7 @@ from cluster.live.driver import LiveOptions, LiveRuntime
 from cluster.live.raycluster import WorkerOptions, start_workers, stop
 from experiments.config.experiment import ExperimentConfig
 from experiments.runs.runformat import Run, validate
-from experiments.runs.runner import build_setup, run_config
+from experiments.runs.runner import build_setup, live_options, run_config
 from experiments.scoring.metrics import score
 from experiments.workloads.workload import generate
 from router.actions import Dispatch, Handoff, Migrate, Preempt, Resume
@@ -41,16 +42,12 @@ def run_live(cfg: ExperimentConfig, policy: Policy | None = None, kill: tuple[fl
     plan = build_setup(cfg, generate(cfg.workload, cfg.seed))
     if policy is not None:
         plan.policy = policy
-    section = cfg.ray
-    actors, groups = start_workers(plan.instances, [0] * len(plan.instances),
-                                   WorkerOptions(section.speedup, section.kv_scale, section.worker_cpus,
-                                                 section.start_timeout_s, section.transport, engine=section.engine,
-                                                 model_path=section.model_path or "", seed=cfg.seed))
+    workers, options = live_options(cfg)
+    actors, groups = start_workers(plan.instances, [0] * len(plan.instances), workers)
     if kill:
         threading.Timer(kill[0], lambda: ray.kill(actors[kill[1]])).start()
     try:
-        options = LiveOptions(section.speedup, 10.0, 60.0, transport=section.transport,
-                              paced_transfers=section.engine == "emulated", staged_kv=section.engine != "vllm")
+        options = dataclasses.replace(options, transfer_timeout_s=10.0, stall_timeout_s=60.0, report_batch_s=0.0)
         record = LiveRuntime(plan, actors, options).run()
         alive = [i for i in range(len(actors)) if plan.table.alive[i]]
         stats = settled_stats([actors[i] for i in alive], alive, settle_s)

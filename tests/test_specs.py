@@ -8,12 +8,12 @@ from cluster.hardware.specs import (
     CONFIGS,
     LINK_KINDS,
     HardwareSpec,
-    SpecError,
     available_hardware,
     available_models,
     load_hardware,
     load_model,
 )
+from cluster.hardware.yamlfile import ConfigError
 
 KIB = 1024
 REQUIRED_MODELS = {"Llama-3.1-8B", "Qwen2-7B", "Qwen2.5-14B", "Qwen2.5-7B", "Llama-2-7B", "Llama-2-13B", "Llama-2-70B"}
@@ -73,7 +73,7 @@ def test_link_transfer_time_matches_the_readme_example():
     one_k_prompt = 1024 * load_model("Llama-2-7B").kv_bytes_per_token
     assert a100.link("nvlink").transfer_time(one_k_prompt) == pytest.approx(1.8e-3, rel=0.05)
     assert a100.link("network").transfer_time(one_k_prompt) == pytest.approx(42e-3, rel=0.05)
-    with pytest.raises(SpecError, match="no link 'ethernet'"):
+    with pytest.raises(ConfigError, match="no link 'ethernet'"):
         a100.link("ethernet")
 
 
@@ -85,9 +85,9 @@ def test_names_are_case_insensitive_and_paths_work(tmp_path):
 
 
 def test_unknown_name_lists_the_available_ones():
-    with pytest.raises(SpecError, match=r"unknown model 'GPT-5'; available: .*Llama-2-7B"):
+    with pytest.raises(ConfigError, match=r"unknown model 'GPT-5'; available: .*Llama-2-7B"):
         load_model("GPT-5")
-    with pytest.raises(SpecError, match=r"unknown hardware 'TPU'; available: A100-40GB, A100-80GB, CPU, H100"):
+    with pytest.raises(ConfigError, match=r"unknown hardware 'TPU'; available: A100-40GB, A100-80GB, CPU, H100"):
         load_hardware("TPU")
 
 
@@ -101,16 +101,16 @@ def _write_model(tmp_path, **changes):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"layers": -1}, r"key 'layers': Input should be greater than 0, got -1"),
-    ({"layers": "many"}, r"key 'layers': .*valid integer.*'many'"),
-    ({"dtype": "int4"}, r"key 'dtype': Input should be 'bf16', 'fp16' or 'fp32'"),
-    ({"kv_heads": 5}, r"key 'kv_heads': expected a divisor of heads \(32\), got 5"),
-    ({"head_dim": None}, r"key 'head_dim': missing"),
-    ({"colour": "red"}, r"key 'colour': unknown key"),
+    ({"layers": -1}, r"layers: Input should be greater than 0, got -1"),
+    ({"layers": "many"}, r"layers: .*valid integer.*'many'"),
+    ({"dtype": "int4"}, r"dtype: Input should be 'bf16', 'fp16' or 'fp32'"),
+    ({"kv_heads": 5}, r"kv_heads: expected a divisor of heads \(32\), got 5"),
+    ({"head_dim": None}, r"head_dim: missing"),
+    ({"colour": "red"}, r"colour: unknown key"),
 ])
 def test_bad_model_file_names_file_and_key(tmp_path, changes, message):
     path = _write_model(tmp_path, **changes)
-    with pytest.raises(SpecError, match=message) as caught:
+    with pytest.raises(ConfigError, match=message) as caught:
         load_model(path)
     assert str(path) in str(caught.value)
 
@@ -120,26 +120,26 @@ def test_bad_hardware_files(tmp_path):
     del data["links"]["pcie"]
     path = tmp_path / "hw.yaml"
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(SpecError, match=r"key 'links': expected links .* missing \['pcie'\]"):
+    with pytest.raises(ConfigError, match=r"links: expected links .* missing \['pcie'\]"):
         load_hardware(path)
     data = yaml.safe_load((CONFIGS / "hardware" / "A100-80GB.yaml").read_text())
     del data["sources"]["bf16_flops"]
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(SpecError, match=r"expected a source for every figure, missing \['bf16_flops'\]"):
+    with pytest.raises(ConfigError, match=r"expected a source for every figure, missing \['bf16_flops'\]"):
         load_hardware(path)
     data["links"]["nvlink"]["bandwidth"] = 0
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(SpecError, match=r"key 'links.nvlink.bandwidth': Input should be greater than 0"):
+    with pytest.raises(ConfigError, match=r"links.nvlink.bandwidth: Input should be greater than 0"):
         load_hardware(path)
 
 
 def test_unreadable_files(tmp_path):
-    with pytest.raises(SpecError, match="no such file"):
+    with pytest.raises(ConfigError, match="no such file"):
         load_model(tmp_path / "absent.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("layers: [1, 2\n")
-    with pytest.raises(SpecError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML"):
         load_model(broken)
     broken.write_text("- just a list\n")
-    with pytest.raises(SpecError, match="expected a mapping"):
+    with pytest.raises(ConfigError, match="expected a mapping"):
         load_model(broken)

@@ -15,7 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import Field, NonNegativeFloat, PositiveInt
 
-from cluster.hardware.specs import CONFIGS, HardwareSpec, ModelSpec, SpecError, StrictModel, read_yaml
+from cluster.hardware.specs import CONFIGS, HardwareSpec, ModelSpec
+from cluster.hardware.yamlfile import ConfigError, Strict, read_yaml
 
 PERF_DIR = CONFIGS / "perf"
 UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
@@ -121,7 +122,7 @@ def roofline_model(model: ModelSpec, hardware: HardwareSpec, tp: int, assumption
     return IterationModel(prefill, decode, source, min_step=overhead + weights_read)
 
 
-class PerfFile(StrictModel):
+class PerfFile(Strict):
     model: str | None = None
     hardware: str | None = None
     tp: PositiveInt | None = None
@@ -166,7 +167,7 @@ def published_fits(perf_dir: str | os.PathLike | None = None) -> dict[tuple[str,
             continue
         key = (spec.model.lower(), spec.hardware.lower(), spec.tp)
         if key in fits:
-            raise SpecError(f"{path}: a second fit for {spec.model} on {spec.tp} x {spec.hardware} "
+            raise ConfigError(f"{path}: a second fit for {spec.model} on {spec.tp} x {spec.hardware} "
                             f"(the first is {fits[key]}); keep one")
         fits[key] = path
     return fits

@@ -9,29 +9,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PositiveFloat,
-    PositiveInt,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator, model_validator
+
+from cluster.hardware.yamlfile import ConfigError, Strict, read_yaml
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 LINK_KINDS = ("nvlink", "pcie", "network")
 HARDWARE_FIGURES = ("memory_gib", "hbm_bandwidth", "bf16_flops")
-
-
-class SpecError(ValueError):
-    """A model, hardware or performance YAML that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -90,15 +77,11 @@ class HardwareSpec:
 
     def link(self, kind: str) -> LinkSpec:
         if kind not in self.links:
-            raise SpecError(f"hardware {self.name}: no link {kind!r}; it has {sorted(self.links)}")
+            raise ConfigError(f"hardware {self.name}: no link {kind!r}; it has {sorted(self.links)}")
         return self.links[kind]
 
 
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelFile(StrictModel):
+class ModelFile(Strict):
     name: str = Field(min_length=1)
     layers: PositiveInt
     hidden_size: PositiveInt
@@ -120,13 +103,13 @@ class ModelFile(StrictModel):
         return kv_heads
 
 
-class LinkFile(StrictModel):
+class LinkFile(Strict):
     bandwidth: PositiveFloat
     latency: float = Field(ge=0)
     source: str = Field(min_length=1)
 
 
-class HardwareFile(StrictModel):
+class HardwareFile(Strict):
     name: str = Field(min_length=1)
     description: str = ""
     memory_gib: PositiveFloat
@@ -147,42 +130,8 @@ class HardwareFile(StrictModel):
     def _every_figure_sourced(self) -> HardwareFile:
         missing = [key for key in HARDWARE_FIGURES if not self.sources.get(key)]
         if missing:
-            raise ValueError(f"key 'sources': expected a source for every figure, missing {missing}")
+            raise ValueError(f"sources: expected a source for every figure, missing {missing}")
         return self
-
-
-def _describe(exc: ValidationError, schema: type[BaseModel]) -> str:
-    error = exc.errors()[0]
-    key = ".".join(str(part) for part in error["loc"])
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "missing":
-        return f"key {key!r}: missing ({', '.join(schema.model_fields)} expected)"
-    if error["type"] == "extra_forbidden":
-        return f"key {key!r}: unknown key (expected some of {list(schema.model_fields)})"
-    if not key:
-        return message
-    return f"key {key!r}: {message}, got {error['input']!r}"
-
-
-Schema = TypeVar("Schema", bound=BaseModel)
-
-
-def read_yaml(path: Path, schema: type[Schema]) -> Schema:
-    """Read a YAML mapping and validate it; any problem is one SpecError naming the file."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot be read: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
-    try:
-        return schema.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(f"{path}: {_describe(exc, schema)}") from None
 
 
 def _names(kind: str) -> list[str]:
@@ -198,7 +147,7 @@ def _resolve(kind: str, name_or_path: str | os.PathLike) -> Path:
         if known.lower() == text.lower():
             return CONFIGS / kind / f"{known}.yaml"
     singular = kind.rstrip("s")
-    raise SpecError(f"unknown {singular} {text!r}; available: {', '.join(_names(kind))} (or a path to a YAML file)")
+    raise ConfigError(f"unknown {singular} {text!r}; available: {', '.join(_names(kind))} (or a path to a YAML file)")
 
 
 def available_models() -> list[str]:

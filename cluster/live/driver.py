@@ -28,7 +28,6 @@ from router import events
 from router.snapshot import RequestView
 
 POLL_S = 1.0
-STAMPS = ("step", "receipt")
 
 
 @dataclass
@@ -113,8 +112,6 @@ class LiveRuntime(Runtime):
         setup, control = self.setup, self.control
         arrivals = sorted(setup.requests, key=lambda r: (r.arrival, r.id))
         upcoming, tick = 0, setup.tick_s
-        if self.options.stamp not in STAMPS:
-            raise ValueError(f"ray.stamp: expected one of {STAMPS}, got {self.options.stamp!r}")
         self.nodes, self.skew = zip(*(self._skew(actor) for actor in self.actors))
         for index, actor in enumerate(self.actors):
             self.polls[actor.poll.remote(POLL_S, self.options.report_batch_s)] = index

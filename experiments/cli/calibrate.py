@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from cluster.hardware.perfmodel import write_iteration_model
-from cluster.hardware.specs import SpecError, load_hardware, load_model
+from cluster.hardware.specs import load_hardware, load_model
+from cluster.hardware.yamlfile import ConfigError
 from experiments.calibration.calibrate import CalibrationError, calibrate, report
 
 
@@ -47,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
         print(report(result))
         if args.out:
             print(f"wrote {write_iteration_model(args.out, result.model, **labels)}")
-    except (CalibrationError, SpecError) as exc:
+    except (CalibrationError, ConfigError) as exc:
         print(f"pdlab calibrate: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from experiments.config.experiment import ConfigError
+from cluster.hardware.yamlfile import ConfigError
 
 
 def _positive(text: str) -> int:

@@ -5,15 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from cluster.hardware.yamlfile import ConfigError, Strict, parse_yaml, read_mapping, validate
 from experiments.workloads.workload import WorkloadConfig
-from router.slo import SLO
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from router.policy import make_policy
+from router.slo import check_slo
 
 
 class InstanceGroup(Strict):
@@ -47,6 +44,14 @@ class RouterSection(Strict):
     policy: str = "round_robin"
     params: dict[str, Any] = Field(default_factory=dict)
     tick_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _policy(self) -> RouterSection:
+        try:
+            make_policy(self.policy, self.params)
+        except ValueError as exc:
+            raise ValueError(str(exc).removeprefix("router.")) from None
+        return self
 
 
 class MigrationSection(Strict):
@@ -100,16 +105,8 @@ class ExperimentConfig(Strict):
 
     @field_validator("slo")
     @classmethod
-    def _slo_fields(cls, value: dict) -> dict:
-        unknown = sorted(set(value) - set(SLO.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown SLO parameters {unknown}; expected some of {sorted(SLO.__dataclass_fields__)}")
-        SLO(**value)
-        return value
-
-
-class ConfigError(ValueError):
-    """A config that does not validate; the message names the file and the keys."""
+    def _slo(cls, value: dict) -> dict:
+        return check_slo(value)
 
 
 def apply_overrides(data: dict, overrides: list[str], where: str) -> dict:
@@ -127,7 +124,7 @@ def apply_overrides(data: dict, overrides: list[str], where: str) -> dict:
                 raise ConfigError(f"--set {key}: {part!r} is not a section of {where}")
             node = node.setdefault(part, {})
         last = parts[-1]
-        value = yaml.safe_load(text)
+        value = parse_yaml(text, f"--set {item!r}")
         if isinstance(node, list) and last.isdigit() and int(last) < len(node):
             node[int(last)] = value
         elif isinstance(node, dict):
@@ -137,38 +134,9 @@ def apply_overrides(data: dict, overrides: list[str], where: str) -> dict:
     return data
 
 
-def explain(error: ValidationError, where: str) -> str:
-    lines = []
-    for problem in error.errors():
-        key = ".".join(str(p) for p in problem["loc"]) or "(top level)"
-        got = problem.get("input")
-        shown = "" if isinstance(got, (dict, list)) or problem["type"] == "missing" else f" (got {got!r})"
-        lines.append(f"{where}: {key}: {problem['msg']}{shown}")
-    return "\n".join(lines)
-
-
-def read_mapping(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return data
-
-
-def _validate(data: dict, where: str) -> ExperimentConfig:
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(explain(exc, where)) from None
-
-
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
     path = Path(path)
-    return _validate(apply_overrides(read_mapping(path), list(overrides), str(path)), str(path))
+    return validate(apply_overrides(read_mapping(path), list(overrides), str(path)), ExperimentConfig, str(path))
 
 
 def load_variants(path: str | Path, overrides: list[str] = ()) -> dict[str, ExperimentConfig]:
@@ -182,5 +150,5 @@ def load_variants(path: str | Path, overrides: list[str] = ()) -> dict[str, Expe
         data = apply_overrides(read_mapping(Path(path)), [*changes, *overrides], f"{path} variant {name}")
         data.pop("variants")
         data["name"] = f"{base.name}-{name}"
-        configs[name] = _validate(data, f"{path} variant {name}")
+        configs[name] = validate(data, ExperimentConfig, f"{path} variant {name}")
     return configs

@@ -82,21 +82,31 @@ def _simulate(config: ExperimentConfig, veto: frozenset[int] = frozenset()) -> t
 REAL_ENGINE_BATCH_S = 0.005
 
 
+def live_options(config: ExperimentConfig):
+    """The worker actors' options and the driver's, from the config's `ray` section."""
+    from cluster.live.driver import LiveOptions
+    from cluster.live.raycluster import WorkerOptions
+
+    section, emulated = config.ray, config.ray.engine == "emulated"
+    workers = WorkerOptions(speedup=section.speedup, kv_scale=section.kv_scale, worker_cpus=section.worker_cpus,
+                            start_timeout_s=section.start_timeout_s, transport=section.transport,
+                            inbox_mib=section.shm_inbox_mib, engine=section.engine, model_path=section.model_path or "",
+                            seed=config.seed, worker_gpus=section.worker_gpus)
+    batch = section.report_batch_s if section.report_batch_s is not None else 0.0 if emulated else REAL_ENGINE_BATCH_S
+    driver = LiveOptions(speedup=section.speedup, transfer_timeout_s=section.transfer_timeout_s, stamp=section.stamp,
+                         transport=section.transport, paced_transfers=emulated, staged_kv=section.engine != "vllm",
+                         report_batch_s=batch)
+    return workers, driver
+
+
 def _run_live(config: ExperimentConfig, progress: Callable[[int, int], None] | None) -> tuple[Recorder, dict]:
-    from cluster.live.driver import LiveOptions, LiveRuntime
-    from cluster.live.raycluster import WorkerOptions, connect, start_workers, stop
+    from cluster.live.driver import LiveRuntime
+    from cluster.live.raycluster import connect, start_workers, stop
 
     setup = build_setup(config, generate(config.workload, config.seed))
-    section = config.ray
-    connect(section.address)
-    workers = WorkerOptions(section.speedup, section.kv_scale, section.worker_cpus, section.start_timeout_s,
-                            section.transport, section.shm_inbox_mib, section.engine, section.model_path or "",
-                            config.seed, section.worker_gpus)
+    connect(config.ray.address)
+    workers, options = live_options(config)
     actors, groups = start_workers(setup.instances, [int(n) for n in setup.table.node], workers)
-    options = LiveOptions(section.speedup, section.transfer_timeout_s, stamp=section.stamp, transport=section.transport,
-                          paced_transfers=section.engine == "emulated", staged_kv=section.engine != "vllm",
-                          report_batch_s=section.report_batch_s if section.report_batch_s is not None
-                          else 0.0 if section.engine == "emulated" else REAL_ENGINE_BATCH_S)
     runtime = LiveRuntime(setup, actors, options, progress)
     try:
         record = runtime.run()

@@ -11,6 +11,7 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import track
 
+from cluster.hardware.yamlfile import validate
 from experiments.config.experiment import ExperimentConfig
 from experiments.runs.runformat import Run
 from experiments.scoring.ledger import build_ledger
@@ -46,7 +47,7 @@ def analyse(run: Run, slo: SLO, tenant_slos: dict[str, SLO], replays: int, seed:
     table["benefit_change"] = np.nan
     decided = table[table["decision"] >= 0]
     if replays and len(decided) and run.meta.get("runtime") == "sim" and "config" in run.meta:
-        config = ExperimentConfig.model_validate(run.meta["config"])
+        config = validate(run.meta["config"], ExperimentConfig, "run.json, config")
         base = float(score(run, slo, tenant_slos=tenant_slos)[0]["benefit"].sum())
         rng = np.random.default_rng(seed)
         chosen = sorted(rng.choice(decided["decision"].unique(), min(replays, decided["decision"].nunique()),

@@ -13,7 +13,7 @@ import pandas as pd
 from cluster.core.tables import FINISHED
 from experiments.runs.runformat import Run
 from experiments.scoring.peers import andes_qoe, fluidity_index
-from router.slo import SCHEMES, SLO, benefit
+from router.slo import SCHEMES, SLO, benefit, check_slo
 from router.timelines import Timelines, idle_latency, meets, tpot
 
 PERCENTILES = (50, 90, 99)
@@ -36,10 +36,10 @@ def run_slos(meta: dict, overrides: dict | None = None) -> tuple[SLO, dict[str, 
     """The SLO a run is scored with (run.json `slo`) and each tenant's (`tenant_slo`),
     with `overrides` (SLO field -> value) over both."""
     given = dict(meta.get("slo") or {})
-    known = set(SLO.__dataclass_fields__)
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise ValueError(f"run.json, key 'slo': unknown parameters {unknown}; expected some of {sorted(known)}")
+    try:
+        check_slo(given)
+    except ValueError as exc:
+        raise ValueError(f"run.json, slo.{exc}") from None
     overrides = overrides or {}
     tenants = {tenant: SLO(**{**values, **overrides}) for tenant, values in (meta.get("tenant_slo") or {}).items()}
     return SLO(**{**given, **overrides}), tenants

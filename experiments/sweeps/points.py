@@ -9,7 +9,7 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from experiments.config.experiment import ConfigError
+from cluster.hardware.yamlfile import ConfigError
 from experiments.runs.runformat import Run, write_run
 from experiments.runs.runner import run_config
 from experiments.scoring.harm import harm_counts

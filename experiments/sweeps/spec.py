@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from experiments.config.experiment import ConfigError, ExperimentConfig, Strict, apply_overrides, explain, read_mapping
+from cluster.hardware.yamlfile import ConfigError, Strict, read_mapping, validate
+from experiments.config.experiment import ExperimentConfig, apply_overrides
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SINGLE_TENANT_RATE = "workload.arrival.rate"
@@ -44,7 +45,7 @@ class PolicyChoice(Strict):
         from router.policy import POLICIES
 
         if name not in POLICIES:
-            raise ValueError(f"unknown policy; expected one of {sorted(POLICIES)}")
+            raise ValueError(f"unknown policy {name!r}; expected one of {sorted(POLICIES)}")
         return name
 
     @field_validator("label")
@@ -59,7 +60,7 @@ class PolicyChoice(Strict):
         try:
             make_policy(self.name, self.params)
         except ValueError as exc:
-            raise ValueError(f"params: {str(exc).removeprefix('router.params: ')}") from None
+            raise ValueError(str(exc).removeprefix("router.")) from None
         return self
 
     @property
@@ -163,20 +164,8 @@ class Sweep:
         return self.spec.sweep.seeds or [self.base.seed]
 
 
-def _error(exc: ValidationError, where: str, section: str = "") -> ConfigError:
-    lines = explain(exc, where).replace(": Value error, ", ": ").splitlines()
-    return ConfigError("\n".join(line.replace(f"{where}: ", f"{where}: {section}", 1) for line in lines))
-
-
-def _validate(data: dict, where: str, section: str = "") -> ExperimentConfig:
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as exc:
-        raise _error(exc, where, section) from None
-
-
 def _base_data(path: Path, spec: SweepFile, overrides: list[str]) -> tuple[dict, ExperimentConfig]:
-    section = "base." if spec.base is not None else ""
+    section = "base" if spec.base is not None else ""
     if spec.base is not None:
         data, where = copy.deepcopy(spec.base), str(path)
     else:
@@ -187,8 +176,9 @@ def _base_data(path: Path, spec: SweepFile, overrides: list[str]) -> tuple[dict,
         data, where = read_mapping(base_path), str(base_path)
     data = apply_overrides(data, [*spec.set, *overrides], where)
     if "variants" in data:
-        raise ConfigError(f"{where}: {section}variants: a sweep's base takes no variants; use sweep.clusters instead")
-    return data, _validate(data, where, section)
+        raise ConfigError(f"{where}: {'.'.join([section, 'variants']).lstrip('.')}: a sweep's base takes no variants; "
+                          "use sweep.clusters instead")
+    return data, validate(data, ExperimentConfig, where, section)
 
 
 def _rate_key(data: dict, spec: SweepFile) -> str:
@@ -205,7 +195,7 @@ def _point(path: Path, base: dict, rate_key: str, choice: tuple) -> Point:
     data = apply_overrides(data, [f"{rate_key}={rate!r}"], where)
     data["seed"] = seed
     data["name"] = f"{data.get('name', 'experiment')}-{cluster}-{policy.key}-rate{rate:g}-seed{seed}"
-    return Point(cluster, policy.key, float(rate), seed, _validate(data, where))
+    return Point(cluster, policy.key, float(rate), seed, validate(data, ExperimentConfig, where))
 
 
 def _split(overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -221,10 +211,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     raw = apply_overrides(read_mapping(path), own, str(path))
     if ("base" in raw) == ("base_config" in raw):
         raise ConfigError(f"{path}: base: give base (an experiment config) or base_config (its path), exactly one")
-    try:
-        spec = SweepFile.model_validate(raw)
-    except ValidationError as exc:
-        raise _error(exc, str(path)) from None
+    spec = validate(raw, SweepFile, str(path))
     data, base = _base_data(path, spec, base_overrides)
     rate_key = _rate_key(data, spec)
     seeds = spec.sweep.seeds or [base.seed]

@@ -11,15 +11,15 @@ import math
 from typing import Annotated, Callable, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
+from cluster.hardware.yamlfile import Strict
 from experiments.workloads.lengths import read_table, resolve_data_file
 
 Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-class ArrivalBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ArrivalBase(Strict):
 
     def times(self, rng: np.random.Generator, limit: int | None, horizon: float | None
               ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -13,7 +13,9 @@ from typing import Annotated, Literal, Union
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_validator
+
+from cluster.hardware.yamlfile import Strict
 
 TRACES_DIR = Path(__file__).resolve().parents[2] / "configs" / "traces"
 DATASETS = {
@@ -133,9 +135,8 @@ def readable_table(value: str, info: ValidationInfo) -> str:
     return value
 
 
-class LengthsBase(BaseModel):
+class LengthsBase(Strict):
     """Clipping shared by every distribution: to a model's context, say."""
-    model_config = ConfigDict(extra="forbid")
     max_prompt: PositiveInt | None = None
     max_output: PositiveInt | None = None
     max_total: int | None = Field(None, ge=2)
@@ -177,9 +178,8 @@ class UniformLengths(LengthsBase):
         return pairs[:, 0], pairs[:, 1]
 
 
-class Lognormal(BaseModel):
+class Lognormal(Strict):
     """A lognormal length given by its mean and coefficient of variation (std / mean)."""
-    model_config = ConfigDict(extra="forbid")
     mean: float = Field(gt=0, allow_inf_nan=False)
     cv: float = Field(ge=0, allow_inf_nan=False)
 

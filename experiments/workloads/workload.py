@@ -4,32 +4,20 @@ request table it generates (docs/workloads.md).
 """
 from __future__ import annotations
 
-import re
-from types import UnionType
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
+from cluster.hardware.yamlfile import Strict, validate
 from experiments.workloads.arrivals import Arrival, TraceArrival
 from experiments.workloads.lengths import Lengths, SameTraceLengths
-from router.slo import SLO
+from router.slo import check_slo
 
 DEFAULT_TENANT = "default"
 COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "tenant")
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-
-
-def check_slo(overrides: dict[str, Any]) -> dict[str, Any]:
-    for key in overrides:
-        if key not in SLO.__dataclass_fields__:
-            raise ValueError(f"{key}: unknown SLO key; expected one of {list(SLO.__dataclass_fields__)}")
-    try:
-        SLO(**overrides)
-    except ValueError as exc:
-        raise ValueError(str(exc).removeprefix("slo.")) from None
-    return overrides
 
 
 def check_pair(arrival: Any, lengths: Any) -> None:
@@ -38,10 +26,9 @@ def check_pair(arrival: Any, lengths: Any) -> None:
                          f"so it needs arrival process 'trace', got {arrival.process!r}")
 
 
-class TenantConfig(BaseModel):
+class TenantConfig(Strict):
     """One stream of requests. Its share of the load follows from its arrival rate;
     `from_s` and `until_s` make it join late or leave early."""
-    model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1)
     arrival: Arrival
     lengths: Lengths
@@ -62,11 +49,10 @@ class TenantConfig(BaseModel):
         return self
 
 
-class WorkloadConfig(BaseModel):
+class WorkloadConfig(Strict):
     """`requests` caps the total, `duration_s` ends arrivals; at least one. Either
     `tenants`, or for one tenant (named "default") `arrival`, `lengths` and `slo`
     directly; after validation `tenants` always holds the list."""
-    model_config = ConfigDict(extra="forbid")
     requests: PositiveInt | None = None
     duration_s: Seconds | None = None
     rate_scale: Seconds = 1.0
@@ -159,87 +145,8 @@ def generate(config: WorkloadConfig, seed: int) -> pd.DataFrame:
     })
 
 
-def _members(kind: Any) -> list:
-    if get_origin(kind) is Annotated:
-        return _members(get_args(kind)[0])
-    if get_origin(kind) in (Union, UnionType):
-        return [member for arg in get_args(kind) for member in _members(arg)]
-    return [kind]
-
-
-def _is_model(kind: Any) -> bool:
-    return isinstance(kind, type) and issubclass(kind, BaseModel)
-
-
-def _tag(model: type[BaseModel]) -> str | None:
-    for key in ("process", "dist"):
-        if key in model.model_fields:
-            return get_args(model.model_fields[key].annotation)[0]
-    return None
-
-
-def _step(kind: Any, key: Any) -> tuple[Any, bool]:
-    """The type found one key further in, and whether the key was a union tag."""
-    members = _members(kind)
-    for member in members:
-        if _is_model(member) and _tag(member) == key:
-            return member, True
-    for member in members:
-        if _is_model(member) and key in member.model_fields:
-            return member.model_fields[key].annotation, False
-        if get_origin(member) is list and isinstance(key, int):
-            return get_args(member)[0], False
-    return None, False
-
-
-def _locate(loc: tuple) -> tuple[list[str], Any]:
-    """The keys a user wrote (union tags dropped) and the type at the end."""
-    kind, path = WorkloadConfig, []
-    for key in loc:
-        kind, is_tag = _step(kind, key) if kind is not None else (None, False)
-        if not is_tag:
-            path.append(str(key))
-    return path, kind
-
-
-def _expected_keys(kind: Any) -> str:
-    models = [member for member in _members(kind) if _is_model(member)]
-    return f"; expected one of {list(models[0].model_fields)}" if len(models) == 1 else ""
-
-
-def _describe(error: dict, prefix: str) -> str:
-    kind, context = error["type"], error.get("ctx", {})
-    if kind == "extra_forbidden":
-        path, parent = _locate(error["loc"][:-1])
-        path.append(str(error["loc"][-1]))
-        message = f"unknown key{_expected_keys(parent)}"
-    else:
-        path, _ = _locate(error["loc"])
-        message = error["msg"]
-    if kind == "value_error":
-        message = message.removeprefix("Value error, ")
-        match = re.match(r"([\w.]+): (.*)", message, re.S)
-        if match:
-            path += match[1].split(".")
-            message = match[2]
-    elif kind == "missing":
-        message = "missing (required)"
-    elif kind in ("union_tag_invalid", "union_tag_not_found"):
-        path.append(context["discriminator"].strip("'"))
-        tags = context.get("expected_tags", "")
-        message = (f"expected one of {tags}, got {context['tag']!r}" if kind == "union_tag_invalid"
-                   else "missing (required: it says which kind this is)")
-    elif kind != "extra_forbidden":
-        message = f"{message}, got {error['input']!r}"
-    return ".".join([prefix, *path] if prefix else path) + f": {message}"
-
-
 def load_workload(data: Any, where: str, base_dir: str | None = None, prefix: str = "workload") -> WorkloadConfig:
     """Validate a `workload:` section read from file `where`; relative data-file paths
     are taken from `base_dir` (else the working directory). Bad input raises a
     ValueError with one line per problem: file, dotted key, what was expected."""
-    try:
-        return WorkloadConfig.model_validate(data, context={"base_dir": base_dir})
-    except ValidationError as exc:
-        lines = [f"{where}: {_describe(error, prefix)}" for error in exc.errors()]
-        raise ValueError("\n".join(lines)) from None
+    return validate(data, WorkloadConfig, where, prefix, context={"base_dir": base_dir})

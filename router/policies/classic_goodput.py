@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from router.actions import Action, Dispatch, Migrate, Preempt, Reject, Resume
-from router.policies.common import Ledger, busy_instances, hand_off
+from router.policies.common import Headroom, busy_instances, hand_off, migration_mode
 from router.policy import Policy
 from router.snapshot import RequestView, Snapshot
 
@@ -31,19 +31,20 @@ class ClassicGoodput(Policy):
         super().__init__(seed)
         if scheme not in SCHEMES:
             raise ValueError(f"classic_goodput.scheme: expected one of {list(SCHEMES)}, got {scheme!r}")
-        self.scheme, self.abandon, self.mode, self.moves_per_tick = scheme, abandon, mode, moves_per_tick
+        self.scheme, self.abandon, self.moves_per_tick = scheme, abandon, moves_per_tick
+        self.mode = migration_mode(self.name, mode)
 
     def _limit(self, request: RequestView) -> float:
         return request.slo.tbt if self.scheme == "ttft_tbt" else request.slo.tpot
 
     def decide(self, snapshot: Snapshot) -> list[Action]:
-        ledger = Ledger(snapshot.instances)
-        actions = self._dispatch(snapshot, ledger)
+        headroom = Headroom(snapshot.instances)
+        actions = self._dispatch(snapshot, headroom)
         urgent = sorted(snapshot.to_hand_off, key=lambda r: (r.missed, r.arrival_s))
-        actions += hand_off(snapshot, ledger, urgent, self._decode_target)
-        actions += self._preempted(snapshot, ledger)
+        actions += hand_off(snapshot, headroom, urgent, self._decode_target)
+        actions += self._preempted(snapshot, headroom)
         if snapshot.event == "tick":
-            actions += self._rescue(snapshot, ledger)
+            actions += self._rescue(snapshot, headroom)
         return actions
 
     def choose_victim(self, snapshot: Snapshot, instance: int) -> int | None:
@@ -51,48 +52,48 @@ class ClassicGoodput(Policy):
         missed = [r for r in snapshot.running.get(instance, ()) if r.missed]
         return max(missed, key=lambda r: (r.arrival_s, r.id)).id if missed else None
 
-    def _dispatch(self, snapshot: Snapshot, ledger: Ledger) -> list[Action]:
+    def _dispatch(self, snapshot: Snapshot, headroom: Headroom) -> list[Action]:
         actions: list[Action] = []
         for request in sorted(snapshot.to_dispatch, key=lambda r: (r.missed, r.arrival_s + r.slo.ttft, r.id)):
             if self.abandon:
-                waits = ledger.first_token_s(request) if len(ledger.prefill) else np.array([np.inf])
+                waits = headroom.first_token_s(request) if len(headroom.prefill) else np.array([np.inf])
                 if request.missed or snapshot.now + waits.min() - request.arrival_s > request.slo.ttft:
                     actions.append(Reject(request.id, "abandoned: misses its TTFT"))
                     continue
-            target = ledger.fastest_prefill(request)
+            target = headroom.fastest_prefill(request)
             if target is not None:
                 actions.append(Dispatch(request.id, target))
         return actions
 
-    def _decode_target(self, snapshot: Snapshot, ledger: Ledger, request: RequestView, exclude: int = -1,
+    def _decode_target(self, snapshot: Snapshot, headroom: Headroom, request: RequestView, exclude: int = -1,
                        within_only: bool = False) -> int | None:
-        fits = ledger.fitting(request, exclude)
+        fits = headroom.fitting(request, exclude)
         if not len(fits):
             return None
-        step = ledger.step_with(fits, request.context_tokens)
+        step = headroom.step_with(fits, request.context_tokens)
         limit = self._limit(request)
         within = step <= limit
         if within.any():
-            return int(ledger.decode[fits[within][np.argmin(step[within])]])
+            return int(headroom.decode[fits[within][np.argmin(step[within])]])
         if within_only:
             return None
-        now = ledger.step_now[fits]
+        now = headroom.step_now[fits]
         lost = now > limit
         pool, times = (fits[lost], now[lost]) if lost.any() else (fits, now)
-        return int(ledger.decode[pool[np.argmax(times)]])
+        return int(headroom.decode[pool[np.argmax(times)]])
 
-    def _preempted(self, snapshot: Snapshot, ledger: Ledger) -> list[Action]:
+    def _preempted(self, snapshot: Snapshot, headroom: Headroom) -> list[Action]:
         actions: list[Action] = []
         for request in sorted(snapshot.preempted, key=lambda r: (r.missed, r.arrival_s)):
             if self.abandon and request.missed:
                 actions.append(Reject(request.id, "abandoned: missed its SLO"))
                 continue
-            target = self._decode_target(snapshot, ledger, request, within_only=True)
+            target = self._decode_target(snapshot, headroom, request, within_only=True)
             if target is not None:
-                actions.append(Resume(request.id, ledger.give(target, request)))
+                actions.append(Resume(request.id, headroom.give(target, request)))
         return actions
 
-    def _rescue(self, snapshot: Snapshot, ledger: Ledger) -> list[Action]:
+    def _rescue(self, snapshot: Snapshot, headroom: Headroom) -> list[Action]:
         ids, groups = busy_instances(snapshot)
         if not len(ids):
             return []
@@ -107,7 +108,7 @@ class ClassicGoodput(Policy):
                 if request.missed:
                     actions.append(Preempt(request.id, "recompute"))
                     continue
-                target = self._decode_target(snapshot, ledger, request, exclude=source, within_only=True)
+                target = self._decode_target(snapshot, headroom, request, exclude=source, within_only=True)
                 if target is not None:
-                    actions.append(Migrate(request.id, ledger.give(target, request), self.mode))
+                    actions.append(Migrate(request.id, headroom.give(target, request), self.mode))
         return actions

@@ -6,15 +6,21 @@ from functools import cached_property
 
 import numpy as np
 
-from router.actions import Handoff
+from router.actions import MIGRATION_MODES, Handoff
 from router.snapshot import DECODE, PREFILL, Instances, RequestView, Snapshot
+
+
+def migration_mode(policy: str, mode: str) -> str:
+    if mode not in MIGRATION_MODES:
+        raise ValueError(f"{policy}.mode: expected one of {list(MIGRATION_MODES)}, got {mode!r}")
+    return mode
 
 
 def blocks_needed(request: RequestView, instances: Instances) -> int:
     return -(-max(request.context_tokens, request.prompt_tokens) // instances.block_size)
 
 
-class Ledger:
+class Headroom:
     """The instances as one decision sees them: each role's columns sliced once, then
     updated with what the decision already gave (queued prompt tokens, KV blocks,
     requests), so later choices in the same decision account for earlier ones."""
@@ -114,15 +120,15 @@ def stays_local(snapshot: Snapshot, request: RequestView) -> bool:
     return snapshot.instances.role[request.instance] != PREFILL
 
 
-def hand_off(snapshot: Snapshot, ledger: Ledger, requests, choose) -> list[Handoff]:
+def hand_off(snapshot: Snapshot, headroom: Headroom, requests, choose) -> list[Handoff]:
     """Hand off `requests` in the order given: in place when colocated, else to
-    `choose(snapshot, ledger, request)`; a request with no target waits."""
+    `choose(snapshot, headroom, request)`; a request with no target waits."""
     actions = []
     for request in requests:
         if stays_local(snapshot, request):
             actions.append(Handoff(request.id, request.instance))
             continue
-        target = choose(snapshot, ledger, request)
+        target = choose(snapshot, headroom, request)
         if target is not None:
-            actions.append(Handoff(request.id, ledger.give(target, request)))
+            actions.append(Handoff(request.id, headroom.give(target, request)))
     return actions

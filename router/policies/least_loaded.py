@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from router.actions import Action, Dispatch, Migrate
-from router.policies.common import Ledger, hand_off
+from router.policies.common import Headroom, hand_off, migration_mode
 from router.policy import Policy
 from router.snapshot import Snapshot
 
@@ -19,27 +19,28 @@ class LeastLoaded(Policy):
 
     def __init__(self, seed: int = 0, imbalance: float = 0.2, migrations_per_tick: int = 1, mode: str = "live") -> None:
         super().__init__(seed)
-        self.imbalance, self.migrations_per_tick, self.mode = imbalance, migrations_per_tick, mode
+        self.imbalance, self.migrations_per_tick = imbalance, migrations_per_tick
+        self.mode = migration_mode(self.name, mode)
 
     def decide(self, snapshot: Snapshot) -> list[Action]:
-        ledger = Ledger(snapshot.instances)
+        headroom = Headroom(snapshot.instances)
         actions: list[Action] = []
         for request in snapshot.to_dispatch:
-            target = ledger.fastest_prefill(request)
+            target = headroom.fastest_prefill(request)
             if target is not None:
                 actions.append(Dispatch(request.id, target))
-        actions += hand_off(snapshot, ledger, snapshot.to_hand_off, self._most_room)
+        actions += hand_off(snapshot, headroom, snapshot.to_hand_off, self._most_room)
         if snapshot.event == "tick":
-            actions += self._rebalance(snapshot, ledger)
+            actions += self._rebalance(snapshot, headroom)
         return actions
 
     @staticmethod
-    def _most_room(snapshot: Snapshot, ledger: Ledger, request) -> int | None:
-        fits = ledger.fitting(request)
-        return int(ledger.decode[fits[np.argmax(ledger.rooms[fits])]]) if len(fits) else None
+    def _most_room(snapshot: Snapshot, headroom: Headroom, request) -> int | None:
+        fits = headroom.fitting(request)
+        return int(headroom.decode[fits[np.argmax(headroom.rooms[fits])]]) if len(fits) else None
 
-    def _rebalance(self, snapshot: Snapshot, ledger: Ledger) -> list[Action]:
-        instances, decode = snapshot.instances, ledger.decode
+    def _rebalance(self, snapshot: Snapshot, headroom: Headroom) -> list[Action]:
+        instances, decode = snapshot.instances, headroom.decode
         if len(decode) < 2:
             return []
         usage = 1.0 - instances.free_blocks[decode] / instances.total_blocks[decode]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from router.actions import Action, Dispatch, Migrate, Resume
-from router.policies.common import Ledger, busy_instances, hand_off
+from router.policies.common import Headroom, busy_instances, hand_off, migration_mode
 from router.policy import Policy
 from router.snapshot import RequestView, Snapshot
 
@@ -36,23 +36,24 @@ class SmoothGoodput(Policy):
 
     def __init__(self, seed: int = 0, mode: str = "live", moves_per_tick: int = 2, live_stall_s: float = 0.005) -> None:
         super().__init__(seed)
-        self.mode, self.moves_per_tick, self.live_stall_s = mode, moves_per_tick, live_stall_s
+        self.moves_per_tick, self.live_stall_s = moves_per_tick, live_stall_s
+        self.mode = migration_mode(self.name, mode)
 
     def decide(self, snapshot: Snapshot) -> list[Action]:
-        ledger = Ledger(snapshot.instances)
+        headroom = Headroom(snapshot.instances)
         actions: list[Action] = []
         for request in sorted(snapshot.preempted, key=lambda r: (-r.idle_s, r.id)):
-            target = ledger.fastest_prefill(request)
+            target = headroom.fastest_prefill(request)
             if target is not None:
                 actions.append(Resume(request.id, target))
         for request in snapshot.to_dispatch:
-            target = ledger.fastest_prefill(request)
+            target = headroom.fastest_prefill(request)
             if target is not None:
                 actions.append(Dispatch(request.id, target))
         waiting = sorted(snapshot.to_hand_off, key=lambda r: (-r.idle_s, r.id))
-        actions += hand_off(snapshot, ledger, waiting, self._decode_target)
+        actions += hand_off(snapshot, headroom, waiting, self._decode_target)
         if snapshot.event == "tick":
-            actions += self._spend_slack(snapshot, ledger)
+            actions += self._spend_slack(snapshot, headroom)
         return actions
 
     def choose_victim(self, snapshot: Snapshot, instance: int) -> int | None:
@@ -60,19 +61,19 @@ class SmoothGoodput(Policy):
         running = snapshot.running.get(instance, ())
         return max(running, key=lambda r: (r.slack_s, r.id)).id if running else None
 
-    def _marginal_idle(self, ledger: Ledger, positions: np.ndarray, request: RequestView) -> np.ndarray:
-        v, batch = request.slo.v, ledger.batch[positions]
-        before = idle_rate(batch, ledger.step_now[positions], v)
-        return idle_rate(batch + 1, ledger.step_with(positions, request.context_tokens), v) - before
+    def _marginal_idle(self, headroom: Headroom, positions: np.ndarray, request: RequestView) -> np.ndarray:
+        v, batch = request.slo.v, headroom.batch[positions]
+        before = idle_rate(batch, headroom.step_now[positions], v)
+        return idle_rate(batch + 1, headroom.step_with(positions, request.context_tokens), v) - before
 
-    def _decode_target(self, snapshot: Snapshot, ledger: Ledger, request: RequestView, exclude: int = -1) -> int | None:
-        fits = ledger.fitting(request, exclude, growth=True)
+    def _decode_target(self, snapshot: Snapshot, headroom: Headroom, request: RequestView, exclude: int = -1) -> int | None:
+        fits = headroom.fitting(request, exclude, growth=True)
         if not len(fits):
             return None
-        order = np.lexsort((fits, -ledger.rooms[fits], self._marginal_idle(ledger, fits, request)))
-        return int(ledger.decode[fits[order[0]]])
+        order = np.lexsort((fits, -headroom.rooms[fits], self._marginal_idle(headroom, fits, request)))
+        return int(headroom.decode[fits[order[0]]])
 
-    def _spend_slack(self, snapshot: Snapshot, ledger: Ledger) -> list[Action]:
+    def _spend_slack(self, snapshot: Snapshot, headroom: Headroom) -> list[Action]:
         """Screen all instances at once; only those slower than their readers are
         looked into. An instance's reading speed is its first request's V."""
         ids, groups = busy_instances(snapshot)
@@ -86,13 +87,13 @@ class SmoothGoodput(Policy):
             for request in sorted(groups[index], key=lambda r: (-r.slack_s, r.id)):
                 if len(actions) >= self.moves_per_tick or request.slack_s <= self.live_stall_s:
                     break
-                target = self._decode_target(snapshot, ledger, request, exclude=source)
+                target = self._decode_target(snapshot, headroom, request, exclude=source)
                 if target is None:
                     break
-                gain = self._marginal_idle(ledger, np.array([ledger.position[target]]), request)[0] \
+                gain = self._marginal_idle(headroom, np.array([headroom.position[target]]), request)[0] \
                     - idle_rate(1, instances.step_time_s[source], request.slo.v)
                 if gain < 0:
-                    actions.append(Migrate(request.id, ledger.give(target, request), self.mode))
+                    actions.append(Migrate(request.id, headroom.give(target, request), self.mode))
             if len(actions) >= self.moves_per_tick:
                 break
         return actions
