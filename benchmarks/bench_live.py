@@ -114,8 +114,8 @@ def kv_actors(transport: str):
 
     from cluster.core.request import Request
     from cluster.core.scheduling import SchedulerConfig
-    from cluster.engines.engine import ModelEngine
     from cluster.engines.kvbytes import EmulatedKV
+    from cluster.engines.model import ModelEngine
     from cluster.hardware.perfmodel import IterationModel
     from cluster.live.actor import WorkerActor
     from cluster.live.raycluster import MAX_CONCURRENCY

@@ -16,7 +16,6 @@ from typing import Callable
 import numpy as np
 import xxhash
 
-TRANSPORTS = ("object_store", "gloo", "nccl")
 CHECKSUM_MASK = 2 ** 63 - 1
 INBOX_HEADER = 64
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cluster.core.request import Request
-from cluster.engines.engine import ModelEngine
+from cluster.engines.model import ModelEngine
 from experiments.config.experiment import ExperimentConfig
 from experiments.runs.runner import build_setup, simulate
 from experiments.workloads.workload import generate

@@ -46,3 +46,22 @@ def test_vllm_workers_hand_off_through_nixl_migrate_and_preempt_without_changing
     prefill = steps[steps["instance"] == 0]
     assert (prefill["decode_batch"] == 0).all() and prefill["prefill_tokens"].sum() == run.requests["prompt_tokens"].sum()
     assert steps.loc[steps["instance"] > 0, "decode_batch"].sum() >= len(run.tokens) - 2 * len(run.requests)
+
+
+def test_vllm_preempts_the_routers_victim(local_ray, tiny_model, greedy):
+    from test_control import EarliestFirst
+
+    cfg = ExperimentConfig.model_validate({
+        "runtime": "ray", "seed": 5,
+        "cluster": {"model": "tiny-llama", "kv_blocks": 12, "scheduler": {"block_size": 32},
+                    "instances": [{"role": "colocated"}]},
+        "router": {"tick_s": 0.05},
+        "ray": {"engine": "vllm", "model_path": tiny_model, "worker_cpus": 0.1, "start_timeout_s": 120},
+        "workload": {"requests": 3, "arrival": {"process": "constant", "rate": 50.0},
+                     "lengths": {"dist": "fixed", "prompt": 40, "output": 150}}})
+    run, _ = run_live(cfg, EarliestFirst(), settle_s=3.0)
+    assert_complete(run)
+    preempted = run.events[run.events["kind"] == "preempt"]
+    assert len(preempted) and preempted["request_id"].iloc[0] == 0, preempted   # vLLM's own victim is the last one
+    assert (preempted["detail"] == "engine-recompute").all()
+    assert_greedy(run, greedy, cfg.seed)

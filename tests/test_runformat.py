@@ -140,7 +140,7 @@ def test_the_run_format_vocabulary_is_defined_once_and_documented():
 
     from cluster.core.recorder import Recorder
     from cluster.core.tables import EVENT_KINDS, STEP_COLUMNS, STEP_SHAPE
-    from cluster.engines.engine import StepShape
+    from cluster.engines.port import StepShape
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "run-format.md").read_text()
     assert all(f"| `{kind}` |" in doc for kind in EVENT_KINDS)

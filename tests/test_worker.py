@@ -9,7 +9,8 @@ import ray
 
 from cluster.core.request import Request
 from cluster.core.scheduling import InstanceSpec, SchedulerConfig
-from cluster.engines.engine import ModelEngine, StepResult
+from cluster.engines.model import ModelEngine
+from cluster.engines.port import StepResult
 from cluster.hardware.perfmodel import IterationModel
 from cluster.live.actor import WorkerActor
 from cluster.live.worker import Report, Worker

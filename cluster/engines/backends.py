@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cluster.core.scheduling import InstanceSpec
-from cluster.engines.engine import Engine, ModelEngine
 from cluster.engines.kvbytes import EmulatedKV
+from cluster.engines.model import ModelEngine
+from cluster.engines.port import Engine
 
 ENGINES = ("emulated", "hf", "vllm")
 REAL_ENGINES = ("hf", "vllm")

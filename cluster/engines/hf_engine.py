@@ -13,8 +13,9 @@ import numpy as np
 from cluster.core.request import SWAPPED, Request
 from cluster.core.scheduling import InstanceSpec
 from cluster.engines.cpu import use_threads
-from cluster.engines.engine import ModelEngine, StepResult
+from cluster.engines.model import ModelEngine
 from cluster.engines.paged_llama import Chunk, PagedLlama
+from cluster.engines.port import StepResult
 from cluster.engines.prompts import check_token_ids, prompt_ids
 from migration.transport import Packet, describe
 

@@ -27,7 +27,7 @@ import numpy as np
 from cluster.core.request import Request
 from cluster.core.scheduling import InstanceSpec
 from cluster.engines.cpu import use_threads
-from cluster.engines.engine import KVNotReady, StepResult, StepShape
+from cluster.engines.port import KVNotReady, StepResult, StepShape
 from cluster.engines.prompts import check_token_ids, prompt_ids
 from migration.transport import Packet, describe
 from router.snapshot import COLOCATED, PREFILL
@@ -179,11 +179,12 @@ class VLLMEngine:
         self.scheduler.schedule = scheduled
 
     def _victim_last(self) -> None:
+        """vLLM's scheduler names a request `ID-N-SUFFIX` for our `ID-N`."""
         running, chosen = self.scheduler.running, self.vllm_ids.get(self.victim)
-        if chosen is None or not running or running[-1].request_id == chosen:
+        if chosen is None or not running:
             return
         for position, request in enumerate(running):
-            if request.request_id == chosen:
+            if request.request_id == chosen or request.request_id.startswith(f"{chosen}-"):
                 running.append(running.pop(position))
                 return
 

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from cluster.core.request import Request
-from cluster.engines.engine import Engine, KVNotReady
+from cluster.engines.port import Engine, KVNotReady
 from cluster.live.worker import Report, Worker
 from migration.transport import ChecksumError, InboxWriter, SharedMemoryInbox, TorchTransport, verify
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from cluster.core.request import Request
-from cluster.engines.engine import Engine, StepResult
+from cluster.engines.port import Engine, StepResult
 
 CATCH_UP_S = 0.005
 QUIET_S = 0.05
