@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 import ray
 
-from cluster.live.driver import LiveOptions, LiveRuntime
-from cluster.live.raycluster import WorkerOptions, start_workers, stop
+from cluster.core.control import ControlPlane
+from cluster.core.runtime import Runtime
+from cluster.live.driver import LiveRuntime
+from cluster.live.raycluster import start_workers, stop
 from cluster.sim.simulator import Simulator
 from experiments.config.experiment import ExperimentConfig
 from experiments.runs.runner import build_setup, live_options
@@ -19,6 +21,8 @@ from experiments.workloads.workload import generate
 from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume
 from router.policy import Policy
 from router.slo import SLO
+from router.snapshot import RequestView
+from router.tracker import RequestTracker
 from tests.test_live import settled_stats
 
 PREFILL, FIRST, SECOND = 0, 1, 2
@@ -152,12 +156,131 @@ def test_the_router_chooses_the_engines_victim_in_both_runtimes(local_ray, runti
     if runtime == "sim":
         record = Simulator(setup).run()
     else:
-        actors, groups = start_workers(setup.instances, [0], WorkerOptions(4.0, worker_cpus=0.1))
+        actors, groups = start_workers(setup.instances, [0], live_options(config)[0])
         try:
-            record = LiveRuntime(setup, actors, LiveOptions(4.0)).run()
+            record = LiveRuntime(setup, actors, live_options(config)[1]).run()
         finally:
             stop(actors, groups)
     events = record.events()
     preempted = events[(events["kind"] == "preempt")]
     assert len(preempted) and preempted["request_id"].iloc[0] == 0
     assert (record.requests["status"] == "finished").all()
+
+
+class Hooks(Runtime):
+    """A runtime that only remembers what the control plane asked of it: the tests below
+    answer its KV copies and detaches by hand, in orders a live cluster can produce."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.copies: list[int] = []
+        self.decoding: dict[int, set] = {}
+
+    def now(self) -> float:
+        return 0.0
+
+    def view(self, request):
+        return RequestView(request.id, request.tenant, request.arrival, request.prompt, request.max_tokens, 1,
+                           request.instance, 0.0, 1.0, 0.0, request.prompt, False, SLO())
+
+    def running(self):
+        return {}
+
+    def context_of(self, request) -> int:
+        return request.prompt
+
+    def reserve(self, request, instance, blocks) -> bool:
+        self.calls.append(("reserve", request.id, instance, blocks))
+        return True
+
+    def copy_kv(self, request, source, target, first, tokens, final, move) -> None:
+        self.copies.append(move)
+
+    def place(self, request, state, instance) -> None:
+        request.state, request.instance = state, instance
+
+
+def _recorded(hook: str):
+    return lambda self, request, *args: self.calls.append((hook, request.id, *args))
+
+
+for _hook in ("enqueue", "decode_here", "cancel", "admit", "release", "preempt", "detach", "reattach",
+              "resume", "drop"):
+    setattr(Hooks, _hook, _recorded(_hook))
+
+
+class Hand(Policy):
+    """Hands every prefilled request to instance 1 (a decode instance)."""
+    name = "test-hand"
+
+    def decide(self, snapshot):
+        return [Handoff(r.id, 1) for r in snapshot.to_hand_off]
+
+
+def plane(roles=("prefill", "decode", "decode")):
+    config = ExperimentConfig.model_validate({
+        "cluster": {"instances": [{"role": r} for r in roles], "kv_blocks": 100},
+        "workload": {"requests": 2, "arrival": {"process": "constant", "rate": 1.0},
+                     "lengths": {"dist": "fixed", "prompt": 50, "output": 20}}})
+    setup = build_setup(config, generate(config.workload, 0))
+    setup.policy = Hand()
+    hooks = Hooks()
+    control = ControlPlane(setup, hooks)
+    request = control.requests[0]
+    request.state, request.instance = "handoff", 0
+    return control, hooks, request
+
+
+def kinds(control) -> list[str]:
+    return control.record.kinds()
+
+
+def test_an_answer_to_a_copy_of_an_ended_move_is_not_taken_for_a_later_one():
+    control, hooks, request = plane()
+    request.tracker = RequestTracker(0.0, SLO())
+    control.prefilled(request, 0)
+    control.decide("prefill_done")
+    first = hooks.copies[-1]
+    control.requeue(request, "test")
+    request.state, request.instance = "handoff", 0
+    control.prefilled(request, 0)
+    control.decide("prefill_done")
+    second = hooks.copies[-1]
+    control.copied(request.id, first)
+    assert "transfer_end" not in kinds(control)
+    control.copied(request.id, second)
+    assert kinds(control).count("transfer_end") == 1
+    control.copied(request.id, second)
+    assert kinds(control).count("transfer_end") == 1
+
+
+def test_a_hand_off_that_keeps_failing_is_prefilled_again():
+    control, hooks, request = plane()
+    control.prefilled(request, 0)
+    control.decide("prefill_done")
+    for _ in range(3):
+        control.copied(request.id, hooks.copies[-1], "transport")
+    assert kinds(control).count("transfer_abort") == 3
+    assert request.id in control.to_dispatch and ("drop", request.id, 0) in hooks.calls
+    assert [c for c in hooks.calls if c[0] == "cancel"] == [("cancel", request.id, 1, 4)] * 3
+
+
+def test_requests_no_instance_can_hand_off_to_are_rejected_and_dropped_where_they_are():
+    control, hooks, request = plane(("prefill", "decode"))
+    control.prefilled(request, 0)
+    control.table.set_alive(1, False)
+    control.decide("tick")
+    assert request.state == "rejected" and ("drop", request.id, 0) in hooks.calls
+
+
+def test_a_request_detached_for_a_move_that_was_aborted_decodes_again():
+    control, hooks, request = plane()
+    request.state, request.instance = "decoding", 1
+    control.apply(Migrate(request.id, 2, "live"))
+    control.moves.live[request.id].stage = control.setup.cost.max_stages - 1
+    control.moves.copied(request, hooks.copies[-1], "")
+    assert ("detach", request.id, True) in hooks.calls
+    control.fault(2, "test")
+    assert "migrate_abort" in kinds(control) and ("reattach", request.id, 1) not in hooks.calls
+    control.detach_done(request.id, 60)
+    assert ("reattach", request.id, 1) in hooks.calls

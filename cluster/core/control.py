@@ -21,6 +21,7 @@ from router.snapshot import DECODE, PREFILL, Snapshot
 from router.tracker import RequestTracker
 
 END_KINDS = {FINISHED: "finish", REJECTED: "reject", ABORTED: "abort"}
+HANDOFF_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Transfer:
     target: int
     blocks: int
     nbytes: float
+    copy: int
 
 
 class ControlPlane:
@@ -40,7 +42,10 @@ class ControlPlane:
         self.to_dispatch: dict[int, Request] = {}
         self.to_hand_off: dict[int, Request] = {}
         self.transfers: dict[int, Transfer] = {}
-        self.moves = Moves(setup, runtime, self.record, self.requests, self.requeue)
+        self.copies: dict[int, int] = {}
+        self.copy_count = 0
+        self.failed_handoffs: dict[int, int] = {}
+        self.moves = Moves(setup, runtime, self.record, self.requests, self.requeue, self.copy_kv)
         self.decisions = 0
         self.unfinished = len(self.requests)
         self.victim_rule = type(self.policy).choose_victim is not Policy.choose_victim
@@ -64,9 +69,15 @@ class ControlPlane:
         self._close(request, FINISHED, "", instance)
 
     def end(self, request: Request, state: str, reason: str, instance: int | None = None) -> None:
-        """The router or the runtime ends a request (rejected, aborted)."""
-        if not request.final:
-            self._close(request, state, reason, request.instance if instance is None else instance)
+        """The router or the runtime ends a request (rejected, aborted): its hand-off or
+        move in flight, if any, ends with it."""
+        if request.final:
+            return
+        transfer = self.transfers.pop(request.id, None)
+        if transfer is not None:
+            self.rt.cancel(request, transfer.target, transfer.blocks)
+        self.moves.forget(request.id)
+        self._close(request, state, reason, request.instance if instance is None else instance)
 
     def _close(self, request: Request, state: str, reason: str, instance: int) -> None:
         self.rt.place(request, state, instance)
@@ -77,11 +88,22 @@ class ControlPlane:
         self.unfinished -= 1
         self.rt.ended(request)
 
+    def copy_kv(self, request: Request, source: int, target: int, first: int, tokens: int, final: bool) -> int:
+        """Start a KV copy (`Runtime.copy_kv`); its number, which its answer carries."""
+        self.copy_count += 1
+        self.copies[self.copy_count] = request.id
+        self.rt.copy_kv(request, source, target, first, tokens, final, self.copy_count)
+        return self.copy_count
+
     def copied(self, request_id: int, copy: int, reason: str = "") -> None:
-        """KV copied by `Runtime.copy_kv` arrived (`reason` empty) or did not."""
-        request = self.requests[request_id]
-        if request_id in self.transfers:
-            self._handed_off(request, self.transfers.pop(request_id), reason)
+        """Copy number `copy` of the request's KV arrived (`reason` empty) or did not.
+        An answer to a copy whose move has ended meanwhile is ignored."""
+        if self.copies.pop(copy, None) != request_id:
+            return
+        request, transfer = self.requests[request_id], self.transfers.get(request_id)
+        if transfer is not None and transfer.copy == copy:
+            del self.transfers[request_id]
+            self._handed_off(request, transfer, reason)
         else:
             self.moves.copied(request, copy, reason)
 
@@ -135,11 +157,11 @@ class ControlPlane:
     def _strand(self, role: int, waiting: dict[int, Request]) -> None:
         if waiting and not self.table.view.serving(role):
             for request in list(waiting.values()):
-                self.end(request, REJECTED, "no live instance", -1)
+                self._reject(request, "no live instance")
 
     def victim(self, instance: int, running) -> int | None:
         """The request an engine out of KV stops: the policy's choice (None: the engine's own)."""
-        views = {instance: tuple(map(self.rt.view, running))}
+        views = {instance: tuple(self.rt.view(r) for r in running if not self.moves.moving(r.id))}
         return self.policy.choose_victim(Snapshot(self.rt.now(), events.PREEMPTING, self.table.view, running=views),
                                          instance)
 
@@ -164,9 +186,7 @@ class ControlPlane:
         elif isinstance(action, Reject):
             request = (self.to_dispatch.pop(action.request, None) or self.moves.abandon(action.request)
                        or self._take(self.to_hand_off, action, "reject"))
-            if request.state == HANDOFF:
-                self.rt.drop(request, request.instance)
-            self.end(request, REJECTED, action.reason)
+            self._reject(request, action.reason)
         elif isinstance(action, (Migrate, Preempt)):
             self.decisions += 1
             decision = self.decisions - 1
@@ -181,6 +201,11 @@ class ControlPlane:
             self.moves.resume(action)
         else:
             raise ValueError(f"policy {self.policy.name!r}: {action!r} is not an action")
+
+    def _reject(self, request: Request, reason: str) -> None:
+        if request.state == HANDOFF:
+            self.rt.drop(request, request.instance)
+        self.end(request, REJECTED, reason)
 
     def _take(self, waiting: dict[int, Request], action, verb: str) -> Request:
         return take_waiting(waiting, action, verb, self.policy.name)
@@ -201,15 +226,14 @@ class ControlPlane:
             return
         nbytes = context * self.setup.kv_bytes_per_token
         self.rt.place(request, TRANSFER, source)
-        self.transfers[request.id] = Transfer(source, target, blocks, nbytes)
-        self.rt.copy_kv(request, source, target, 0, context, True, 0)
+        self.transfers[request.id] = Transfer(source, target, blocks, nbytes, self.copy_count + 1)
+        self.copy_kv(request, source, target, 0, context, True)
         self.record.event(self.rt.now(), "transfer_start", request.id, source, target, nbytes)
 
     def _handed_off(self, request: Request, transfer: Transfer, reason: str) -> None:
-        if request.final:
-            return
         source, target, now = transfer.source, transfer.target, self.rt.now()
         if not reason:
+            self.failed_handoffs.pop(request.id, None)
             self.rt.release(request, source)
             self.rt.admit(request, target, transfer.blocks)
             self.record.event(now, "transfer_end", request.id, source, target, transfer.nbytes)
@@ -219,10 +243,15 @@ class ControlPlane:
         self.rt.cancel(request, target, transfer.blocks)
         self.record.event(now, "transfer_abort", request.id, source, target, detail=reason)
         self.rt.changed(target)
-        if reason == "target_full" or (self.table.alive[source] and reason != "source_dead"):
+        tries = self.failed_handoffs[request.id] = self.failed_handoffs.get(request.id, 0) + (reason != "target_full")
+        if not self.table.alive[source] or reason == "source_dead":
+            self.requeue(request, reason)
+        elif tries >= HANDOFF_TRIES:
+            self.failed_handoffs.pop(request.id)
+            self.rt.drop(request, source)
+            self.requeue(request, f"hand-off failed {tries} times ({reason})")
+        else:
             self.rt.place(request, HANDOFF, source)
             self.to_hand_off[request.id] = request
-        else:
-            self.requeue(request, reason)
         if reason != "target_full":
             self.decide(events.HANDOFF_FAILED)

@@ -18,8 +18,9 @@ from router.actions import Migrate, Preempt, Resume, live_instance
 
 class Moves:
     def __init__(self, setup: RunSetup, runtime: Runtime, record: Recorder, requests: dict[int, Request],
-                 requeue: Callable[[Request, str], None]) -> None:
-        self.setup, self.rt, self.record, self.requests, self.requeue = setup, runtime, record, requests, requeue
+                 requeue: Callable[[Request, str], None], copy_kv: Callable[..., int]) -> None:
+        self.setup, self.rt, self.record, self.requests = setup, runtime, record, requests
+        self.requeue, self.copy_kv = requeue, copy_kv
         self.block_size = setup.table.view.block_size
         self.preempted: dict[int, Request] = {}
         self.parked_at: dict[int, int] = {}
@@ -27,7 +28,7 @@ class Moves:
         self.asked: dict[int, tuple[str, int]] = {}
         self.recomputing: dict[int, int] = {}
         self.live: dict[int, LiveMigration] = {}
-        self.copies = 0
+        self.detaching: dict[int, int] = {}
 
     def moving(self, request_id: int) -> bool:
         return request_id in self.live or request_id in self.asked or request_id in self.recomputing
@@ -37,7 +38,7 @@ class Moves:
         migration = self.live.pop(request_id, None)
         if migration is not None:
             self.rt.cancel(self.requests[request_id], migration.target, migration.reserved_blocks)
-        for table in (self.preempted, self.parked_at, self.asked, self.recomputing):
+        for table in (self.preempted, self.parked_at, self.asked, self.recomputing, self.detaching):
             table.pop(request_id, None)
         self.swapped.discard(request_id)
 
@@ -94,7 +95,7 @@ class Moves:
                           decision=decision)
         if action.mode == "recompute":
             self.recomputing[request.id] = target
-            self.rt.detach(request, keep_kv=False)
+            self._detach(request, keep_kv=False)
             return
         cost, context = self.setup.cost, self.rt.context_of(request)
         migration = LiveMigration(request.id, source, target, self.rt.now(), cost)
@@ -105,11 +106,19 @@ class Moves:
             return self._abort(request, migration, "target_full")
         self._next_stage(request, migration, context)
 
+    def _detach(self, request: Request, keep_kv: bool) -> None:
+        self.detaching[request.id] = request.instance
+        self.rt.detach(request, keep_kv)
+
     def detach_done(self, request: Request, context: int) -> None:
+        instance = self.detaching.pop(request.id, None)
         if request.id in self.recomputing:
             self._recomputed(request, self.recomputing.pop(request.id), context)
         elif request.id in self.live:
             self._last_stage(request, self.live[request.id], context)
+        elif context >= 0 and instance == request.instance and self.setup.table.alive[instance]:
+            self.rt.reattach(request, instance)
+            self.rt.changed(instance)
 
     def _recomputed(self, request: Request, target: int, context: int) -> None:
         source, now = request.instance, self.rt.now()
@@ -128,7 +137,7 @@ class Moves:
     def _next_stage(self, request: Request, migration: LiveMigration, context: int) -> None:
         tokens = migration.next_stage(context)
         if migration.final:
-            self.rt.detach(request, keep_kv=True)
+            self._detach(request, keep_kv=True)
         else:
             self._copy(request, migration, tokens)
 
@@ -150,10 +159,8 @@ class Moves:
         return True
 
     def _copy(self, request: Request, migration: LiveMigration, tokens: int) -> None:
-        self.copies += 1
-        migration.copy = self.copies
-        self.rt.copy_kv(request, migration.source, migration.target, migration.copied, tokens, migration.final,
-                        migration.copy)
+        migration.copy = self.copy_kv(request, migration.source, migration.target, migration.copied, tokens,
+                                      migration.final)
         self.record.event(self.rt.now(), "migrate_stage", request.id, migration.source, migration.target,
                           tokens * self.setup.kv_bytes_per_token)
 

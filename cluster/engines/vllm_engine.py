@@ -181,7 +181,7 @@ class VLLMEngine:
     def _victim_last(self) -> None:
         """vLLM's scheduler names a request `ID-N-SUFFIX` for our `ID-N`."""
         running, chosen = self.scheduler.running, self.vllm_ids.get(self.victim)
-        if chosen is None or not running:
+        if chosen is None or not running or self.victim in self.detached:
             return
         for position, request in enumerate(running):
             if request.request_id == chosen or request.request_id.startswith(f"{chosen}-"):
@@ -246,7 +246,8 @@ class VLLMEngine:
     def finish(self) -> StepResult:
         worked = self.shape is not None and (self.shape.prefill_tokens or self.shape.decode_batch)
         result = StepResult(self.ended_s, start_s=self.started_s, shape=self.shape if worked else None)
-        result.preempted, self.preempted = [r for r in self.preempted if r in self.requests], []
+        result.preempted = [r for r in self.preempted if r in self.requests and r not in self.detached]
+        self.preempted = []
         for output in self.outputs:
             request = self.requests.get(int(output.request_id.split("-")[0]))
             if request is None or self.vllm_ids.get(request.id) != output.request_id:

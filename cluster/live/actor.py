@@ -192,7 +192,9 @@ class WorkerActor:
              timeout_s: float, peer: int | None = None) -> Pulled:
         """Take in KV that the source exports (`exported`: [the ref of its `export_kv`]);
         from rank `peer` of the workers' group when it sends there; through this worker's
-        shared-memory inbox when `exported` is [source actor, first, tokens] instead."""
+        shared-memory inbox when `exported` is [source actor, first, tokens] instead. KV not
+        in (its modelled time waited out) by `timeout_s` is refused, so that the driver,
+        which waits a little longer, never gives up a request that then decodes here."""
         import ray
 
         start = time.monotonic()
@@ -220,8 +222,10 @@ class WorkerActor:
         except RuntimeError:
             return self._failed(request_id, "transport")
         real_s = time.monotonic() - start
-        modelled_s = (link.fixed_s + tokens * link.seconds_per_token) / self.speedup
-        time.sleep(max(0.0, start + modelled_s - time.monotonic()))
+        done = start + (link.fixed_s + tokens * link.seconds_per_token) / self.speedup
+        time.sleep(max(0.0, min(done, start + timeout_s) - time.monotonic()))
+        if time.monotonic() > start + timeout_s:
+            return self._failed(request_id, "timeout")
         if final:
             blocks = self.worker.take_reservation(request_id)
             if blocks is None:

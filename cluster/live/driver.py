@@ -28,6 +28,7 @@ from router import events
 from router.snapshot import RequestView
 
 POLL_S = 1.0
+ANSWER_MARGIN_S = 5.0
 
 
 @dataclass
@@ -312,7 +313,8 @@ class LiveRuntime(Runtime):
                 move: int) -> None:
         ref = self.pull(request.id, source, target, first, None if final else tokens,
                         self.reserving.pop(request.id, 0), final)
-        self.call(ref, lambda result: self.control.copied(request.id, move, _reason(result)))
+        self.call(ref, lambda result: self.control.copied(request.id, move, _reason(result)),
+                  self.options.transfer_timeout_s + ANSWER_MARGIN_S)
 
     def admit(self, request: Request, instance: int, blocks: int) -> None:
         self.place(request, DECODING, instance)

@@ -108,7 +108,8 @@ class Worker:
                 return False
             held, _ = self.reservations.get(request, (0, 0.0))
             self.reservations[request] = (held + blocks, deadline)
-            return True
+        self.wake.set()
+        return True
 
     def take_reservation(self, request: int) -> int | None:
         with self.held():
