@@ -60,7 +60,7 @@ def fit_from_run(args, folder: Path) -> tuple[str, float]:
     print(f"fitted to the steps of a live calibration run ({args.calibration_rate or args.rate:g} req/s, seed 1):")
     print(report(result))
     handoff = result.handoff[0] if result.handoff else cfg.migration.stage_overhead_s
-    return str(write_iteration_model(folder / "fit.yaml", result.model)), handoff
+    return str(write_iteration_model(folder / "fit.yaml", result.perf)), handoff
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from router.policy import make_policy
+from router.registry import make_policy
 from router.slo import SLO
 from router.snapshot import DECODE, PREFILL, InstanceTable, RequestView, Snapshot
 

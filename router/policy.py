@@ -1,7 +1,6 @@
-"""Policies: the base class, the registry, and building one by name from config."""
+"""Policies: the base class; each subclass with a `name` registers itself in `POLICIES`."""
 from __future__ import annotations
 
-import inspect
 from typing import ClassVar
 
 from router.actions import Action
@@ -40,18 +39,3 @@ class Policy:
             raise TypeError(f"policy {cls.__name__}: unknown events {unknown}; expected some of {list(EVENTS)}")
         if cls.name:
             POLICIES[cls.name] = cls
-
-
-def make_policy(name: str, params: dict | None = None, seed: int = 0) -> Policy:
-    import router.policies  # noqa: F401  (registers the built-in policies)
-
-    if name not in POLICIES:
-        raise ValueError(f"router.policy: unknown policy {name!r}; expected one of {sorted(POLICIES)}")
-    accepted = [p for p in inspect.signature(POLICIES[name]).parameters if p != "seed"]
-    for key in params or {}:
-        if key not in accepted:
-            raise ValueError(f"router.params.{key}: not a parameter of {name}; expected some of {accepted}")
-    try:
-        return POLICIES[name](seed=seed, **(params or {}))
-    except ValueError as exc:
-        raise ValueError(f"router.params: {exc}") from None

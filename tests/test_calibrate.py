@@ -71,8 +71,8 @@ def test_recovers_known_coefficients_from_a_noisy_profile(tmp_path, pdlab_calibr
 
 def test_exact_profile_is_fitted_exactly(tmp_path):
     result = calibrate(synthetic_profile(tmp_path / "exact.csv", noise=0.0))
-    assert result.model.prefill == pytest.approx(TRUE.prefill, rel=1e-6)
-    assert result.model.decode == pytest.approx(TRUE.decode, rel=1e-6)
+    assert result.perf.prefill == pytest.approx(TRUE.prefill, rel=1e-6)
+    assert result.perf.decode == pytest.approx(TRUE.decode, rel=1e-6)
     assert result.prefill.max_error < 1e-9 and result.decode.max_error < 1e-9 and result.mixed_errors is None
 
 
@@ -89,7 +89,7 @@ def test_square_column_is_optional(tmp_path):
     table = pd.read_csv(synthetic_profile(tmp_path / "p.csv", noise=0.0))
     table = table[(table["prefill_tokens_sq"] == table["prefill_tokens"] ** 2) | (table["decode_batch"] > 0)]
     table.drop(columns="prefill_tokens_sq").to_csv(tmp_path / "short.csv", index=False)
-    assert calibrate(tmp_path / "short.csv").model.prefill == pytest.approx(TRUE.prefill, rel=1e-6)
+    assert calibrate(tmp_path / "short.csv").perf.prefill == pytest.approx(TRUE.prefill, rel=1e-6)
 
 
 def _bad(tmp_path, text):

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume
-from router.policy import make_policy
+from router.registry import make_policy
 from router.slo import SLO
 from router.snapshot import COLOCATED, DECODE, PREFILL, InstanceTable, RequestView, Snapshot
 

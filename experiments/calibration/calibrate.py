@@ -40,7 +40,7 @@ class SideFit:
 
 @dataclass(frozen=True)
 class Calibration:
-    model: IterationModel
+    perf: IterationModel
     prefill: SideFit
     decode: SideFit
     mixed_rows: int
@@ -179,16 +179,15 @@ def calibrate(path: str | Path) -> Calibration:
         run.steps[run.steps["time_s"] > 0][[*STEP_SHAPE, "time_s"]].astype(float).reset_index(drop=True)
     relative = run is None
     prefill, decode = fit_side(path, profile, "prefill", relative), fit_side(path, profile, "decode", relative)
-    model = IterationModel(prefill.coefficients, decode.coefficients,
-                           source=f"calibrated from {path.name if run is None else f'the steps of live run {path}'} "
-                                  f"on {date.today().isoformat()}")
+    perf = IterationModel(prefill.coefficients, decode.coefficients,
+                          source=f"calibrated from {path.name if run is None else f'the steps of live run {path}'} "
+                                 f"on {date.today().isoformat()}")
     mixed = profile[(profile["prefill_tokens"] > 0) & (profile["decode_batch"] > 0)]
     errors = None
     if len(mixed):
-        predicted = np.array([model.step_time(*row) for row in mixed[["prefill_tokens", "prefill_tokens_sq",
-                                                                       "decode_batch", "decode_context"]].to_numpy()])
+        predicted = np.array([perf.step_time(*row) for row in mixed[list(STEP_SHAPE)].to_numpy()])
         errors = _errors(predicted, mixed["time_s"].to_numpy())
-    return Calibration(model, prefill, decode, len(mixed), errors, None if run is None else handoff_overhead_s(run))
+    return Calibration(perf, prefill, decode, len(mixed), errors, None if run is None else handoff_overhead_s(run))
 
 
 def _line(side: str, fit: SideFit, units: tuple[str, str]) -> str:

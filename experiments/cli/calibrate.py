@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         result = calibrate(_profile(args))
         print(report(result))
         if args.out:
-            print(f"wrote {write_iteration_model(args.out, result.model, **labels)}")
+            print(f"wrote {write_iteration_model(args.out, result.perf, **labels)}")
     except (CalibrationError, ConfigError) as exc:
         print(f"pdlab calibrate: error: {exc}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from cluster.hardware.yamlfile import ConfigError, Strict, parse_yaml, read_mapping, validate
 from experiments.workloads.workload import WorkloadConfig
-from router.policy import make_policy
+from router.registry import make_policy
 from router.slo import check_slo
 
 

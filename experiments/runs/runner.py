@@ -22,7 +22,7 @@ from experiments.config.experiment import ExperimentConfig
 from experiments.runs.runformat import Run, validate, write_run, write_run_chunked
 from experiments.workloads.workload import generate, tenant_slos
 from migration.cost import TransferCost
-from router.policy import make_policy
+from router.registry import make_policy
 from router.slo import SLO
 from router.snapshot import ROLES, InstanceTable
 

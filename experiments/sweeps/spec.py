@@ -41,8 +41,7 @@ class PolicyChoice(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        import router.policies  # noqa: F401  (registers the built-in policies)
-        from router.policy import POLICIES
+        from router.registry import POLICIES
 
         if name not in POLICIES:
             raise ValueError(f"unknown policy {name!r}; expected one of {sorted(POLICIES)}")
@@ -55,7 +54,7 @@ class PolicyChoice(Strict):
 
     @model_validator(mode="after")
     def _params(self) -> PolicyChoice:
-        from router.policy import make_policy
+        from router.registry import make_policy
 
         try:
             make_policy(self.name, self.params)
