@@ -40,6 +40,14 @@ class ClusterSection(Strict):
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
 
 
+def check_policy(name: str, params: dict) -> None:
+    """That policy `name` takes `params`; errors name the key under the router section."""
+    try:
+        make_policy(name, params)
+    except ValueError as exc:
+        raise ValueError(str(exc).removeprefix("router.")) from None
+
+
 class RouterSection(Strict):
     policy: str = "round_robin"
     params: dict[str, Any] = Field(default_factory=dict)
@@ -47,10 +55,7 @@ class RouterSection(Strict):
 
     @model_validator(mode="after")
     def _policy(self) -> RouterSection:
-        try:
-            make_policy(self.policy, self.params)
-        except ValueError as exc:
-            raise ValueError(str(exc).removeprefix("router.")) from None
+        check_policy(self.policy, self.params)
         return self
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 
 from cluster.hardware.yamlfile import ConfigError, Strict, read_mapping, validate
-from experiments.config.experiment import ExperimentConfig, apply_overrides
+from experiments.config.experiment import ExperimentConfig, apply_overrides, check_policy
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SINGLE_TENANT_RATE = "workload.arrival.rate"
@@ -54,12 +54,7 @@ class PolicyChoice(Strict):
 
     @model_validator(mode="after")
     def _params(self) -> PolicyChoice:
-        from router.registry import make_policy
-
-        try:
-            make_policy(self.name, self.params)
-        except ValueError as exc:
-            raise ValueError(str(exc).removeprefix("router.")) from None
+        check_policy(self.name, self.params)
         return self
 
     @property
