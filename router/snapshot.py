@@ -7,6 +7,7 @@ A snapshot is valid for the duration of one `decide` call.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 
@@ -82,16 +83,89 @@ class RequestView:
     slo: SLO
 
 
+COLUMNS = ("id", "arrival_s", "prompt_tokens", "max_output_tokens", "generated", "instance", "idle_s", "slack_s",
+           "last_token_s", "context_tokens", "missed")
+
+
+@dataclass(frozen=True)
+class RequestTable:
+    """Requests as a policy sees them, one row each, as columns (the fields of
+    `RequestView`; each row's SLO is `slos[slo_index]`, its tenant `tenants[slo_index]`).
+    Iterating gives one `RequestView` per row; a policy that reads the columns never
+    builds them."""
+    id: np.ndarray
+    arrival_s: np.ndarray
+    prompt_tokens: np.ndarray
+    max_output_tokens: np.ndarray
+    generated: np.ndarray
+    instance: np.ndarray
+    idle_s: np.ndarray
+    slack_s: np.ndarray
+    last_token_s: np.ndarray
+    context_tokens: np.ndarray
+    missed: np.ndarray
+    slo_index: np.ndarray
+    slos: tuple[SLO, ...] = ()
+    tenants: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+    def __iter__(self):
+        return (self.row(k) for k in range(len(self.id)))
+
+    def __getitem__(self, k):
+        """Row `k` as a `RequestView`; a slice or an index array gives the table of those rows."""
+        if isinstance(k, (int, np.integer)):
+            return self.row(int(k))
+        return RequestTable(*(getattr(self, name)[k] for name in (*COLUMNS, "slo_index")), self.slos, self.tenants)
+
+    def row(self, k: int) -> RequestView:
+        s = int(self.slo_index[k])
+        return RequestView(int(self.id[k]), self.tenants[s], float(self.arrival_s[k]), int(self.prompt_tokens[k]),
+                           int(self.max_output_tokens[k]), int(self.generated[k]), int(self.instance[k]),
+                           float(self.idle_s[k]), float(self.slack_s[k]), float(self.last_token_s[k]),
+                           int(self.context_tokens[k]), bool(self.missed[k]), self.slos[s])
+
+    def slo_column(self, field: str) -> np.ndarray:
+        """An SLO parameter (`v`, `tbt`, ...) per row."""
+        return np.array([getattr(slo, field) for slo in self.slos], dtype=np.float64)[self.slo_index] \
+            if len(self.id) else np.zeros(0)
+
+    @classmethod
+    def of(cls, views) -> RequestTable:
+        """The table of `RequestView`s (one row each, in order)."""
+        views = tuple(views)
+        slos = tuple(dict.fromkeys((v.slo, v.tenant) for v in views))
+        index = {key: k for k, key in enumerate(slos)}
+        columns = {name: np.array([getattr(v, name) for v in views]) for name in COLUMNS}
+        return cls(**columns, slo_index=np.array([index[(v.slo, v.tenant)] for v in views], dtype=np.int64),
+                   slos=tuple(slo for slo, _ in slos), tenants=tuple(tenant for _, tenant in slos))
+
+
+EMPTY = RequestTable.of(())
+
+
 @dataclass(frozen=True)
 class Snapshot:
+    """What a policy decides on. The request groups are `RequestTable`s (a tuple of
+    `RequestView`s given here is made one)."""
     now: float
     event: str
     instances: Instances
-    to_dispatch: tuple[RequestView, ...] = ()
-    to_hand_off: tuple[RequestView, ...] = ()
-    preempted: tuple[RequestView, ...] = ()
-    running: dict[int, tuple[RequestView, ...]] = field(default_factory=dict)
-    """Decoding requests by instance, when the policy `needs_running`."""
+    to_dispatch: RequestTable = EMPTY
+    to_hand_off: RequestTable = EMPTY
+    preempted: RequestTable = EMPTY
+    running: Mapping[int, RequestTable] = field(default_factory=dict)
+    """Decoding requests by instance (those with any), when the policy `needs_running`."""
+
+    def __post_init__(self) -> None:
+        for name in ("to_dispatch", "to_hand_off", "preempted"):
+            if not isinstance(getattr(self, name), RequestTable):
+                object.__setattr__(self, name, RequestTable.of(getattr(self, name)))
+        if isinstance(self.running, dict) and any(not isinstance(t, RequestTable) for t in self.running.values()):
+            object.__setattr__(self, "running", {i: t if isinstance(t, RequestTable) else RequestTable.of(t)
+                                                 for i, t in self.running.items()})
 
 
 class InstanceTable:

@@ -21,8 +21,6 @@ from experiments.workloads.workload import generate
 from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume
 from router.policy import Policy
 from router.slo import SLO
-from router.snapshot import RequestView
-from router.tracker import RequestTracker
 from tests.test_live import settled_stats
 
 PREFILL, FIRST, SECOND = 0, 1, 2
@@ -179,10 +177,6 @@ class Hooks(Runtime):
     def now(self) -> float:
         return 0.0
 
-    def view(self, request):
-        return RequestView(request.id, request.tenant, request.arrival, request.prompt, request.max_tokens, 1,
-                           request.instance, 0.0, 1.0, 0.0, request.prompt, False, SLO())
-
     def running(self):
         return {}
 
@@ -237,7 +231,6 @@ def kinds(control) -> list[str]:
 
 def test_an_answer_to_a_copy_of_an_ended_move_is_not_taken_for_a_later_one():
     control, hooks, request = plane()
-    request.tracker = RequestTracker(0.0, SLO())
     control.prefilled(request, 0)
     control.decide("prefill_done")
     first = hooks.copies[-1]

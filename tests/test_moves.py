@@ -72,12 +72,13 @@ def run(policy: str, roles: list[str], mode: str, requests: int = 40):
     assert (record.requests.set_index("request_id")["output_tokens"] == planned).all()
     tokens = record.tokens
     assert (tokens.groupby("request_id")["time_s"].apply(lambda t: t.is_monotonic_increasing)).all()
-    for request in simulator.requests.values():          # trackers fed piecemeal at every tick agree
-        tracker = simulator._feed(request)
+    slo = simulator.control.views.slo
+    for request in simulator.requests.values():          # SLO state fed piecemeal at every tick agrees
+        simulator.fresh([request])
         times = tokens.loc[tokens["request_id"] == request.id, "time_s"].to_numpy() - request.arrival
-        assert tracker.n == len(times)
-        late = max(0.0, float((times - tracker.slo.v * np.arange(1, len(times) + 1)).max()))
-        assert tracker.lateness == pytest.approx(late, abs=1e-9)
+        assert slo.n[request.slot] == len(times)
+        late = max(0.0, float((times - slo.v[request.slot] * np.arange(1, len(times) + 1)).max()))
+        assert slo.lateness[request.slot] == pytest.approx(late, abs=1e-9)
     return events, tokens, simulator
 
 

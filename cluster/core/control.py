@@ -14,11 +14,11 @@ from cluster.core.request import ABORTED, FINISHED, HANDOFF, REJECTED, TRANSFER,
 from cluster.core.runtime import Runtime
 from cluster.core.scheduling import blocks_for
 from cluster.core.setup import RunSetup
+from cluster.core.views import Running, Views
 from router import events
 from router.actions import Dispatch, Handoff, Migrate, Preempt, Reject, Resume, live_instance, take_waiting
 from router.policy import Policy
 from router.snapshot import DECODE, PREFILL, Snapshot
-from router.tracker import RequestTracker
 
 END_KINDS = {FINISHED: "finish", REJECTED: "reject", ABORTED: "abort"}
 HANDOFF_TRIES = 3
@@ -38,6 +38,7 @@ class ControlPlane:
     def __init__(self, setup: RunSetup, runtime: Runtime) -> None:
         self.setup, self.rt, self.policy, self.table = setup, runtime, setup.policy, setup.table
         self.requests = {r.id: r for r in setup.requests}
+        self.views = Views(setup.requests, setup.slos, runtime)
         self.record = Recorder()
         self.to_dispatch: dict[int, Request] = {}
         self.to_hand_off: dict[int, Request] = {}
@@ -53,7 +54,6 @@ class ControlPlane:
 
     # ---- what the runtime reports ------------------------------------------------------
     def arrive(self, request: Request) -> None:
-        request.tracker = RequestTracker(request.arrival, self.setup.slos[request.tenant])
         self.record.event(self.rt.now(), "arrive", request.id)
         self.to_dispatch[request.id] = request
         self.decide(events.ARRIVAL)
@@ -134,25 +134,27 @@ class ControlPlane:
 
     # ---- the router ---------------------------------------------------------------------
     def decide(self, event: str) -> None:
-        preempted = self.moves.preempted
-        if not (self.to_dispatch or self.to_hand_off or preempted or event in self.policy.events):
+        if not (self.to_dispatch or self.to_hand_off or self.moves.preempted or event in self.policy.events):
             return
         self._strand(PREFILL, self.to_dispatch)
         self._strand(DECODE, self.to_hand_off)
-        view = self.rt.view
-        running = self._running() if self.policy.needs_running else {}
-        snapshot = Snapshot(self.rt.now(), event, self.table.view, tuple(map(view, self.to_dispatch.values())),
-                            tuple(map(view, self.to_hand_off.values())), tuple(map(view, preempted.values())),
-                            running)
+        snapshot = self.snapshot(event)
         for action in self.policy.decide(snapshot):
             self.apply(action)
         if self.victim_rule and not self.rt.victim_at_need:
             self._share_victims(snapshot)
 
-    def _running(self) -> dict:
-        view, moving = self.rt.view, self.moves.moving
-        running = {i: tuple(view(r) for r in requests if not moving(r.id)) for i, requests in self.rt.running().items()}
-        return {i: views for i, views in running.items() if views}
+    def snapshot(self, event: str) -> Snapshot:
+        """What the policy decides on at `event`."""
+        table = self.views.table
+        return Snapshot(self.rt.now(), event, self.table.view, table(self.to_dispatch.values()),
+                        table(self.to_hand_off.values()), table(self.moves.preempted.values()),
+                        self._running() if self.policy.needs_running else {})
+
+    def _running(self) -> Running:
+        moving = self.moves.moving
+        running = {i: [r for r in requests if not moving(r.id)] for i, requests in self.rt.running().items()}
+        return Running({i: requests for i, requests in running.items() if requests}, self.views.decoding)
 
     def _strand(self, role: int, waiting: dict[int, Request]) -> None:
         if waiting and not self.table.view.serving(role):
@@ -161,12 +163,12 @@ class ControlPlane:
 
     def victim(self, instance: int, running) -> int | None:
         """The request an engine out of KV stops: the policy's choice (None: the engine's own)."""
-        views = {instance: tuple(self.rt.view(r) for r in running if not self.moves.moving(r.id))}
+        views = {instance: self.views.decoding(instance, [r for r in running if not self.moves.moving(r.id)])}
         return self.policy.choose_victim(Snapshot(self.rt.now(), events.PREEMPTING, self.table.view, running=views),
                                          instance)
 
     def _share_victims(self, snapshot: Snapshot) -> None:
-        running = snapshot.running if self.policy.needs_running else self._running()
+        running = self._running()
         snapshot = Snapshot(snapshot.now, events.PREEMPTING, snapshot.instances, running=running)
         for instance in running:
             choice = self.policy.choose_victim(snapshot, instance)

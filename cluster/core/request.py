@@ -32,7 +32,7 @@ class Request:
     join_generated: int = 0
     first_crossing: int = 0
     pieces: list[tuple[int, float, int]] = field(default_factory=list)
-    tracker: object = None
+    slot: int = -1
     fed: tuple[int, int] = (0, 0)
     reason: str = ""
     output: list[int] = field(default_factory=list)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Iterable
 
 from cluster.core.request import Request
-from router.snapshot import RequestView
 
 
 class Runtime:
@@ -22,9 +21,9 @@ class Runtime:
     def now(self) -> float:
         raise NotImplementedError
 
-    def view(self, request: Request) -> RequestView:
-        """The request as a policy sees it now."""
-        raise NotImplementedError
+    def fresh(self, requests: list[Request]) -> None:
+        """Bring the SLO state of these requests (`ControlPlane.views.slo`) up to now: a
+        runtime that feeds every token as it comes has nothing to do."""
 
     def running(self) -> dict[int, Iterable[Request]]:
         """Decoding requests by instance."""

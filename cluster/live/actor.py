@@ -164,7 +164,7 @@ class WorkerActor:
                 request, context = self.engine.requests[request_id], self.engine.context_of(request_id)
                 if tokens is None:
                     tokens = context - first
-                moved = dataclasses.replace(request, pieces=[], tracker=None, output=list(request.output)) \
+                moved = dataclasses.replace(request, pieces=[], output=list(request.output)) \
                     if final else None
                 try:
                     if first + tokens > context:

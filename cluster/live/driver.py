@@ -25,7 +25,6 @@ from cluster.core.setup import RunSetup
 from cluster.live.actor import LinkTime, Pulled
 from cluster.live.worker import Report
 from router import events
-from router.snapshot import RequestView
 
 POLL_S = 1.0
 ANSWER_MARGIN_S = 5.0
@@ -54,9 +53,15 @@ class LiveOptions:
 
 def _reason(result) -> str:
     """What a KV pull's answer says: "" when the KV arrived, else why not."""
+    import ray
+
     if isinstance(result, Pulled):
         return "" if result.ok else result.reason
-    return "timeout" if isinstance(result, TimeoutError) else "target_dead"
+    if isinstance(result, TimeoutError):
+        return "timeout"
+    if isinstance(result, ray.exceptions.RayActorError):
+        return "target_dead"
+    return f"transport ({type(result).__name__})"
 
 
 class LiveRuntime(Runtime):
@@ -224,10 +229,11 @@ class LiveRuntime(Runtime):
             self.record.step(index, now, step.end_s - step.start_s, step.shape)
         for request_id, token in zip(step.tokens, step.token_ids):
             self.requests[request_id].output.append(token)
+        slo = control.views.slo
         for request_id in step.tokens:
             request = self.requests[request_id]
             self.times[request_id].append(now)
-            request.tracker.add_tokens(now)
+            slo.add_token(request.slot, now)
             if request.state in (WAITING, PREFILLING):
                 self.place(request, DECODING, index)
         for request_id in step.preempted:
@@ -259,19 +265,11 @@ class LiveRuntime(Runtime):
     def now(self) -> float:
         return (time.monotonic() - self.origin) * self.options.speedup
 
-    def view(self, request: Request) -> RequestView:
-        tracker, now = request.tracker, self.now()
-        generated = len(self.times[request.id])
-        return RequestView(request.id, request.tenant, request.arrival, request.prompt, request.max_tokens,
-                           generated, request.instance, tracker.idle_latency(now, False), tracker.slack(now),
-                           request.arrival + tracker.last, request.prompt + generated,
-                           tracker.missed_ttft_tbt(now), tracker.slo)
-
     def running(self) -> dict:
         return {i: [self.requests[r] for r in ids] for i, ids in enumerate(self.decoding) if ids}
 
     def context_of(self, request: Request) -> int:
-        return request.prompt + len(self.times[request.id]) - 1
+        return request.prompt + max(len(self.times[request.id]) - 1, 0)
 
     def place(self, request: Request, state: str, instance: int) -> None:
         if request.state == DECODING and request.instance >= 0:

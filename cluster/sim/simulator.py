@@ -17,8 +17,6 @@ from cluster.core.runtime import Runtime
 from cluster.core.scheduling import Outcome
 from cluster.core.setup import RunSetup
 from router import events
-from router.snapshot import RequestView
-from router.tracker import RequestTracker
 
 ARRIVE, WAKE, TRANSFER_DONE, TICK = 0, 1, 2, 3
 
@@ -184,34 +182,39 @@ class Simulator(Runtime):
             self._push(max(upcoming[0], self.clock), TRANSFER_DONE, upcoming[1], self.link_version)
 
     # ---- what a policy sees -------------------------------------------------------------
-    def _feed(self, request: Request) -> RequestTracker:
-        """The request's tracker, fed every token received since the last call."""
-        tracker, (piece, offset) = request.tracker, request.fed
+    def fresh(self, requests) -> None:
+        """Feed the SLO state the tokens these requests got since it was last fed: the
+        decode steps of the requests decoding on one instance from one step on, at once."""
+        runs: dict[tuple[int, int], list[Request]] = {}
+        for request in requests:
+            self._feed_pieces(request)
+            if request.state == DECODING:
+                runs.setdefault((request.instance, request.join_step + request.fed[1]), []).append(request)
+        for (index, start), group in runs.items():
+            instance = self.instances[index]
+            stop = instance.steps_done(self.clock)
+            if stop > start:
+                slots = np.fromiter((r.slot for r in group), np.int64, len(group))
+                self.control.views.slo.add_steps(slots, instance.step_times(start, stop))
+                for request in group:
+                    request.fed = (request.fed[0], stop - request.join_step)
+
+    def _feed_pieces(self, request: Request) -> None:
+        """The tokens of the pieces the request finished since it was last fed (a prefill's
+        token, earlier decode runs); `fed` is (pieces fed, steps fed of the run after them)."""
+        piece, offset = request.fed
+        if piece == len(request.pieces):
+            return
+        slo = self.control.views.slo
         for index, first, count in request.pieces[piece:]:
             if count > offset:
                 if index == PREFILL_PIECE:
-                    tracker.add_tokens(first)
+                    slo.add_token(request.slot, first)
                 else:
                     steps = np.frombuffer(self.instances[index].step_end, dtype=np.float64)
-                    tracker.add_times(steps[first + offset:first + count])
+                    slo.add_steps(np.array([request.slot]), steps[first + offset:first + count])
             offset = 0
-        piece = len(request.pieces)
-        if request.state == DECODING:
-            instance = self.instances[request.instance]
-            done = instance.steps_done(self.clock) - request.join_step
-            if done > offset:
-                tracker.add_times(instance.step_times(request.join_step + offset, request.join_step + done))
-                offset = done
-        request.fed = (piece, offset)
-        return tracker
-
-    def view(self, request: Request) -> RequestView:
-        tracker = self._feed(request)
-        now = self.clock
-        return RequestView(request.id, request.tenant, request.arrival, request.prompt, request.max_tokens,
-                           tracker.n, request.instance, tracker.idle_latency(now, False), tracker.slack(now),
-                           request.arrival + tracker.last, self.context_of(request), tracker.missed_ttft_tbt(now),
-                           tracker.slo)
+        request.fed = (len(request.pieces), 0)
 
     # ---- the control plane's hooks --------------------------------------------------------
     def now(self) -> float:

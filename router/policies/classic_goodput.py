@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from router.actions import Action, Dispatch, Migrate, Preempt, Reject, Resume
-from router.policies.common import Headroom, busy_instances, hand_off, migration_mode
+from router.policies.common import Headroom, busy_instances, by, hand_off, migration_mode
 from router.policy import Policy
 from router.snapshot import RequestView, Snapshot
 
@@ -37,11 +37,14 @@ class ClassicGoodput(Policy):
     def _limit(self, request: RequestView) -> float:
         return request.slo.tbt if self.scheme == "ttft_tbt" else request.slo.tpot
 
+    def _limits(self, table) -> np.ndarray:
+        return table.slo_column("tbt" if self.scheme == "ttft_tbt" else "tpot")
+
     def decide(self, snapshot: Snapshot) -> list[Action]:
         headroom = Headroom(snapshot.instances)
         actions = self._dispatch(snapshot, headroom)
-        urgent = sorted(snapshot.to_hand_off, key=lambda r: (r.missed, r.arrival_s))
-        actions += hand_off(snapshot, headroom, urgent, self._decode_target)
+        waiting = snapshot.to_hand_off
+        actions += hand_off(snapshot, headroom, by(waiting.missed, waiting.arrival_s), self._decode_target)
         actions += self._preempted(snapshot, headroom)
         if snapshot.event == "tick":
             actions += self._rescue(snapshot, headroom)
@@ -49,8 +52,11 @@ class ClassicGoodput(Policy):
 
     def choose_victim(self, snapshot: Snapshot, instance: int) -> int | None:
         """Out of KV: give up first on a request that already missed, the latest such."""
-        missed = [r for r in snapshot.running.get(instance, ()) if r.missed]
-        return max(missed, key=lambda r: (r.arrival_s, r.id)).id if missed else None
+        table = snapshot.running.get(instance)
+        missed = np.flatnonzero(table.missed) if table is not None else []
+        if not len(missed):
+            return None
+        return int(table.id[missed[by(table.arrival_s[missed], table.id[missed])[-1]]])
 
     def _dispatch(self, snapshot: Snapshot, headroom: Headroom) -> list[Action]:
         actions: list[Action] = []
@@ -84,10 +90,15 @@ class ClassicGoodput(Policy):
 
     def _preempted(self, snapshot: Snapshot, headroom: Headroom) -> list[Action]:
         actions: list[Action] = []
-        for request in sorted(snapshot.preempted, key=lambda r: (r.missed, r.arrival_s)):
-            if self.abandon and request.missed:
-                actions.append(Reject(request.id, "abandoned: missed its SLO"))
+        table = snapshot.preempted
+        hopeful = headroom.within(table, self._limits(table))
+        for k in by(table.missed, table.arrival_s):
+            if self.abandon and table.missed[k]:
+                actions.append(Reject(int(table.id[k]), "abandoned: missed its SLO"))
                 continue
+            if not hopeful[k]:
+                continue
+            request = table.row(k)
             target = self._decode_target(snapshot, headroom, request, within_only=True)
             if target is not None:
                 actions.append(Resume(request.id, headroom.give(target, request)))
@@ -97,17 +108,21 @@ class ClassicGoodput(Policy):
         ids, groups = busy_instances(snapshot)
         if not len(ids):
             return []
-        limits = np.array([self._limit(requests[0]) for requests in groups])
+        limits = np.array([self._limit(table.row(0)) for table in groups])
         over = np.flatnonzero(snapshot.instances.step_time_s[ids] > limits)
         actions: list[Action] = []
         for index in over:
-            source = int(ids[index])
-            for request in sorted(groups[index], key=lambda r: (r.missed, r.arrival_s)):
+            source, table = int(ids[index]), groups[index]
+            hopeful = headroom.within(table, self._limits(table), exclude=source)
+            for k in by(table.missed, table.arrival_s):
                 if len(actions) >= self.moves_per_tick:
                     return actions
-                if request.missed:
-                    actions.append(Preempt(request.id, "recompute"))
+                if table.missed[k]:
+                    actions.append(Preempt(int(table.id[k]), "recompute"))
                     continue
+                if not hopeful[k]:
+                    continue
+                request = table.row(k)
                 target = self._decode_target(snapshot, headroom, request, exclude=source, within_only=True)
                 if target is not None:
                     actions.append(Migrate(request.id, headroom.give(target, request), self.mode))

@@ -7,7 +7,7 @@ from functools import cached_property
 import numpy as np
 
 from router.actions import MIGRATION_MODES, Handoff
-from router.snapshot import DECODE, PREFILL, Instances, RequestView, Snapshot
+from router.snapshot import DECODE, PREFILL, Instances, RequestTable, RequestView, Snapshot
 
 
 def migration_mode(policy: str, mode: str) -> str:
@@ -18,6 +18,16 @@ def migration_mode(policy: str, mode: str) -> str:
 
 def blocks_needed(request: RequestView, instances: Instances) -> int:
     return -(-max(request.context_tokens, request.prompt_tokens) // instances.block_size)
+
+
+def blocks_needed_all(table: RequestTable, instances: Instances) -> np.ndarray:
+    """`blocks_needed` of every row."""
+    return -(-np.maximum(table.context_tokens, table.prompt_tokens) // instances.block_size)
+
+
+def by(*keys: np.ndarray) -> np.ndarray:
+    """Row order sorted by `keys`, the first key first (stable, as `sorted`)."""
+    return np.lexsort(keys[::-1])
 
 
 class Headroom:
@@ -86,6 +96,17 @@ class Headroom:
         self.ahead[best] += request.prompt_tokens
         return int(self.prefill[best])
 
+    def within(self, table: RequestTable, limits: np.ndarray, exclude: int = -1) -> np.ndarray:
+        """Per row of `table`: whether some decode instance but `exclude` has room for it
+        and would step within `limits[row]` with it (`fitting` and `step_with` for all
+        rows at once; what this decision gives later only makes fewer rows fit)."""
+        a, b, c, batch, held = self._decode_columns[:5]
+        ok = self.rooms[None, :] >= blocks_needed_all(table, self.instances)[:, None]
+        if exclude in self.position:
+            ok[:, self.position[exclude]] = False
+        step = a + b * (batch + 1) + c * (held[None, :] + table.context_tokens[:, None])
+        return (ok & (step <= limits[:, None])).any(axis=1)
+
     def fitting(self, request: RequestView, exclude: int = -1, growth: bool = False) -> np.ndarray:
         """Positions (in `decode`) of the decode instances with room for `request`; with
         `growth`, also for one more block per request already decoding there."""
@@ -109,26 +130,27 @@ class Headroom:
         return instance
 
 
-def busy_instances(snapshot: Snapshot) -> tuple[np.ndarray, list[tuple[RequestView, ...]]]:
+def busy_instances(snapshot: Snapshot) -> tuple[np.ndarray, list[RequestTable]]:
     """Instances with decoding requests, in id order, and their requests."""
-    ids = sorted(i for i, requests in snapshot.running.items() if requests)
+    ids = sorted(i for i in snapshot.running if len(snapshot.running[i]))
     return np.array(ids, dtype=np.int64), [snapshot.running[i] for i in ids]
 
 
-def stays_local(snapshot: Snapshot, request: RequestView) -> bool:
-    """A request prefilled on a colocated (or decode) instance decodes where it is."""
-    return snapshot.instances.role[request.instance] != PREFILL
-
-
-def hand_off(snapshot: Snapshot, headroom: Headroom, requests, choose) -> list[Handoff]:
-    """Hand off `requests` in the order given: in place when colocated, else to
-    `choose(snapshot, headroom, request)`; a request with no target waits."""
-    actions = []
-    for request in requests:
-        if stays_local(snapshot, request):
-            actions.append(Handoff(request.id, request.instance))
-            continue
-        target = choose(snapshot, headroom, request)
-        if target is not None:
-            actions.append(Handoff(request.id, headroom.give(target, request)))
+def hand_off(snapshot: Snapshot, headroom: Headroom, order: np.ndarray, choose) -> list[Handoff]:
+    """Hand off the rows of `snapshot.to_hand_off` in `order`: in place when colocated,
+    else to `choose(snapshot, headroom, request)`, which is asked only when some decode
+    instance has room; a request with no target waits."""
+    table, actions = snapshot.to_hand_off, []
+    if not len(table):
+        return actions
+    local = snapshot.instances.role[table.instance] != PREFILL
+    need = blocks_needed_all(table, snapshot.instances)
+    for k in order:
+        if local[k]:
+            actions.append(Handoff(int(table.id[k]), int(table.instance[k])))
+        elif len(headroom.rooms) and need[k] <= headroom.rooms.max():
+            request = table.row(k)
+            target = choose(snapshot, headroom, request)
+            if target is not None:
+                actions.append(Handoff(request.id, headroom.give(target, request)))
     return actions

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from router.actions import Action, Dispatch, Migrate
-from router.policies.common import Headroom, hand_off, migration_mode
+from router.policies.common import Headroom, by, hand_off, migration_mode
 from router.policy import Policy
 from router.snapshot import Snapshot
 
@@ -29,7 +29,7 @@ class LeastLoaded(Policy):
             target = headroom.fastest_prefill(request)
             if target is not None:
                 actions.append(Dispatch(request.id, target))
-        actions += hand_off(snapshot, headroom, snapshot.to_hand_off, self._most_room)
+        actions += hand_off(snapshot, headroom, np.arange(len(snapshot.to_hand_off)), self._most_room)
         if snapshot.event == "tick":
             actions += self._rebalance(snapshot, headroom)
         return actions
@@ -47,5 +47,8 @@ class LeastLoaded(Policy):
         source, target = int(decode[np.argmax(usage)]), int(decode[np.argmin(usage)])
         if usage.max() - usage.min() <= self.imbalance:
             return []
-        movable = sorted(snapshot.running.get(source, ()), key=lambda r: (r.context_tokens, r.id))
-        return [Migrate(r.id, target, self.mode) for r in movable[:self.migrations_per_tick]]
+        table = snapshot.running.get(source)
+        if table is None:
+            return []
+        movable = by(table.context_tokens, table.id)[:self.migrations_per_tick]
+        return [Migrate(int(table.id[k]), target, self.mode) for k in movable]

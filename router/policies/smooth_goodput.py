@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from router.actions import Action, Dispatch, Migrate, Resume
-from router.policies.common import Headroom, busy_instances, hand_off, migration_mode
+from router.policies.common import Headroom, blocks_needed_all, busy_instances, by, hand_off, migration_mode
 from router.policy import Policy
 from router.snapshot import RequestView, Snapshot
 
@@ -50,16 +50,18 @@ class SmoothGoodput(Policy):
             target = headroom.fastest_prefill(request)
             if target is not None:
                 actions.append(Dispatch(request.id, target))
-        waiting = sorted(snapshot.to_hand_off, key=lambda r: (-r.idle_s, r.id))
-        actions += hand_off(snapshot, headroom, waiting, self._decode_target)
+        waiting = snapshot.to_hand_off
+        actions += hand_off(snapshot, headroom, by(-waiting.idle_s, waiting.id), self._decode_target)
         if snapshot.event == "tick":
             actions += self._spend_slack(snapshot, headroom)
         return actions
 
     def choose_victim(self, snapshot: Snapshot, instance: int) -> int | None:
         """Out of KV: stop the request whose reader has the most text left to read."""
-        running = snapshot.running.get(instance, ())
-        return max(running, key=lambda r: (r.slack_s, r.id)).id if running else None
+        table = snapshot.running.get(instance)
+        if table is None or not len(table):
+            return None
+        return int(table.id[by(table.slack_s, table.id)[-1]])
 
     def _marginal_idle(self, headroom: Headroom, positions: np.ndarray, request: RequestView) -> np.ndarray:
         v, batch = request.slo.v, headroom.batch[positions]
@@ -80,20 +82,48 @@ class SmoothGoodput(Policy):
         if not len(ids):
             return []
         instances = snapshot.instances
-        slow = instances.step_time_s[ids] > np.array([requests[0].slo.v for requests in groups])
+        slow = instances.step_time_s[ids] > np.array([table.slo_column("v")[0] for table in groups])
         actions: list[Action] = []
         for index in np.flatnonzero(slow):
-            source = int(ids[index])
-            for request in sorted(groups[index], key=lambda r: (-r.slack_s, r.id)):
-                if len(actions) >= self.moves_per_tick or request.slack_s <= self.live_stall_s:
-                    break
-                target = self._decode_target(snapshot, headroom, request, exclude=source)
-                if target is None:
-                    break
-                gain = self._marginal_idle(headroom, np.array([headroom.position[target]]), request)[0] \
-                    - idle_rate(1, instances.step_time_s[source], request.slo.v)
-                if gain < 0:
-                    actions.append(Migrate(request.id, headroom.give(target, request), self.mode))
+            actions += self._moves_off(snapshot, headroom, int(ids[index]), groups[index],
+                                       self.moves_per_tick - len(actions))
             if len(actions) >= self.moves_per_tick:
                 break
         return actions
+
+    def _moves_off(self, snapshot: Snapshot, headroom: Headroom, source: int, table, budget: int) -> list[Action]:
+        """Up to `budget` migrations off a slow instance: its requests by slack, the largest
+        first, while they have more than `live_stall_s` and a target; each moves when its
+        target would add less idle than it has at the source."""
+        rows = by(-table.slack_s, table.id)
+        rows = rows[table.slack_s[rows] > self.live_stall_s]
+        actions: list[Action] = []
+        while len(rows) and len(actions) < budget:
+            targets, gains = self._targets(snapshot, headroom, table, rows, source)
+            stuck = np.flatnonzero(targets < 0)
+            moving = np.flatnonzero(gains[:stuck[0] if len(stuck) else len(rows)] < 0)
+            if not len(moving):
+                break
+            request = table.row(rows[moving[0]])
+            target = int(headroom.decode[targets[moving[0]]])
+            actions.append(Migrate(request.id, headroom.give(target, request), self.mode))
+            rows = rows[moving[0] + 1:]
+        return actions
+
+    def _targets(self, snapshot: Snapshot, headroom: Headroom, table, rows: np.ndarray, source: int):
+        """`_decode_target` (a position in `headroom.decode`, -1 for none) of each of `rows`,
+        and the idle rate each would add there less the one it has at `source`."""
+        need = blocks_needed_all(table, snapshot.instances)[rows]
+        fits = headroom.rooms[None, :] >= need[:, None] + headroom.batch[None, :]
+        if source in headroom.position:
+            fits[:, headroom.position[source]] = False
+        a, b, c, batch, held = headroom._decode_columns[:5]
+        v, context = table.slo_column("v")[rows][:, None], table.context_tokens[rows][:, None]
+        step = a + b * (batch + 1) + c * (held[None, :] + context)
+        marginal = np.where(fits, idle_rate(batch + 1, step, v) - idle_rate(batch, headroom.step_now, v), np.inf)
+        best = fits & (marginal == marginal.min(axis=1, initial=np.inf)[:, None])
+        rooms = np.where(best, headroom.rooms[None, :], -np.inf)
+        best &= rooms == rooms.max(axis=1, initial=-np.inf)[:, None]
+        targets = np.where(best.any(axis=1), best.argmax(axis=1), -1)
+        chosen = marginal[np.arange(len(rows)), np.maximum(targets, 0)]
+        return targets, chosen - idle_rate(1, snapshot.instances.step_time_s[source], v[:, 0])
