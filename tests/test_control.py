@@ -177,8 +177,8 @@ class Hooks(Runtime):
     def now(self) -> float:
         return 0.0
 
-    def running(self):
-        return {}
+    def busy(self):
+        return []
 
     def context_of(self, request) -> int:
         return request.prompt

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import heapq
 
+import numpy as np
+
 from cluster.core.request import DECODING, Request
 from cluster.core.scheduling import blocks_for
 
@@ -15,6 +17,8 @@ class DecodeBatch:
     def __init__(self, instance: int, block_size: int) -> None:
         self.instance, self.block_size = instance, block_size
         self.running: dict[int, Request] = {}
+        self.rows: dict[int, tuple[int, int, int]] = {}
+        self.columns: tuple[np.ndarray, ...] | None = None
         self.residue = [0] * block_size
         self.finishes: list[tuple[int, float, int, int]] = []
         self.context_base = 0
@@ -38,6 +42,8 @@ class DecodeBatch:
         request.join_step, request.join_generated = step, request.generated
         request.epoch += 1
         self.running[request.id] = request
+        self.rows[request.id] = (request.slot, step, request.generated)
+        self.columns = None
         self.context_base += request.context
         finish = step + request.max_tokens - request.generated - 1
         heapq.heappush(self.finishes, (finish, request.arrival, request.id, request.epoch))
@@ -64,7 +70,17 @@ class DecodeBatch:
         request.blocks = self.blocks_of(request, step)
         self.residue[request.first_crossing % self.block_size] -= 1
         del self.running[request.id]
+        del self.rows[request.id]
+        self.columns = None
         request.epoch += 1
+
+    def slots(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per request decoding, in the order they joined: its slot, the step it joined at
+        and the tokens it had then."""
+        if self.columns is None:
+            rows = np.array(list(self.rows.values()), dtype=np.int64).reshape(-1, 3)
+            self.columns = rows[:, 0], rows[:, 1], rows[:, 2]
+        return self.columns
 
     def crossings(self, start: int, stop: int) -> int:
         """New blocks the batch needs over steps [start, stop)."""

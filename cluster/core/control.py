@@ -152,9 +152,9 @@ class ControlPlane:
                         self._running() if self.policy.needs_running else {})
 
     def _running(self) -> Running:
-        moving = self.moves.moving
-        running = {i: [r for r in requests if not moving(r.id)] for i, requests in self.rt.running().items()}
-        return Running({i: requests for i, requests in running.items() if requests}, self.views.decoding)
+        """Decoding requests by instance, those being moved left out (built when read)."""
+        moving = self.moves.moving_slots()
+        return Running(list(self.rt.busy()), lambda instance: self.views.decoding(instance, moving))
 
     def _strand(self, role: int, waiting: dict[int, Request]) -> None:
         if waiting and not self.table.view.serving(role):
@@ -163,7 +163,7 @@ class ControlPlane:
 
     def victim(self, instance: int, running) -> int | None:
         """The request an engine out of KV stops: the policy's choice (None: the engine's own)."""
-        views = {instance: self.views.decoding(instance, [r for r in running if not self.moves.moving(r.id)])}
+        views = {instance: self.views.decoding(instance, self.moves.moving_slots())}
         return self.policy.choose_victim(Snapshot(self.rt.now(), events.PREEMPTING, self.table.view, running=views),
                                          instance)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from cluster.core.recorder import Recorder
 from cluster.core.request import DECODING, MIGRATING, PREEMPTED, Request
 from cluster.core.runtime import Runtime
@@ -32,6 +34,11 @@ class Moves:
 
     def moving(self, request_id: int) -> bool:
         return request_id in self.live or request_id in self.asked or request_id in self.recomputing
+
+    def moving_slots(self) -> np.ndarray:
+        """The slots of the requests being moved."""
+        ids = [*self.live, *self.asked, *self.recomputing]
+        return np.fromiter((self.requests[r].slot for r in ids), np.int64, len(ids))
 
     def forget(self, request_id: int) -> None:
         """The request was re-queued: no move of it goes on."""

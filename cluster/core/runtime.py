@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import numpy as np
+
 from cluster.core.request import Request
 
 
@@ -25,8 +27,12 @@ class Runtime:
         """Bring the SLO state of these requests (`ControlPlane.views.slo`) up to now: a
         runtime that feeds every token as it comes has nothing to do."""
 
-    def running(self) -> dict[int, Iterable[Request]]:
-        """Decoding requests by instance."""
+    def busy(self) -> Iterable[int]:
+        """The instances with requests decoding."""
+        raise NotImplementedError
+
+    def decoding(self, instance: int) -> np.ndarray:
+        """The slots of the requests decoding on `instance`, their SLO state brought up to now."""
         raise NotImplementedError
 
     def context_of(self, request: Request) -> int:

@@ -18,19 +18,21 @@ class Running(Mapping):
     """The decoding requests of a snapshot, by instance: each instance's table is built
     when a policy first reads it (most decisions read none)."""
 
-    def __init__(self, requests: dict[int, list[Request]], build: Callable[[int, list[Request]], RequestTable]) -> None:
-        self.requests, self.build, self.tables = requests, build, {}
+    def __init__(self, instances: list[int], build: Callable[[int], RequestTable]) -> None:
+        self.instances, self.build, self.tables = instances, build, {}
 
     def __getitem__(self, instance: int) -> RequestTable:
         if instance not in self.tables:
-            self.tables[instance] = self.build(instance, self.requests[instance])
+            if instance not in self.instances:
+                raise KeyError(instance)
+            self.tables[instance] = self.build(instance)
         return self.tables[instance]
 
     def __iter__(self):
-        return iter(self.requests)
+        return iter(self.instances)
 
     def __len__(self) -> int:
-        return len(self.requests)
+        return len(self.instances)
 
 
 class Views:
@@ -60,14 +62,14 @@ class Views:
         context = np.fromiter((self.rt.context_of(r) for r in requests), np.int64, count)
         return self._table(slots, instances, context)
 
-    def decoding(self, instance: int, requests) -> RequestTable:
-        """Requests decoding on `instance`, as they are now: each holds the KV of its
-        prompt and of every token it was given but the last."""
-        requests = list(requests)
-        if not requests:
+    def decoding(self, instance: int, leave_out: np.ndarray | None = None) -> RequestTable:
+        """Requests decoding on `instance` (but the slots `leave_out`), as they are now:
+        each holds the KV of its prompt and of every token it was given but the last."""
+        slots = self.rt.decoding(instance)
+        if leave_out is not None and len(leave_out):
+            slots = slots[~np.isin(slots, leave_out)]
+        if not len(slots):
             return EMPTY
-        self.rt.fresh(requests)
-        slots = np.fromiter((r.slot for r in requests), np.int64, len(requests))
         return self._table(slots, np.full(len(slots), instance), self.prompts[slots] + self.slo.n[slots] - 1)
 
     def _table(self, slots: np.ndarray, instances: np.ndarray, context: np.ndarray) -> RequestTable:

@@ -72,7 +72,7 @@ class LiveRuntime(Runtime):
         self.control = ControlPlane(setup, self)
         self.requests = self.control.requests
         self.times: dict[int, array] = {}
-        self.decoding: list[set[int]] = [set() for _ in actors]
+        self.decoding_ids: list[set[int]] = [set() for _ in actors]
         self.submits, self.unseen = [0] * len(actors), [deque() for _ in actors]
         self.reserving: dict[int, int] = {}
         self.polls: dict = {}
@@ -265,18 +265,22 @@ class LiveRuntime(Runtime):
     def now(self) -> float:
         return (time.monotonic() - self.origin) * self.options.speedup
 
-    def running(self) -> dict:
-        return {i: [self.requests[r] for r in ids] for i, ids in enumerate(self.decoding) if ids}
+    def busy(self) -> list[int]:
+        return [i for i, ids in enumerate(self.decoding_ids) if ids]
+
+    def decoding(self, instance: int) -> np.ndarray:
+        ids = self.decoding_ids[instance]
+        return np.fromiter((self.requests[r].slot for r in ids), np.int64, len(ids))
 
     def context_of(self, request: Request) -> int:
         return request.prompt + max(len(self.times[request.id]) - 1, 0)
 
     def place(self, request: Request, state: str, instance: int) -> None:
         if request.state == DECODING and request.instance >= 0:
-            self.decoding[request.instance].discard(request.id)
+            self.decoding_ids[request.instance].discard(request.id)
         request.state, request.instance = state, instance
         if state == DECODING:
-            self.decoding[instance].add(request.id)
+            self.decoding_ids[instance].add(request.id)
 
     def enqueue(self, request: Request, instance: int) -> None:
         spec = Request(request.id, request.tenant, request.arrival, request.prompt, request.max_tokens,

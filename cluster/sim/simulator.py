@@ -183,45 +183,50 @@ class Simulator(Runtime):
 
     # ---- what a policy sees -------------------------------------------------------------
     def fresh(self, requests) -> None:
-        """Feed the SLO state the tokens these requests got since it was last fed: the
-        decode steps of the requests decoding on one instance from one step on, at once."""
-        runs: dict[tuple[int, int], list[Request]] = {}
         for request in requests:
-            self._feed_pieces(request)
+            self._feed(request)
             if request.state == DECODING:
-                runs.setdefault((request.instance, request.join_step + request.fed[1]), []).append(request)
-        for (index, start), group in runs.items():
-            instance = self.instances[index]
-            stop = instance.steps_done(self.clock)
-            if stop > start:
-                slots = np.fromiter((r.slot for r in group), np.int64, len(group))
-                self.control.views.slo.add_steps(slots, instance.step_times(start, stop))
-                for request in group:
-                    request.fed = (request.fed[0], stop - request.join_step)
+                instance, slot = self.instances[request.instance], request.slot
+                start = request.join_step + int(self.control.views.slo.n[slot]) - request.join_generated
+                stop = instance.steps_done(self.clock)
+                if stop > start:
+                    self.control.views.slo.add_steps(np.array([slot]), instance.step_times(start, stop))
 
-    def _feed_pieces(self, request: Request) -> None:
-        """The tokens of the pieces the request finished since it was last fed (a prefill's
-        token, earlier decode runs); `fed` is (pieces fed, steps fed of the run after them)."""
-        piece, offset = request.fed
-        if piece == len(request.pieces):
-            return
-        slo = self.control.views.slo
+    def decoding(self, index: int) -> np.ndarray:
+        """The slots of the requests decoding on instance `index`, their SLO state brought up
+        to now: the decode steps since each was last fed, those fed to one step at once."""
+        instance, slo = self.instances[index], self.control.views.slo
+        slots, joined, had = instance.batch.slots()
+        for slot in slots[slo.n[slots] < had]:
+            self._feed(self.setup.requests[slot])
+        start, stop = joined + slo.n[slots] - had, instance.steps_done(self.clock)
+        for first in np.unique(start[start < stop]):
+            slo.add_steps(slots[start == first], instance.step_times(int(first), stop))
+        return slots
+
+    def _feed(self, request: Request) -> None:
+        """Feed the SLO state the tokens of the request's finished pieces (a prefill's
+        token, earlier decode runs) beyond those it has; `fed` caches how many pieces, and
+        how many tokens in them, are fed whole."""
+        slo, slot = self.control.views.slo, request.slot
+        piece, before = request.fed
         for index, first, count in request.pieces[piece:]:
-            if count > offset:
+            fed = int(slo.n[slot]) - before
+            if fed < count:
                 if index == PREFILL_PIECE:
-                    slo.add_token(request.slot, first)
+                    slo.add_token(slot, first)
                 else:
                     steps = np.frombuffer(self.instances[index].step_end, dtype=np.float64)
-                    slo.add_steps(np.array([request.slot]), steps[first + offset:first + count])
-            offset = 0
-        request.fed = (len(request.pieces), 0)
+                    slo.add_steps(np.array([slot]), steps[first + fed:first + count])
+            piece, before = piece + 1, before + count
+        request.fed = (piece, before)
 
     # ---- the control plane's hooks --------------------------------------------------------
     def now(self) -> float:
         return self.clock
 
-    def running(self) -> dict:
-        return {instance.id: instance.running.values() for instance in self.instances if instance.running}
+    def busy(self) -> list[int]:
+        return [instance.id for instance in self.instances if instance.running]
 
     def context_of(self, request: Request) -> int:
         if request.state == DECODING:
