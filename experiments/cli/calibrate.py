@@ -6,13 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from cluster.hardware.perfmodel import write_iteration_model
-from cluster.hardware.specs import load_hardware, load_model
-from cluster.hardware.yamlfile import ConfigError
-from experiments.calibration.calibrate import CalibrationError, calibrate, report
-
 
 def _labels(args: argparse.Namespace) -> dict:
+    from cluster.hardware.specs import load_hardware, load_model
+    from experiments.calibration.calibrate import CalibrationError
+
     if (args.model is None) != (args.hardware is None):
         raise CalibrationError("--model and --hardware go together (with --tp): they say which fit the file is")
     if args.model is None:
@@ -22,6 +20,8 @@ def _labels(args: argparse.Namespace) -> dict:
 
 def _profile(args: argparse.Namespace) -> Path:
     """The profile CSV: the one given, or one measured now on a real engine."""
+    from experiments.calibration.calibrate import CalibrationError
+
     if args.engine is None:
         if args.profile is None:
             raise CalibrationError("give a profile CSV or a live run folder, or --engine vllm|hf with --model-path "
@@ -42,6 +42,10 @@ def _profile(args: argparse.Namespace) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cluster.hardware.perfmodel import write_iteration_model
+    from cluster.hardware.yamlfile import ConfigError
+    from experiments.calibration.calibrate import CalibrationError, calibrate, report
+
     try:
         labels = _labels(args)
         result = calibrate(_profile(args))

@@ -6,15 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
 
-from experiments.runs.imports import read_any
-from experiments.scoring.harm import analyse, summary
-from experiments.scoring.metrics import run_slos
+def _print(report: dict, console) -> None:
+    from rich.table import Table
 
-
-def _print(report: dict, console: Console) -> None:
     table = Table(title="migrations and preemptions")
     for column in ("move", "n", "replayed", "harmful", "neutral", "helpful", "visible", "idle s", "stall s"):
         table.add_column(column, justify="left" if column == "move" else "right")
@@ -26,6 +21,12 @@ def _print(report: dict, console: Console) -> None:
 
 
 def _handle(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from experiments.runs.imports import read_any
+    from experiments.scoring.harm import analyse, summary
+    from experiments.scoring.metrics import run_slos
+
     run = read_any(args.run)
     console = Console()
     table = analyse(run, *run_slos(run.meta), args.replays, args.seed, console)

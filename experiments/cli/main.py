@@ -8,18 +8,11 @@ import os
 import sys
 from pathlib import Path
 
-from cluster.live.raycluster import ClusterError
 from experiments.cli.calibrate import add_parser as add_calibrate
 from experiments.cli.harm import add_parser as add_harm
-from experiments.cli.install import InstallError
 from experiments.cli.install import add_parser as add_install
 from experiments.cli.model import add_parser as add_model
-from experiments.cli.show import print_summaries
 from experiments.cli.sweep import add_parser as add_sweep
-from experiments.runs.imports import read_any
-from experiments.runs.runformat import RunFormatError, validate, write_run
-from experiments.scoring.delay import delay_output
-from experiments.scoring.metrics import Window, run_slos, score
 from router.slo import SLO
 
 SLO_FLAGS = {  # flag -> (SLO field, help)
@@ -52,6 +45,12 @@ def _seconds(text: str) -> float:
 
 
 def _metrics(args: argparse.Namespace) -> int:
+    from experiments.cli.show import print_summaries
+    from experiments.runs.imports import read_any
+    from experiments.runs.runformat import validate
+    from experiments.scoring.delay import delay_output
+    from experiments.scoring.metrics import Window, run_slos, score
+
     run = read_any(args.run)
     slo, tenants = run_slos(run.meta, slo_overrides(args))
     window = Window(args.warmup, args.cooldown)
@@ -71,6 +70,9 @@ def _metrics(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from experiments.runs.imports import read_any
+    from experiments.runs.runformat import write_run
+
     run = read_any(args.source)
     path = write_run(run, args.out)
     print(f"wrote run {path} ({len(run.requests)} requests, {len(run.tokens)} tokens)")
@@ -78,8 +80,11 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from experiments.cli.show import print_summaries
     from experiments.config.experiment import load_variants
+    from experiments.runs.imports import read_any
     from experiments.runs.runner import run_experiment
+    from experiments.scoring.metrics import run_slos, score
 
     overrides = list(args.set) + ([f"runtime={args.runtime}"] if args.runtime else [])
     overrides += [f"ray.address={args.address}"] if args.address else []
@@ -149,12 +154,22 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _expected(exc: Exception) -> bool:
+    """Bad input or a cluster that cannot serve: one line, no traceback."""
+    if isinstance(exc, (ValueError, FileNotFoundError)):
+        return True
+    from cluster.live.raycluster import ClusterError
+    from experiments.cli.install import InstallError
+
+    return isinstance(exc, (ClusterError, InstallError))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (RunFormatError, ValueError, FileNotFoundError, ClusterError, InstallError) as exc:
-        if os.environ.get("PDLAB_DEBUG"):
+    except Exception as exc:  # noqa: BLE001 (only the expected kinds are caught; the rest are raised again)
+        if os.environ.get("PDLAB_DEBUG") or not _expected(exc):
             raise
         print(f"pdlab {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -6,10 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
-from cluster.hardware.yamlfile import ConfigError
-
 
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
@@ -18,6 +14,10 @@ def _positive(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from cluster.hardware.yamlfile import ConfigError
+
     console = Console(stderr=True)
     try:
         from experiments.sweeps.spec import load_sweep
