@@ -88,3 +88,13 @@ def test_kv_is_exported_only_once_computed():
         with actor.worker.held():
             assert actor.engine.context_of(0) >= asked
     actor.stop()
+
+
+def test_a_late_cancel_of_an_earlier_reservation_leaves_the_new_one():
+    worker = Worker(engine(), lambda report: None)
+    assert worker.reserve(7, 100, time.monotonic() + 60, ticket=1)
+    assert worker.reserve(7, 40, time.monotonic() + 60, ticket=2)
+    assert worker.engine.stats()["free_blocks"] == 960
+    worker.cancel(7, ticket=1)
+    assert worker.take_reservation(7, ticket=1) is None
+    assert worker.take_reservation(7, ticket=2) == 40

@@ -143,9 +143,9 @@ class WorkerActor:
         with self.worker.held():
             self.engine.prefer_victim(request_id)
 
-    def cancel(self, request_id: int) -> None:
-        """Free the blocks reserved for a request's KV that will not come."""
-        self.worker.cancel(request_id)
+    def cancel(self, request_id: int, ticket: int = 0) -> None:
+        """Free the blocks reserved (under `ticket`) for a request's KV that will not come."""
+        self.worker.cancel(request_id, ticket)
 
     def corrupt_next_export(self, request_id: int) -> None:
         """A fault to inject: the next KV this worker exports for the request arrives
@@ -189,16 +189,17 @@ class WorkerActor:
         return packet, data, moved, first, tokens
 
     def pull(self, request_id: int, exported: list, reserve: int, final: bool, link: LinkTime,
-             timeout_s: float, peer: int | None = None) -> Pulled:
+             timeout_s: float, peer: int | None = None, ticket: int = 0) -> Pulled:
         """Take in KV that the source exports (`exported`: [the ref of its `export_kv`]);
         from rank `peer` of the workers' group when it sends there; through this worker's
         shared-memory inbox when `exported` is [source actor, first, tokens] instead. KV not
         in (its modelled time waited out) by `timeout_s` is refused, so that the driver,
-        which waits a little longer, never gives up a request that then decodes here."""
+        which waits a little longer, never gives up a request that then decodes here.
+        `ticket` names the driver's reservation the blocks are held under."""
         import ray
 
         start = time.monotonic()
-        if reserve and not self.worker.reserve(request_id, reserve, start + timeout_s):
+        if reserve and not self.worker.reserve(request_id, reserve, start + timeout_s, ticket):
             if peer is not None:
                 self.group.receive(None, peer, request_id)
             return Pulled(False, "target_full")
@@ -212,22 +213,22 @@ class WorkerActor:
                 self._take(packet, data, first)
                 nbytes = data.nbytes
         except ray.exceptions.GetTimeoutError:
-            return self._failed(request_id, "timeout")
+            return self._failed(request_id, "timeout", ticket)
         except ray.exceptions.RayActorError:
-            return self._failed(request_id, "source_dead")
+            return self._failed(request_id, "source_dead", ticket)
         except KeyError:
-            return self._failed(request_id, "missing")
+            return self._failed(request_id, "missing", ticket)
         except ChecksumError:
-            return self._failed(request_id, "checksum")
+            return self._failed(request_id, "checksum", ticket)
         except RuntimeError:
-            return self._failed(request_id, "transport")
+            return self._failed(request_id, "transport", ticket)
         real_s = time.monotonic() - start
         done = start + (link.fixed_s + tokens * link.seconds_per_token) / self.speedup
         time.sleep(max(0.0, min(done, start + timeout_s) - time.monotonic()))
         if time.monotonic() > start + timeout_s:
-            return self._failed(request_id, "timeout")
+            return self._failed(request_id, "timeout", ticket)
         if final:
-            blocks = self.worker.take_reservation(request_id)
+            blocks = self.worker.take_reservation(request_id, ticket)
             if blocks is None:
                 return Pulled(False, "cancelled")
             self.worker.at_boundary(lambda: self.engine.admit(request, blocks))
@@ -254,8 +255,8 @@ class WorkerActor:
         with self.worker.held():
             self.engine.import_kv(packet.request, first, data)
 
-    def _failed(self, request_id: int, reason: str) -> Pulled:
-        self.worker.cancel(request_id)
+    def _failed(self, request_id: int, reason: str, ticket: int) -> Pulled:
+        self.worker.cancel(request_id, ticket)
         return Pulled(False, reason)
 
     def stats(self) -> dict:

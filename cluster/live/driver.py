@@ -75,6 +75,8 @@ class LiveRuntime(Runtime):
         self.decoding_ids: list[set[int]] = [set() for _ in actors]
         self.submits, self.unseen = [0] * len(actors), [deque() for _ in actors]
         self.reserving: dict[int, int] = {}
+        self.tickets: dict[int, int] = {}
+        self.ticket_count = 0
         self.polls: dict = {}
         self.pending: dict = {}
         self.lag = array("d")
@@ -98,13 +100,14 @@ class LiveRuntime(Runtime):
              final: bool):
         """Have `source` export a request's KV and `target` take it in; the target's answer's ref."""
         link, timeout = self.link(source, target), self.options.transfer_timeout_s
+        ticket = self.tickets.get(request_id, 0)
         if self.options.transport == "shm" and self.nodes[source] == self.nodes[target]:
             return self.actors[target].pull.remote(request_id, [self.actors[source], first, tokens], reserve, final,
-                                                   link, timeout)
+                                                   link, timeout, ticket=ticket)
         direct = self.options.transport in ("gloo", "nccl")
         exported = self.actors[source].export_kv.remote(request_id, first, tokens, final, target if direct else None)
         return self.actors[target].pull.remote(request_id, [exported], reserve, final, link, timeout,
-                                               source if direct else None)
+                                               source if direct else None, ticket)
 
     def call(self, ref, callback: Callable[[object], None], timeout_s: float | None = None) -> None:
         """Await `ref` in the loop; `callback` gets its value, or the exception it raised."""
@@ -298,18 +301,24 @@ class LiveRuntime(Runtime):
         self.place(request, DECODING, request.instance)
 
     def reserve(self, request: Request, instance: int, blocks: int) -> bool:
-        """As the driver sees the target; its worker reserves the blocks when the KV comes."""
+        """As the driver sees the target; its worker reserves the blocks when the KV comes,
+        under a ticket that tells this reservation from an earlier one being cancelled
+        (a worker's calls may run out of order)."""
         table = self.setup.table
         if table.free_blocks[instance] - blocks < table.watermark_blocks[instance]:
             return False
         table.free_blocks[instance] -= blocks
         self.reserving[request.id] = self.reserving.get(request.id, 0) + blocks
+        if request.id not in self.tickets:
+            self.ticket_count += 1
+            self.tickets[request.id] = self.ticket_count
         return True
 
     def cancel(self, request: Request, instance: int, blocks: int) -> None:
         self.reserving.pop(request.id, None)
+        ticket = self.tickets.pop(request.id, 0)
         if self.setup.table.alive[instance]:
-            self.actors[instance].cancel.remote(request.id)
+            self.actors[instance].cancel.remote(request.id, ticket)
 
     def copy_kv(self, request: Request, source: int, target: int, first: int, tokens: int, final: bool,
                 move: int) -> None:
@@ -319,6 +328,7 @@ class LiveRuntime(Runtime):
                   self.options.transfer_timeout_s + ANSWER_MARGIN_S)
 
     def admit(self, request: Request, instance: int, blocks: int) -> None:
+        self.tickets.pop(request.id, None)
         self.place(request, DECODING, instance)
 
     def release(self, request: Request, instance: int) -> None:

@@ -51,7 +51,7 @@ class Worker:
         self.engine, self.report, self.speedup = engine, report, speedup
         self.commands: deque[Callable[[], None]] = deque()
         self.notes: list[tuple[str, int, float]] = []
-        self.reservations: dict[int, tuple[int, float]] = {}
+        self.reservations: dict[int, tuple[int, float, int]] = {}
         self.lock = threading.Lock()
         self.waiting_lock = threading.Lock()
         self.waiting = 0
@@ -101,27 +101,38 @@ class Worker:
         """Add a note to the next report (call with the lock held, as commands are)."""
         self.notes.append((kind, request, value))
 
-    def reserve(self, request: int, blocks: int, deadline: float) -> bool:
-        """Reserve blocks for a request's incoming KV until `deadline` (monotonic seconds)."""
+    def reserve(self, request: int, blocks: int, deadline: float, ticket: int = 0) -> bool:
+        """Reserve blocks for a request's incoming KV until `deadline` (monotonic seconds),
+        under the driver's `ticket` for this reservation: one held under another ticket is
+        stale (its cancel is still on the way) and is freed."""
         with self.held():
+            held = self.reservations.get(request)
+            if held is not None and held[2] != ticket:
+                self._free(request)
+                held = None
             if not self.engine.reserve(blocks):
                 return False
-            held, _ = self.reservations.get(request, (0, 0.0))
-            self.reservations[request] = (held + blocks, deadline)
+            self.reservations[request] = ((held[0] if held else 0) + blocks, deadline, ticket)
         self.wake.set()
         return True
 
-    def take_reservation(self, request: int) -> int | None:
+    def take_reservation(self, request: int, ticket: int = 0) -> int | None:
         with self.held():
-            held = self.reservations.pop(request, None)
-        return None if held is None else held[0]
+            held = self.reservations.get(request)
+            if held is None or held[2] != ticket:
+                return None
+            return self.reservations.pop(request)[0]
 
-    def cancel(self, request: int) -> None:
+    def cancel(self, request: int, ticket: int = 0) -> None:
         with self.held():
-            held = self.reservations.pop(request, None)
-            if held is not None:
-                self.engine.unreserve(request, held[0])
+            held = self.reservations.get(request)
+            if held is not None and held[2] == ticket:
+                self._free(request)
         self.wake.set()
+
+    def _free(self, request: int) -> None:
+        blocks = self.reservations.pop(request)[0]
+        self.engine.unreserve(request, blocks)
 
     def stop(self) -> None:
         self.stopped = True
@@ -130,7 +141,7 @@ class Worker:
 
     def _expire(self) -> None:
         now = time.monotonic()
-        for request, (blocks, deadline) in list(self.reservations.items()):
+        for request, (blocks, deadline, _) in list(self.reservations.items()):
             if deadline < now:
                 del self.reservations[request]
                 self.engine.unreserve(request, blocks)
