@@ -40,6 +40,9 @@ class Scenario:
     model: str = "Llama-3.1-8B"
     max_total: int | None = None
     validate: bool = True
+    base: str | None = None
+    """A paper config the scenario runs (its cluster and workload), routed by `policy`."""
+    policy: str = "round_robin"
 
 
 SCENARIOS = {
@@ -47,11 +50,22 @@ SCENARIOS = {
     "one-llama2": Scenario("1 colocated, Llama-2-7B", 10_000, 3.7, model="Llama-2-7B", max_total=4096),
     "pd": Scenario("4P+4D, Llama-3.1-8B", 100_000, 36.0, DISAGG),
     "pd-1m": Scenario("4P+4D, Llama-3.1-8B", 1_000_000, 36.0, DISAGG),
+    **{f"{short}-{paper}": Scenario(f"{paper} paper, {policy}", 1_500, rate, base=f"configs/paper/disagg-{paper}.yaml",
+                                    policy=policy, validate=False)
+       for short, policy in (("ll", "least_loaded"), ("cg", "classic_goodput"), ("sg", "smooth_goodput"))
+       for paper, rate in (("llama8b", 7.0), ("qwen14b", 2.5))},
 }
+ROUTED = [name for name, scenario in SCENARIOS.items() if scenario.base]
+ROUTER_TICK_S = 0.25
 
 
 def config(scenario: Scenario):
-    from experiments.config.experiment import ExperimentConfig
+    from experiments.config.experiment import ExperimentConfig, load_config
+
+    if scenario.base:
+        return load_config(Path(__file__).resolve().parents[1] / scenario.base,
+                           [f"router.policy={scenario.policy}", f"router.tick_s={ROUTER_TICK_S}",
+                            f"workload.requests={scenario.requests}", f"workload.arrival.rate={scenario.rate}"])
 
     lengths = {"dist": "dataset", "name": "azure_conv"}
     if scenario.max_total:
@@ -132,6 +146,12 @@ def verdicts(results: dict[str, tuple[Scenario, dict]]) -> None:
         print(f"{name}: target >= {TARGET_REQUESTS_S:,} requests/s: {requests_s:,.0f} -> "
               f"{mark(requests_s >= TARGET_REQUESTS_S)}; target >= {TARGET_ITERATIONS_S:,} iterations/s: "
               f"{iterations_s:,.0f} -> {mark(iterations_s >= TARGET_ITERATIONS_S)}")
+    for name in ROUTED:
+        if name in results:
+            r = results[name][1]
+            requests_s = r["requests"] / r["wall_s"]
+            print(f"{name}: target >= {TARGET_REQUESTS_S:,} requests/s with the router at tick {ROUTER_TICK_S} s: "
+                  f"{requests_s:,.0f} -> {mark(requests_s >= TARGET_REQUESTS_S)}")
     if "pd-1m" in results:
         r = results["pd-1m"][1]
         print(f"pd-1m: target 1,000,000 requests in < {TARGET_GIB:g} GiB: {r['peak_gib']:.2f} GiB -> "
