@@ -35,14 +35,15 @@ class WorkerOptions:
     worker_gpus: float = 0.0
 
 
-def connect(address: str | None, timeout_s: float = 5.0) -> None:
-    """Join the Ray cluster at `address` ("host:port" or "auto"); None starts one in-process."""
+def connect(address: str | None, timeout_s: float = 5.0, field: str = "ray.address") -> None:
+    """Join the Ray cluster at `address` ("host:port" or "auto"); None starts one in-process.
+    Errors name `field`, where the address came from."""
     import ray
 
     if ray.is_initialized():
         joined = ray.get_runtime_context().gcs_address
         if address and address != "auto" and address != joined:
-            raise ClusterError(f"ray.address: this process is already connected to the Ray cluster at {joined}, "
+            raise ClusterError(f"{field}: this process is already connected to the Ray cluster at {joined}, "
                                f"not {address}")
         return
     if not address:
@@ -51,20 +52,20 @@ def connect(address: str | None, timeout_s: float = 5.0) -> None:
     if address != "auto":
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
-            raise ClusterError(f"ray.address: expected HOST:PORT of a Ray head (e.g. 10.0.0.1:6379) or 'auto', "
+            raise ClusterError(f"{field}: expected HOST:PORT of a Ray head (e.g. 10.0.0.1:6379) or 'auto', "
                                f"got {address!r}")
         try:
             speaks_grpc = _speaks_grpc(host, int(port), timeout_s)
         except OSError as exc:
-            raise ClusterError(f"ray.address: no Ray cluster answers at {address} ({exc}); start one with "
-                               f"`ray start --head` there, or leave ray.address unset for a local Ray") from None
+            raise ClusterError(f"{field}: no Ray cluster answers at {address} ({exc}); start one with "
+                               f"`ray start --head` there, or leave {field} unset to run on this machine") from None
         if not speaks_grpc:
-            raise ClusterError(f"ray.address: {address} answers but is not a Ray head (no gRPC reply); "
+            raise ClusterError(f"{field}: {address} answers but is not a Ray head (no gRPC reply); "
                                f"give the head's GCS port (6379 by default)")
     try:
         ray.init(address=address, logging_level=logging.WARNING)
     except ConnectionError as exc:
-        raise ClusterError(f"ray.address: cannot join the Ray cluster at {address}: {exc}") from None
+        raise ClusterError(f"{field}: cannot join the Ray cluster at {address}: {exc}") from None
 
 
 def _speaks_grpc(host: str, port: int, timeout_s: float) -> bool:

@@ -26,8 +26,8 @@ def _run(args: argparse.Namespace) -> int:
         sweep = load_sweep(args.sweep, args.set)
         out = Path(args.out or Path("runs") / "sweeps" / sweep.name)
         console.print(f"[bold]pdlab sweep[/bold] {sweep.name}: {len(sweep.points)} points, results in {out}")
-        table = run_sweep(sweep, out, args.jobs, not args.no_runs, console)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        table = run_sweep(sweep, out, args.jobs, not args.no_runs, console, address=args.address)
+    except (ConfigError, ValueError, OSError) as exc:
         print(f"pdlab sweep: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out / 'results.parquet'}, {out / 'results.csv'} ({len(table)} rows), {out / 'plots'}, "
@@ -45,6 +45,9 @@ def add_parser(commands) -> argparse.ArgumentParser:
                            help="override a key of the base config (e.g. workload.requests=100) or, "
                                 "starting with sweep., of the sweep file (e.g. sweep.rates=[2,4]); repeatable")
     sweep_cmd.add_argument("--jobs", type=_positive, default=1, help="points simulated in parallel (default 1)")
+    sweep_cmd.add_argument("--address", metavar="HEAD:PORT",
+                           help="run the simulated points as Ray tasks across the Ray cluster whose head is "
+                                "HEAD:PORT ('auto': the one this machine is part of); every node needs pdlab installed")
     sweep_cmd.add_argument("--no-runs", action="store_true", help="keep no run folders, only the table, plots and report")
     sweep_cmd.set_defaults(handler=_run)
     return sweep_cmd

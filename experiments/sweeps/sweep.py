@@ -13,9 +13,10 @@ from experiments.sweeps.spec import Sweep
 
 
 def run_sweep(sweep: Sweep, out: Path, jobs: int = 1, keep_runs: bool = True,
-              console: Console | None = None, quiet: bool = False) -> pd.DataFrame:
-    """Run the points, then write results.parquet/.csv, plots/ and report.md under `out`."""
-    table, stalled = run_points(sweep, out, jobs, keep_runs, console, quiet)
+              console: Console | None = None, quiet: bool = False, address: str | None = None) -> pd.DataFrame:
+    """Run the points (in `jobs` processes, or across the Ray cluster at `address`),
+    then write results.parquet/.csv, plots/ and report.md under `out`."""
+    table, stalled = run_points(sweep, out, jobs, keep_runs, console, quiet, address)
     write_table(table, out)
     write_outputs(sweep, table, stalled, out)
     if not keep_runs:

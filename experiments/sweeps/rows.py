@@ -1,0 +1,67 @@
+"""One sweep point as one row of the results table: run it, score it, count its
+events and (with replays) its harmful moves."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from experiments.runs.runformat import Run, write_run
+from experiments.runs.runner import run_config
+from experiments.scoring.harm import harm_counts
+from experiments.scoring.metrics import Window, run_slos, score
+from experiments.sweeps.spec import Point
+from router.slo import SCHEMES
+
+EVENT_COUNTS = {"migrations_started": "migrate_start", "migrations_completed": "migrate_end",
+                "migrations_aborted": "migrate_abort", "preemptions": "preempt"}
+DISTRIBUTIONS = {"ttft_p50_s": ("ttft_s", "p50"), "ttft_p99_s": ("ttft_s", "p99"), "tbt_p99_s": ("tbt_s", "p99"),
+                 "tpot_p99_s": ("tpot_s", "p99"), "idle_latency_mean_s": ("idle_latency_s", "mean"),
+                 "idle_latency_p99_s": ("idle_latency_s", "p99")}
+
+
+def _count(column: pd.Series, value: str) -> int:
+    return int((column == value).sum())
+
+
+def headline(run: Run, summary: dict) -> dict:
+    """The summary's headline numbers and the event counts of one run, flat."""
+    row = {key: summary[key] for key in ("requests", "finished", "output_tokens", "serving_time_s",
+                                         "throughput_tokens_per_s", "request_throughput_per_s", "smooth_goodput")}
+    for scheme in SCHEMES:
+        values = summary["schemes"][scheme]
+        row[f"{scheme}_attainment"] = values["slo_attainment"]
+        row[f"{scheme}_token_goodput"] = values["token_goodput"]
+        row[f"{scheme}_request_goodput"] = values["request_goodput"]
+    for column, (metric, stat) in DISTRIBUTIONS.items():
+        row[column] = summary[metric][stat]
+    for status in ("rejected", "unfinished"):
+        row[status] = _count(run.requests["status"], status)
+    for column, kind in EVENT_COUNTS.items():
+        row[column] = _count(run.events["kind"], kind)
+    return row
+
+
+def run_point(point: Point, window: Window, folder: Path | None, stalled: int, replays: int = 0,
+              progress=None) -> tuple[dict, list, Run]:
+    """Run and score one point (simulated or live, as its config says); write its run
+    folder when `folder` is given; count its harmful moves (`replays` counterfactuals,
+    simulated). Returns its table row, the ids of its `stalled` requests of largest
+    idle latency, and the run. A bad point's ValueError names it."""
+    try:
+        run = run_config(point.config, progress)
+        if folder is not None:
+            write_run(run, folder)
+        return (*score_point(point, run, window, stalled, replays), run)
+    except ValueError as exc:
+        raise ValueError(f"point {point.folder.as_posix()}: {exc}") from None
+
+
+def score_point(point: Point, run: Run, window: Window, stalled: int, replays: int = 0) -> tuple[dict, list]:
+    """One point's table row and its `stalled` most stalled request ids."""
+    slo, tenants = run_slos(run.meta)
+    table, summary = score(run, slo, window, tenants)
+    worst = table.sort_values(["idle_latency_s", "request_id"], ascending=[False, True], kind="stable")
+    row = {"cluster": point.cluster, "policy": point.policy, "rate": point.rate, "seed": point.seed,
+           **headline(run, summary), **harm_counts(run, slo, tenants, replays)}
+    return row, worst["request_id"].head(stalled).tolist()
