@@ -153,8 +153,7 @@ class ControlPlane:
 
     def _running(self) -> Running:
         """Decoding requests by instance, those being moved left out (built when read)."""
-        moving = self.moves.moving_slots()
-        return Running(list(self.rt.busy()), lambda instance: self.views.decoding(instance, moving))
+        return Running(list(self.rt.busy()), self.views, self.moves.moving_slots())
 
     def _strand(self, role: int, waiting: dict[int, Request]) -> None:
         if waiting and not self.table.view.serving(role):

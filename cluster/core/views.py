@@ -15,17 +15,25 @@ from router.snapshot import EMPTY, RequestTable
 
 
 class Running(Mapping):
-    """The decoding requests of a snapshot, by instance: each instance's table is built
-    when a policy first reads it (most decisions read none)."""
+    """The decoding requests of a snapshot, by instance, built when a policy first reads
+    them (most decisions read none): the first instance read on its own, the rest all
+    at once when a second is read (a policy that reads two reads them all)."""
 
-    def __init__(self, instances: list[int], build: Callable[[int], RequestTable]) -> None:
-        self.instances, self.build, self.tables = instances, build, {}
+    def __init__(self, instances: list[int], views: Views, leave_out: np.ndarray) -> None:
+        self.instances, self.known, self.tables = instances, set(instances), {}
+        self.views, self.leave_out = views, leave_out
 
     def __getitem__(self, instance: int) -> RequestTable:
         if instance not in self.tables:
-            if instance not in self.instances:
+            if instance not in self.known:
                 raise KeyError(instance)
-            self.tables[instance] = self.build(instance)
+            if not self.tables:
+                self.tables[instance] = self.views.decoding(instance, self.leave_out)
+            else:
+                rest = [i for i in self.instances if i not in self.tables]
+                table, bounds = self.views.decoding_all(rest, self.leave_out)
+                for k, i in enumerate(rest):
+                    self.tables[i] = table[bounds[k]:bounds[k + 1]] if bounds[k + 1] > bounds[k] else EMPTY
         return self.tables[instance]
 
     def __iter__(self):
@@ -65,12 +73,29 @@ class Views:
     def decoding(self, instance: int, leave_out: np.ndarray | None = None) -> RequestTable:
         """Requests decoding on `instance` (but the slots `leave_out`), as they are now:
         each holds the KV of its prompt and of every token it was given but the last."""
-        slots = self.rt.decoding(instance)
-        if leave_out is not None and len(leave_out):
-            slots = slots[~np.isin(slots, leave_out)]
+        slots = self._decoding_slots(instance, leave_out)
         if not len(slots):
             return EMPTY
         return self._table(slots, np.full(len(slots), instance), self.prompts[slots] + self.slo.n[slots] - 1)
+
+    def decoding_all(self, instances: list[int], leave_out: np.ndarray | None = None) \
+            -> tuple[RequestTable, np.ndarray]:
+        """`decoding` of every one of `instances` in one table, instance after instance,
+        and where each one's rows start (then where the last ends)."""
+        parts = [self._decoding_slots(instance, leave_out) for instance in instances]
+        bounds = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum([len(part) for part in parts], out=bounds[1:])
+        if not bounds[-1]:
+            return EMPTY, bounds
+        slots = np.concatenate(parts)
+        where = np.repeat(np.asarray(instances, dtype=np.int64), np.diff(bounds))
+        return self._table(slots, where, self.prompts[slots] + self.slo.n[slots] - 1), bounds
+
+    def _decoding_slots(self, instance: int, leave_out: np.ndarray | None) -> np.ndarray:
+        slots = self.rt.decoding(instance)
+        if leave_out is not None and len(leave_out):
+            slots = slots[~np.isin(slots, leave_out)]
+        return slots
 
     def _table(self, slots: np.ndarray, instances: np.ndarray, context: np.ndarray) -> RequestTable:
         state, now = self.slo, self.rt.now()
