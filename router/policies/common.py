@@ -145,12 +145,14 @@ def hand_off(snapshot: Snapshot, headroom: Headroom, order: np.ndarray, choose) 
         return actions
     local = snapshot.instances.role[table.instance] != PREFILL
     need = blocks_needed_all(table, snapshot.instances)
+    most = headroom.rooms.max() if len(headroom.rooms) else -1
     for k in order:
         if local[k]:
             actions.append(Handoff(int(table.id[k]), int(table.instance[k])))
-        elif len(headroom.rooms) and need[k] <= headroom.rooms.max():
+        elif need[k] <= most:
             request = table.row(k)
             target = choose(snapshot, headroom, request)
             if target is not None:
                 actions.append(Handoff(request.id, headroom.give(target, request)))
+                most = headroom.rooms.max()
     return actions
