@@ -24,9 +24,13 @@ class Strict(BaseModel):
 Schema = TypeVar("Schema", bound=BaseModel)
 
 
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader where PyYAML has it (the same documents, about 10x faster)."""
+
+
 def parse_yaml(text: str, where: str):
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=SAFE_LOADER)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML: {' '.join(str(exc).split())}") from None
 
