@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from experiments.cli.calibrate import add_parser as add_calibrate
+from experiments.cli.capacity import add_parser as add_capacity
 from experiments.cli.harm import add_parser as add_harm
 from experiments.cli.install import add_parser as add_install
 from experiments.cli.model import add_parser as add_model
@@ -142,6 +143,7 @@ def parser() -> argparse.ArgumentParser:
     add_calibrate(commands)
     add_harm(commands)
     add_sweep(commands)
+    add_capacity(commands)
     add_model(commands)
     add_install(commands)
 

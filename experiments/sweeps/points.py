@@ -38,17 +38,26 @@ def run_points(sweep: Sweep, out: Path, jobs: int = 1, keep_runs: bool = True, c
     """Every point, in `jobs` processes or, given a Ray cluster's `address`, as tasks
     across it; rows in point order either way. Returns the results table and, per
     point index, its most stalled request ids."""
-    rows, stalled = {}, {}
     work = _jobs(sweep, out, keep_runs)
-    if (jobs > 1 or address) and any(p.config.runtime == "ray" for p in sweep.points):
-        raise ConfigError(f"sweep {sweep.name}: live points (runtime: ray) share one Ray cluster; run them with "
+    done = run_jobs(work, f"sweep {sweep.name}", jobs, address, console, quiet)
+    return as_table([done[i][0] for i in range(len(work))]), {i: done[i][1] for i in done}
+
+
+def run_jobs(work: list[tuple], title: str, jobs: int = 1, address: str | None = None,
+             console: Console | None = None, quiet: bool = False) -> dict[int, tuple[dict, list]]:
+    """Run the jobs (index, point, window, run folder or None, stalled, replays) one at a
+    time, in `jobs` processes, or across the Ray cluster at `address`, with a progress
+    bar called `title`. Returns each job's row and most stalled request ids, by index."""
+    results = {}
+    if (jobs > 1 or address) and any(job[1].config.runtime == "ray" for job in work):
+        raise ConfigError(f"{title}: live points (runtime: ray) share one Ray cluster; run them with "
                           "--jobs 1 and no --address (give the cluster as ray.address)")
     console = console or Console(stderr=True)
     with _progress(console, quiet) as progress:
-        task = progress.add_task(f"sweep {sweep.name}", total=len(work))
+        task = progress.add_task(title, total=len(work))
 
         def done(index: int, row: dict, ids: list) -> None:
-            rows[index], stalled[index] = row, ids
+            results[index] = row, ids
             progress.advance(task)
 
         if address:
@@ -64,10 +73,14 @@ def run_points(sweep: Sweep, out: Path, jobs: int = 1, keep_runs: bool = True, c
             with ProcessPoolExecutor(max_workers=min(jobs, len(work))) as pool:
                 for future in as_completed([pool.submit(_job, job) for job in work]):
                     done(*future.result())
-    table = pd.DataFrame([rows[i] for i in range(len(work))])
+    return results
+
+
+def as_table(rows: list[dict]) -> pd.DataFrame:
+    table = pd.DataFrame(rows)
     numeric = [c for c in table.columns if c not in ("cluster", "policy")]
     table[numeric] = table[numeric].apply(pd.to_numeric)
-    return table, stalled
+    return table
 
 
 def write_table(table: pd.DataFrame, out: Path) -> list[Path]:

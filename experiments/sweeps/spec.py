@@ -181,7 +181,8 @@ def _rate_key(data: dict, spec: SweepFile) -> str:
     return MULTI_TENANT_RATE if "tenants" in (data.get("workload") or {}) else SINGLE_TENANT_RATE
 
 
-def _point(path: Path, base: dict, rate_key: str, choice: tuple) -> Point:
+def make_point(path: Path, base: dict, rate_key: str, choice: tuple) -> Point:
+    """The point `choice` = ((cluster label, its overrides), policy, rate, seed) of the base data."""
     (cluster, changes), policy, rate, seed = choice
     where = f"{path}, point {cluster}/{policy.key}/rate={rate:g}/seed={seed}"
     data = apply_overrides(copy.deepcopy(base), list(changes), where)
@@ -210,7 +211,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     rate_key = _rate_key(data, spec)
     seeds = spec.sweep.seeds or [base.seed]
     choices = itertools.product(spec.sweep.clusters.items(), spec.sweep.policies, spec.sweep.rates, seeds)
-    points = [_point(path, data, rate_key, choice) for choice in choices]
+    points = [make_point(path, data, rate_key, choice) for choice in choices]
     return Sweep(path, spec.name or path.stem, spec, base, rate_key, points)
 
 
