@@ -12,8 +12,9 @@ def _print(table, console) -> None:
     from rich.table import Table
 
     shown = Table(title=f"capacity at {table['target'].iloc[0]} (mean over {table['seeds'].iloc[0]} seeds)")
-    for column in ("policy", "req/s", "first missing", "attainment", "worst seed", "rates tried"):
-        shown.add_column(column, justify="left" if column == "policy" else "right")
+    shown.add_column("policy", no_wrap=True)
+    for column in ("req/s", "misses at", "attained", "worst seed", "rates"):
+        shown.add_column(column, justify="right")
 
     def cell(value: float, spec: str) -> str:
         return "-" if value != value else format(value, spec)
