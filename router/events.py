@@ -17,7 +17,9 @@ TICK = "tick"
 """The periodic call, every `router.tick_s`."""
 FAULT = "fault"
 """An instance failed; the requests it held wait in `to_dispatch`."""
+STORED = "stored"
+"""A parked request's KV reached host memory: the GPU blocks it held are free."""
 PREEMPTING = "preempting"
 """An engine is out of KV blocks and asks `Policy.choose_victim` whom to stop."""
 
-EVENTS = (ARRIVAL, PREFILL_DONE, HANDOFF_DONE, HANDOFF_FAILED, FINISHED, TICK, FAULT, PREEMPTING)
+EVENTS = (ARRIVAL, PREFILL_DONE, HANDOFF_DONE, HANDOFF_FAILED, FINISHED, TICK, FAULT, STORED, PREEMPTING)

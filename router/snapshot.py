@@ -17,7 +17,8 @@ PREFILL, DECODE, COLOCATED = 0, 1, 2
 ROLES = {"prefill": PREFILL, "decode": DECODE, "colocated": COLOCATED}
 INSTANCE_COLUMNS = ("role", "node", "alive", "total_blocks", "free_blocks", "watermark_blocks",
                     "queued", "queued_tokens", "running", "context_tokens", "step_time_s", "prefill_coeffs",
-                    "decode_coeffs")
+                    "decode_coeffs", "host_free_blocks", "swap_s_per_token")
+NO_LIMIT = 2**62
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class Instances:
     step_time_s: np.ndarray
     prefill_coeffs: np.ndarray
     decode_coeffs: np.ndarray
+    host_free_blocks: np.ndarray
+    """KV blocks of host memory free for parking (swapping out) requests."""
+    swap_s_per_token: np.ndarray
+    """Seconds to copy one token of KV between GPU and host memory, each way."""
     block_size: int
     by_role: dict[int, tuple[int, ...]]
 
@@ -173,7 +178,8 @@ class InstanceTable:
 
     def __init__(self, roles: list[int], nodes: list[int], total_blocks: list[int], watermark_blocks: list[int],
                  block_size: int, prefill_coeffs: list[tuple[float, float, float]],
-                 decode_coeffs: list[tuple[float, float, float]]) -> None:
+                 decode_coeffs: list[tuple[float, float, float]], host_blocks: list[int] | None = None,
+                 swap_s_per_token: list[float] | None = None) -> None:
         n = len(roles)
         self.role = np.array(roles, dtype=np.int8)
         self.node = np.array(nodes, dtype=np.int32)
@@ -188,6 +194,9 @@ class InstanceTable:
         self.step_time_s = np.zeros(n, dtype=np.float64)
         self.prefill_coeffs = np.array(prefill_coeffs, dtype=np.float64).reshape(n, 3)
         self.decode_coeffs = np.array(decode_coeffs, dtype=np.float64).reshape(n, 3)
+        self.host_free_blocks = np.array(host_blocks if host_blocks is not None else [NO_LIMIT] * n, dtype=np.int64)
+        self.swap_s_per_token = np.array(swap_s_per_token if swap_s_per_token is not None else [0.0] * n,
+                                         dtype=np.float64)
         views = {}
         for column in INSTANCE_COLUMNS:
             view = getattr(self, column).view()

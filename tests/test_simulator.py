@@ -76,8 +76,10 @@ class CheckedSimulator(Simulator):
             control = self.control
             reserved = sum(t.blocks for t in control.transfers.values() if t.target == instance.id)
             reserved += sum(m.reserved_blocks for m in control.moves.live.values() if m.target == instance.id)
+            held += sum(r.blocks for _, r in instance.host.returning)
+            leaving = instance.host.leaving_blocks
             assert 0 <= instance.blocks.free <= instance.blocks.total
-            assert instance.blocks.free + held + reserved == instance.blocks.total
+            assert instance.blocks.free + leaving + held + reserved == instance.blocks.total
             for request in instance.running.values():
                 in_use = request.context + instance.step - request.join_step
                 assert in_use <= instance.batch.blocks_of(request, instance.step) * instance.config.block_size

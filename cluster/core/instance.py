@@ -15,8 +15,9 @@ import numpy as np
 
 from cluster.core.batch import DecodeBatch
 from cluster.core.blocks import Blocks
+from cluster.core.hostlink import HostLink
 from cluster.core.request import FINISHED, HANDOFF, PREFILL_PIECE, PREFILLING, SWAPPED, WAITING, Request
-from cluster.core.scheduling import InstanceSpec, Outcome, Segment, blocks_for
+from cluster.core.scheduling import HOST_FULL, InstanceSpec, Outcome, Segment, blocks_for
 from router.snapshot import PREFILL
 
 
@@ -25,6 +26,8 @@ class Instance:
         self.spec = spec
         self.id, self.role, self.perf, self.config = spec.id, spec.role, spec.perf, spec.scheduler
         self.blocks = Blocks(spec.total_blocks, spec.watermark_blocks)
+        self.host = HostLink(spec.scheduler.block_size * spec.kv_bytes_per_token / spec.swap_bandwidth,
+                             spec.host_blocks)
         self.batch = DecodeBatch(spec.id, spec.scheduler.block_size)
         self.running = self.batch.running
         self.waiting: deque[Request] = deque()
@@ -52,12 +55,24 @@ class Instance:
         seconds = blocks * self.config.block_size * self.spec.kv_bytes_per_token / self.spec.swap_bandwidth
         self.busy_until = max(self.busy_until, self.now) + seconds
 
+    def unpark(self, request: Request) -> None:
+        """Forget a swapped-out request's KV: its host blocks come back."""
+        self.host.free += request.blocks
+        request.blocks = 0
+
+    @property
+    def free_soon(self) -> int:
+        """Free KV blocks, counting those that swaps under way are freeing."""
+        return self.blocks.free + self.host.leaving_blocks
+
     def _preempt(self, request: Request, outcome: Outcome) -> None:
+        """Out of blocks now: vLLM's swap (blocking: the next step waits for the copy) or recompute."""
         self._leave(request)
-        if self.config.preemption == "swap":
+        if self.config.preemption == "swap" and self.host.free >= request.blocks:
             self._copy(request.blocks)
-            request.state = SWAPPED
             self.blocks.give(request.blocks)
+            self.host.free -= request.blocks
+            request.state = SWAPPED
             self.swapped.append(request)
         else:
             self.blocks.release(request)
@@ -109,14 +124,14 @@ class Instance:
 
     def preempt(self, request: Request, mode: str, now: float) -> float:
         """Preempt a running request at a boundary, as the router asked; returns the
-        bytes swapped out (0 for recompute). The request leaves this instance."""
+        bytes swapped out (0 for recompute), or HOST_FULL, the request still running,
+        when host memory has no room for a swap. The request leaves this instance."""
+        if mode == "swap" and self.host.free < request.blocks:
+            return HOST_FULL
         self._leave(request)
         if mode == "swap":
-            nbytes = request.blocks * self.config.block_size * self.spec.kv_bytes_per_token
-            self.now = now
-            self._copy(request.blocks)
-            self.blocks.give(request.blocks)
-            return nbytes
+            self.host.store(request, now)
+            return request.blocks * self.config.block_size * self.spec.kv_bytes_per_token
         self.blocks.release(request)
         request.context = 0
         return 0.0
@@ -158,8 +173,8 @@ class Instance:
                 queue.remove(request)
         if request in self.prefilling:
             self.prefilling.remove(request)
-        if request.state == SWAPPED:
-            request.blocks = 0
+        if not self.host.forget(request) and request.state == SWAPPED:
+            self.unpark(request)
         self.blocks.release(request)
 
     @property
@@ -175,12 +190,18 @@ class Instance:
             tokens += sum(r.to_prefill - r.prefilled for r in self.prefilling)
         elif self.segment is not None and self.segment.prefill:
             tokens += sum(r.to_prefill - r.prefilled for r, _ in self.segment.prefill)
-        return len(self.waiting) + len(self.swapped) + len(self.arriving), tokens, len(self.running)
+        queued = len(self.waiting) + len(self.swapped) + len(self.arriving) + len(self.host.returning)
+        return queued, tokens, len(self.running)
 
     # ---- planning ---------------------------------------------------------
     def schedule(self, now: float, outcome: Outcome) -> float | None:
         """Choose the next batch at boundary `now`; returns when it ends, or None if idle."""
         self.now = now
+        freed, back = self.host.settle(now)
+        self.blocks.give(freed)
+        outcome.stored += freed
+        for request in back:
+            self._join(request)
         self._make_room(outcome)
         self._swap_in()
         while self.arriving and len(self.running) + len(self.prefilling) < self.config.max_num_seqs:
@@ -195,17 +216,17 @@ class Instance:
         elif prefill:
             return self._start(now, steps=0, chunks=[(r, r.to_prefill - r.prefilled) for r in prefill])
         if not self.running:
-            self.segment = None
-            return None
+            copy = self.host.next_done()
+            self.segment = None if copy is None else Segment(self.step, 0, [max(now, copy)], [])
+            return None if copy is None else self.segment.ends[0]
         return self._start(now, steps=self._decode_steps_until_event(), chunks=[])
 
     def _swap_in(self) -> None:
         while self.swapped and self.blocks.room(self.swapped[0].blocks) \
-                and len(self.running) < self.config.max_num_seqs:
+                and len(self.running) + len(self.host.returning) < self.config.max_num_seqs:
             request = self.swapped.popleft()
             self.blocks.take(request.blocks)
-            self._copy(request.blocks)
-            self._join(request)
+            self.host.load(request, self.now)
 
     def _admit_prefills(self) -> list[Request]:
         """FCFS admission of waiting requests that fit the batch, the token budget and the KV blocks."""
@@ -264,9 +285,13 @@ class Instance:
             t += model.prefill_time(tokens, squares)
             ends.append(t)
         else:
+            copy = self.host.next_done() or float("inf")
             t += model.step_time(tokens, squares, batch, context)
             ends.append(t)
             for m in range(1, steps):
+                if t >= copy:
+                    steps = m
+                    break
                 t += model.decode_time(batch, context + m * batch)
                 ends.append(t)
         self.blocks.take(self.batch.crossings(self.step, self.step + steps))
@@ -278,7 +303,8 @@ class Instance:
         """Apply the segment that just ended: decode tokens, prefills done, finishes."""
         segment, outcome = self.segment, Outcome()
         self.segment = None
-        self.iterations += len(segment.ends)
+        if segment.steps or segment.prefill:
+            self.iterations += len(segment.ends)
         if segment.steps:
             self.step_end.extend(segment.ends)
             self.step += segment.steps
@@ -330,6 +356,9 @@ class Instance:
         """Something changed at `now`: end the current decode segment after the step in
         flight. Returns the new end, or None if the segment ends as planned."""
         segment = self.segment
+        if segment is not None and not segment.steps and not segment.prefill and segment.ends[0] > now:
+            segment.ends[0] = now
+            return now
         if segment is None or segment.steps <= 1:
             return None
         for index, end in enumerate(segment.ends):

@@ -12,7 +12,7 @@ import numpy as np
 from cluster.core.recorder import Recorder
 from cluster.core.request import DECODING, MIGRATING, PREEMPTED, Request
 from cluster.core.runtime import Runtime
-from cluster.core.scheduling import blocks_for
+from cluster.core.scheduling import HOST_FULL, blocks_for
 from cluster.core.setup import RunSetup
 from migration.live import LiveMigration
 from router.actions import Migrate, Preempt, Resume, live_instance
@@ -57,6 +57,9 @@ class Moves:
 
     def preempt_done(self, request: Request, nbytes: float) -> None:
         mode, decision = self.asked.pop(request.id, ("recompute", -1))
+        if nbytes == HOST_FULL:
+            self.record.event(self.rt.now(), "preempt_abort", request.id, request.instance, detail="host memory full",
+                              decision=decision)
         if nbytes < 0 or request.final:
             return
         home = request.instance

@@ -40,6 +40,8 @@ class InstanceSpec:
     total_blocks: int
     kv_bytes_per_token: float
     swap_bandwidth: float
+    host_blocks: int | None = None
+    """KV blocks of host memory a request can be swapped out to (None: no limit)."""
 
     @property
     def watermark_blocks(self) -> int:
@@ -52,6 +54,8 @@ class Outcome:
     prefilled: list[Request] = field(default_factory=list)
     finished: list[Request] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    stored: int = 0
+    """GPU blocks freed by parked requests' copies to host memory."""
 
 
 @dataclass
@@ -60,6 +64,11 @@ class Segment:
     steps: int
     ends: list[float]
     prefill: list[tuple[Request, int]]
+
+
+NOT_DECODING, HOST_FULL = -1.0, -2.0
+"""What a preemption gives instead of the bytes it swapped out: the request was not
+decoding, or host memory had no room for its KV (it carries on decoding)."""
 
 
 def blocks_for(tokens: int, block_size: int) -> int:

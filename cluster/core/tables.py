@@ -39,4 +39,6 @@ EVENT_KINDS = {
     "reject": "the router gave it up (`detail`: why)",
     "abort": "the runtime gave it up (`detail`: why)",
     "fault": "an instance failed (`request_id` -1), or a request it held was queued again",
+    "preempt_abort": "the router's preemption of it was given up (`detail`: why, e.g. host memory full; its "
+                     "`decision`); it carries on decoding on `instance`",
 }

@@ -102,7 +102,7 @@ class HFEngine(ModelEngine):
     def preempt(self, request_id: int, mode: str, now: float) -> float | None:
         request = self.requests.get(request_id)
         nbytes = super().preempt(request_id, mode, now)
-        if nbytes is not None:
+        if nbytes is not None and nbytes >= 0:
             self._evict(request, mode == "swap")
         return nbytes
 

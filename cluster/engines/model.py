@@ -9,10 +9,11 @@ import numpy as np
 
 from cluster.core.instance import Instance
 from cluster.core.request import PREFILL_PIECE, Request
-from cluster.core.scheduling import InstanceSpec, Outcome
+from cluster.core.scheduling import HOST_FULL, InstanceSpec, Outcome
 from cluster.engines.kvbytes import EmulatedKV
 from cluster.engines.port import StepResult, StepShape
 from migration.transport import Packet
+from router.snapshot import NO_LIMIT
 
 
 class ModelEngine:
@@ -44,7 +45,8 @@ class ModelEngine:
         segment = self.instance.segment
         self.decoding = list(self.instance.running) if segment is not None and segment.steps else []
         if end is not None:
-            self.start_s, self.end_s, self.shape = now, end, self._shape()
+            working = segment.steps or segment.prefill
+            self.start_s, self.end_s, self.shape = now, end, self._shape() if working else None
         return end
 
     def _shape(self) -> StepShape:
@@ -64,7 +66,7 @@ class ModelEngine:
     def abort(self, request_id: int) -> None:
         parked = self.parked.pop(request_id, None)
         if parked is not None:
-            parked.blocks = 0                            # a preempted request holds no blocks here
+            self.instance.unpark(parked)
         request = self.requests.pop(request_id, None) or parked
         if request is not None:
             self.instance.remove(request)
@@ -117,12 +119,14 @@ class ModelEngine:
 
     def preempt(self, request_id: int, mode: str, now: float) -> float | None:
         """Preempt a decoding request (the router's choice); returns the bytes swapped
-        out, None if it is not decoding here. It stays parked here for `resume`."""
+        out, None if it is not decoding here, HOST_FULL if it carries on decoding
+        because host memory has no room. It stays parked here for `resume`."""
         request = self.requests.get(request_id)
         if request is None or request.id not in self.instance.running:
             return None
         nbytes = self.instance.preempt(request, mode, now)
-        self.parked[request_id] = self.requests.pop(request_id)
+        if nbytes != HOST_FULL:
+            self.parked[request_id] = self.requests.pop(request_id)
         return nbytes
 
     def resume(self, request_id: int) -> bool:
@@ -146,6 +150,7 @@ class ModelEngine:
         instance = self.instance
         queued, tokens, running = instance.load()
         context = instance.context_now()
-        return {"free_blocks": instance.blocks.free, "total_blocks": instance.blocks.total, "queued": queued,
+        return {"free_blocks": instance.free_soon, "total_blocks": instance.blocks.total, "queued": queued,
                 "queued_tokens": tokens, "running": running, "context_tokens": context,
-                "step_time_s": instance.perf.decode_time(running, context) if running else 0.0}
+                "step_time_s": instance.perf.decode_time(running, context) if running else 0.0,
+                "host_free_blocks": min(instance.host.free, NO_LIMIT)}

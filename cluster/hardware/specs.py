@@ -18,7 +18,7 @@ from cluster.hardware.yamlfile import ConfigError, Strict, read_yaml
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 LINK_KINDS = ("nvlink", "pcie", "network")
-HARDWARE_FIGURES = ("memory_gib", "hbm_bandwidth", "bf16_flops")
+HARDWARE_FIGURES = ("memory_gib", "hbm_bandwidth", "bf16_flops", "host_memory_gib")
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ class HardwareSpec:
     links: dict[str, LinkSpec]
     sources: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    host_memory_gib: float = 0.0
+    """Host memory (DRAM) beside each GPU, where KV can be parked (swapped out)."""
 
     def __hash__(self) -> int:
         return hash((self.name, self.memory_gib, self.hbm_bandwidth, self.bf16_flops))
@@ -115,6 +117,7 @@ class HardwareFile(Strict):
     memory_gib: PositiveFloat
     hbm_bandwidth: PositiveFloat
     bf16_flops: PositiveFloat
+    host_memory_gib: PositiveFloat
     links: dict[Literal["nvlink", "pcie", "network"], LinkFile]
     sources: dict[str, str]
 
@@ -168,4 +171,4 @@ def load_hardware(name_or_path: str | os.PathLike) -> HardwareSpec:
     links = {kind: LinkSpec(**link.model_dump()) for kind, link in spec.links.items()}
     return HardwareSpec(name=spec.name, memory_gib=spec.memory_gib, hbm_bandwidth=spec.hbm_bandwidth,
                         bf16_flops=spec.bf16_flops, links=links, sources=dict(spec.sources),
-                        description=spec.description)
+                        description=spec.description, host_memory_gib=spec.host_memory_gib)

@@ -259,6 +259,7 @@ class LiveRuntime(Runtime):
         table, unseen = self.setup.table, self.unseen[index]
         for column in ("free_blocks", "queued", "queued_tokens", "running", "context_tokens", "step_time_s"):
             getattr(table, column)[index] = stats[column]
+        table.host_free_blocks[index] = stats.get("host_free_blocks", 0)
         while len(unseen) > self.submits[index] - stats["submitted"]:
             unseen.popleft()
         table.queued[index] += len(unseen)

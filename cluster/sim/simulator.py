@@ -12,11 +12,12 @@ import numpy as np
 from cluster.core.control import ControlPlane
 from cluster.core.instance import Instance
 from cluster.core.recorder import Recorder
-from cluster.core.request import DECODING, PREEMPTED, PREFILL_PIECE, Request
+from cluster.core.request import DECODING, PREEMPTED, PREFILL_PIECE, SWAPPED, Request
 from cluster.core.runtime import Runtime
-from cluster.core.scheduling import Outcome
+from cluster.core.scheduling import NOT_DECODING, Outcome
 from cluster.core.setup import RunSetup
 from router import events
+from router.snapshot import NO_LIMIT
 
 ARRIVE, WAKE, TRANSFER_DONE, TICK = 0, 1, 2, 3
 
@@ -38,6 +39,7 @@ class Simulator(Runtime):
         self.corrupt: set[int] = set()
         self.keys = 0
         self.deferred: dict[int, list[tuple[Request, str]]] = {}
+        self.stored = False
         if self.control.victim_rule:
             for instance in self.instances:
                 instance.choose_victim = self.control.victim
@@ -64,6 +66,9 @@ class Simulator(Runtime):
                 break
             self.clock = time
             handlers[kind](a, b)
+            if self.stored:
+                self.stored = False
+                control.decide(events.STORED)
             if control.unfinished == 0:
                 break
         self.record.close(self.clock, self.requests.values(), self.instances)
@@ -119,6 +124,7 @@ class Simulator(Runtime):
             outcome = Outcome()
             end = instance.schedule(self.clock, outcome)
             self._settle(instance, outcome)
+            self.stored |= outcome.stored > 0
             if end is not None:
                 self._wake_at(instance, end)
         else:
@@ -141,7 +147,7 @@ class Simulator(Runtime):
 
     def _stop(self, request: Request, how: str) -> None:
         if request.state != DECODING:
-            value = -1
+            value = NOT_DECODING
         elif how in ("recompute", "swap"):
             value = self.instances[request.instance].preempt(request, how, self.clock)
         elif how == "detach":
@@ -161,7 +167,7 @@ class Simulator(Runtime):
     def _settle(self, instance: Instance, outcome: Outcome) -> None:
         control = self.control
         for request in outcome.preempted:
-            control.engine_preempted(request, instance.id, instance.config.preemption)
+            control.engine_preempted(request, instance.id, "swap" if request.state == SWAPPED else "recompute")
         for request in outcome.finished:
             control.finished(request, instance.id)
         for request in outcome.prefilled:
@@ -171,8 +177,9 @@ class Simulator(Runtime):
         table, i = self.setup.table, instance.id
         queued, tokens, running = instance.load()
         context = instance.context_now(self.clock)
-        table.free_blocks[i], table.queued[i], table.queued_tokens[i] = instance.blocks.free, queued, tokens
+        table.free_blocks[i], table.queued[i], table.queued_tokens[i] = instance.free_soon, queued, tokens
         table.running[i], table.context_tokens[i] = running, context
+        table.host_free_blocks[i] = min(instance.host.free, NO_LIMIT)
         table.step_time_s[i] = instance.perf.decode_time(running, context) if running else 0.0
 
     def _reschedule_links(self) -> None:
@@ -282,7 +289,7 @@ class Simulator(Runtime):
 
     def drop(self, request: Request, instance: int) -> None:
         if request.state == PREEMPTED:
-            request.blocks = 0
+            self.instances[instance].unpark(request)
         else:
             self.instances[instance].remove(request)
 

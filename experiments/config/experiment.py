@@ -36,6 +36,8 @@ class ClusterSection(Strict):
     gpus_per_node: int = Field(8, ge=1)
     memory_utilization: float = Field(0.9, gt=0, le=1)
     kv_blocks: int | None = Field(None, ge=1)
+    host_memory_utilization: float = Field(0.5, ge=0, le=1)
+    host_kv_blocks: int | None = Field(None, ge=0)
     instances: list[InstanceGroup] = Field(default_factory=lambda: [InstanceGroup(role="colocated")], min_length=1)
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
 

@@ -15,9 +15,9 @@ from cluster.core.request import Request
 from cluster.core.scheduling import InstanceSpec, SchedulerConfig
 from cluster.core.setup import RunSetup
 from cluster.hardware.perfmodel import iteration_model, kv_capacity_tokens, load_iteration_model
-from cluster.sim.simulator import Simulator
 from cluster.hardware.specs import load_hardware, load_model
 from cluster.hardware.topology import link_pool, place
+from cluster.sim.simulator import Simulator
 from experiments.config.experiment import ExperimentConfig
 from experiments.runs.runformat import Run, validate, write_run, write_run_chunked
 from experiments.workloads.workload import generate, tenant_slos
@@ -27,6 +27,15 @@ from router.slo import SLO
 from router.snapshot import ROLES, InstanceTable
 
 STREAM_TOKENS = 20_000_000
+
+
+def host_blocks(section, model, hardware, tp: int) -> int:
+    """KV blocks of host memory an instance may swap out to: `host_kv_blocks`, else its
+    share (`host_memory_utilization`) of the host memory beside its GPUs."""
+    if section.host_kv_blocks is not None:
+        return section.host_kv_blocks
+    usable = hardware.host_memory_gib * 2**30 * tp * section.host_memory_utilization
+    return int(usable // (model.kv_bytes_per_token * section.scheduler.block_size))
 
 
 def build_setup(config: ExperimentConfig, workload: pd.DataFrame, veto: frozenset[int] = frozenset()) -> RunSetup:
@@ -40,10 +49,12 @@ def build_setup(config: ExperimentConfig, workload: pd.DataFrame, veto: frozense
         perf = load_iteration_model(section.perf) if section.perf else iteration_model(model, hardware, p.tp)
         blocks = section.kv_blocks or kv_capacity_tokens(model, hardware, p.tp, section.memory_utilization) // scheduler.block_size
         instances.append(InstanceSpec(index, p.role, perf, scheduler, blocks, model.kv_bytes_per_token,
-                                      hardware.link("pcie").bandwidth))
+                                      hardware.link("pcie").bandwidth, host_blocks(section, model, hardware, p.tp)))
     table = InstanceTable([p.role for p in placements], [p.node for p in placements],
                           [i.total_blocks for i in instances], [i.watermark_blocks for i in instances],
-                          scheduler.block_size, [i.perf.prefill for i in instances], [i.perf.decode for i in instances])
+                          scheduler.block_size, [i.perf.prefill for i in instances], [i.perf.decode for i in instances],
+                          [i.host_blocks for i in instances],
+                          [i.kv_bytes_per_token / i.swap_bandwidth for i in instances])
     links, path = link_pool(placements, hardware)
     overrides = tenant_slos(config.workload)
     slos = {tenant: SLO(**{**config.slo, **overrides.get(tenant, {})}) for tenant in workload["tenant"].unique()}

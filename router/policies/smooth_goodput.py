@@ -19,6 +19,7 @@ import numpy as np
 
 from router.actions import Action, Dispatch, Migrate, Resume
 from router.policies.common import Headroom, blocks_needed_all, busy_instances, by, hand_off, migration_mode
+from router.policies.parking import Parking
 from router.policy import Policy
 from router.snapshot import RequestView, Snapshot
 
@@ -34,15 +35,23 @@ class SmoothGoodput(Policy):
     events = frozenset({"tick"})
     needs_running = True
 
-    def __init__(self, seed: int = 0, mode: str = "live", moves_per_tick: int = 2, live_stall_s: float = 0.005) -> None:
+    def __init__(self, seed: int = 0, mode: str = "live", moves_per_tick: int = 2, live_stall_s: float = 0.005,
+                 park: bool = False, park_margin_s: float = 0.5, min_park_s: float = 2.0,
+                 parks_per_decision: int = 4) -> None:
         super().__init__(seed)
         self.moves_per_tick, self.live_stall_s = moves_per_tick, live_stall_s
         self.mode = migration_mode(self.name, mode)
+        self.parking = Parking(park_margin_s, min_park_s, parks_per_decision) if park else None
 
     def decide(self, snapshot: Snapshot) -> list[Action]:
         headroom = Headroom(snapshot.instances)
+        preempted, waiting = snapshot.preempted, snapshot.to_hand_off
+        parked = self.parking.parked(preempted) if self.parking else np.zeros(len(preempted), bool)
         actions: list[Action] = []
-        for request in sorted(snapshot.preempted, key=lambda r: (-r.idle_s, r.id)):
+        if self.parking:
+            self.parking.asked.clear()
+            actions += self.parking.resumes(snapshot, headroom, np.flatnonzero(parked), calm=not len(waiting))
+        for request in sorted(preempted[np.flatnonzero(~parked)], key=lambda r: (-r.idle_s, r.id)):
             target = headroom.fastest_prefill(request)
             if target is not None:
                 actions.append(Resume(request.id, target))
@@ -50,10 +59,14 @@ class SmoothGoodput(Policy):
             target = headroom.fastest_prefill(request)
             if target is not None:
                 actions.append(Dispatch(request.id, target))
-        waiting = snapshot.to_hand_off
-        actions += hand_off(snapshot, headroom, by(-waiting.idle_s, waiting.id), self._decode_target)
+        handed = hand_off(snapshot, headroom, by(-waiting.idle_s, waiting.id), self._decode_target)
+        actions += handed
+        if self.parking and len(handed) < len(waiting):
+            left = np.flatnonzero(np.isin(waiting.id, [a.request for a in handed], invert=True))
+            actions += self.parking.make_room(snapshot, headroom, waiting, left[by(-waiting.idle_s[left], waiting.id[left])])
         if snapshot.event == "tick":
-            actions += self._spend_slack(snapshot, headroom)
+            asked = self.parking.asked if self.parking else ()
+            actions += [a for a in self._spend_slack(snapshot, headroom) if a.request not in asked]
         return actions
 
     def choose_victim(self, snapshot: Snapshot, instance: int) -> int | None:
