@@ -59,9 +59,11 @@ class ModelEngine:
         outcome = self.instance.complete()
         first = [r.id for r in chunks if r.pieces and r.pieces[-1] == (PREFILL_PIECE, self.end_s, 1)]
         preempted = [r.id for early in self.started for r in early.preempted]
+        stored = sum(early.stored for early in self.started)
         self.started = []
         return StepResult(self.end_s, self.decoding + first, [r.id for r in outcome.prefilled],
-                          [r.id for r in outcome.finished], preempted, start_s=self.start_s, shape=self.shape)
+                          [r.id for r in outcome.finished], preempted, start_s=self.start_s, shape=self.shape,
+                          stored=stored)
 
     def abort(self, request_id: int) -> None:
         parked = self.parked.pop(request_id, None)

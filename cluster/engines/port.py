@@ -41,6 +41,8 @@ class StepResult:
     token_ids: list[int] = field(default_factory=list)
     start_s: float | None = None
     shape: StepShape | None = None
+    stored: int = 0
+    """GPU blocks freed by parked requests' copies to host memory finishing."""
 
 
 class Engine(Protocol):

@@ -31,7 +31,7 @@ class LinkTime:
 
 def _urgent(report: Report) -> bool:
     step = report.step
-    return bool(report.notes or step is None or step.prefilled or step.finished or step.preempted)
+    return bool(report.notes or step is None or step.prefilled or step.finished or step.preempted or step.stored)
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,8 @@ class LiveRuntime(Runtime):
             self.control.decide(events.PREFILL_DONE)
         elif events.FINISHED in happened:
             self.control.decide(events.FINISHED)
+        elif events.STORED in happened:
+            self.control.decide(events.STORED)
 
     def _step(self, index: int, step, now: float) -> set[str]:
         control, happened = self.control, set()
@@ -251,6 +253,8 @@ class LiveRuntime(Runtime):
             if not self.requests[request_id].final:
                 control.finished(self.requests[request_id], index)
             happened.add(events.FINISHED)
+        if step.stored:
+            happened.add(events.STORED)
         return happened
 
     def _sync(self, index: int, stats: dict) -> None:

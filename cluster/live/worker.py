@@ -179,6 +179,6 @@ class Worker:
                 step = self.engine.finish()
                 if not paced and previous_end is not None and step.start_s is not None:
                     step.start_s = previous_end
-                if step.tokens or step.prefilled or step.finished or step.preempted or self.notes \
+                if step.tokens or step.prefilled or step.finished or step.preempted or step.stored or self.notes \
                         or time.monotonic() - self.flushed > QUIET_S:
                     self._flush(step)

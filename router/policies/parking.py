@@ -31,9 +31,9 @@ class Parking:
     """Requests asked to park in the decision under way."""
 
     def __post_init__(self) -> None:
-        for name in ("margin_s", "min_park_s"):
+        for name, key in (("margin_s", "park_margin_s"), ("min_park_s", "min_park_s")):
             if getattr(self, name) < 0:
-                raise ValueError(f"park_{name}: expected a number >= 0, got {getattr(self, name)!r}")
+                raise ValueError(f"{key}: expected a number >= 0, got {getattr(self, name)!r}")
         if self.per_decision < 1:
             raise ValueError(f"parks_per_decision: expected an integer >= 1, got {self.per_decision!r}")
 
