@@ -48,7 +48,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
     cmd = commands.add_parser("capacity", help="per policy, the highest rate meeting an SLO attainment target")
     cmd.add_argument("config", help="experiment YAML (its rate is where the search starts)")
     cmd.add_argument("--policies", nargs="+", default=[], metavar="POLICY",
-                     help="router policies to search (default: the config's)")
+                     help="router policies to search (default: the config's), each NAME or "
+                          "NAME:KEY=VALUE,... with its params (e.g. smooth_goodput:park=false)")
     cmd.add_argument("--target", default="smooth:0.9", metavar="SCHEME:ATTAINMENT",
                      help="attainment to meet, averaged over seeds: smooth, ttft_tbt, ttft_tpot or e2e, then a "
                           "fraction (default smooth:0.9)")

@@ -111,7 +111,7 @@ def load_search(path: str | Path, target: str, policies: list[str] = (), seeds: 
     tenants = "tenants" in (data.get("workload") or {})
     own = PolicyChoice(name=base.router.policy, params=dict(base.router.params))
     try:
-        choices = [own if name == own.name else PolicyChoice.model_validate(name) for name in policies] or [own]
+        choices = [own if name == own.name else PolicyChoice.from_text(name) for name in policies] or [own]
     except ValueError as exc:
         raise ConfigError(f"--policies: {' '.join(str(exc).split())}") from None
     if len({c.key for c in choices}) < len(choices):

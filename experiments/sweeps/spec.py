@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
-from cluster.hardware.yamlfile import ConfigError, Strict, read_mapping, validate
+from cluster.hardware.yamlfile import ConfigError, Strict, parse_yaml, read_mapping, validate
 from experiments.config.experiment import ExperimentConfig, apply_overrides, check_policy
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -60,6 +60,20 @@ class PolicyChoice(Strict):
     @property
     def key(self) -> str:
         return self.label or self.name
+
+    @classmethod
+    def from_text(cls, text: str) -> PolicyChoice:
+        """`NAME` or `NAME:KEY=VALUE,KEY=VALUE` (values read as YAML), labelled
+        `NAME.KEY-VALUE.KEY-VALUE`; e.g. `smooth_goodput:park=false`."""
+        name, _, rest = text.partition(":")
+        params = {}
+        for item in filter(None, rest.split(",")):
+            key, equals, value = item.partition("=")
+            if not equals or not key:
+                raise ValueError(f"{text!r}: expected NAME or NAME:KEY=VALUE,KEY=VALUE")
+            params[key] = parse_yaml(value, f"policy {text!r}")
+        label = ".".join([name, *(f"{k}-{v}" for k, v in params.items())]) if params else None
+        return cls(name=name, params=params, label=label)
 
 
 def _unique(labels: list[str], what: str, hint: str = "") -> None:

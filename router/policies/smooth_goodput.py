@@ -36,7 +36,7 @@ class SmoothGoodput(Policy):
     needs_running = True
 
     def __init__(self, seed: int = 0, mode: str = "live", moves_per_tick: int = 2, live_stall_s: float = 0.005,
-                 park: bool = False, park_margin_s: float = 0.5, min_park_s: float = 2.0,
+                 park: bool = True, park_margin_s: float = 0.5, min_park_s: float = 2.0,
                  parks_per_decision: int = 4) -> None:
         super().__init__(seed)
         self.moves_per_tick, self.live_stall_s = moves_per_tick, live_stall_s
