@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from experiments.cli.sweep import add_parser
 from experiments.runs.runformat import Run, read_run, validate
 from experiments.scoring.metrics import score
-from experiments.sweeps.rows import EVENT_COUNTS, headline
+from experiments.sweeps.rows import EVENT_COUNTS, headline, parked
 from experiments.sweeps.report import reading
 from experiments.sweeps.spec import load_sweep
 from router.slo import SCHEMES
@@ -158,6 +158,14 @@ def test_headline_counts_events_and_rejections():
     assert (row["migrations_started"], row["migrations_completed"], row["migrations_aborted"],
             row["preemptions"], row["rejected"]) == (2, 1, 1, 3, 1)
     assert row["throughput_tokens_per_s"] == pytest.approx(3 / 1.0)
+    assert (row["parks"], row["parked_s"]) == (0, 0.0)
+
+
+def test_parked_seconds_run_from_each_park_to_its_resume_or_the_end():
+    events = pd.DataFrame({"time_s": [1.0, 1.5, 2.0, 3.0, 4.0, 5.0], "request_id": [0, 1, 0, 0, 1, 2],
+                           "kind": ["preempt", "preempt", "resume", "preempt", "finish", "preempt"],
+                           "detail": ["swap", "swap", "", "swap", "", "recompute"]})
+    assert parked(events, end_s=10.0) == (3, (2.0 - 1.0) + (4.0 - 1.5) + (10.0 - 3.0))
 
 
 def _table(values: list[list[float]]) -> pd.DataFrame:
