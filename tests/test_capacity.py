@@ -64,6 +64,18 @@ def test_an_unknown_policy_and_a_bad_tolerance_are_clear_errors(tmp_path):
         load_search(path, "smooth:0.9", tolerance=1.5)
 
 
+def test_a_policy_is_given_with_its_params_and_labelled_by_them(tmp_path):
+    path = write_config(tmp_path)
+    search = load_search(path, "smooth:0.9", ["smooth_goodput:park=false,min_park_s=3", "least_loaded"])
+    first = search.policies[0]
+    assert (first.name, first.params, first.key) == ("smooth_goodput", {"park": False, "min_park_s": 3},
+                                                     "smooth_goodput.park-False.min_park_s-3")
+    with pytest.raises(ConfigError, match="--policies: .*expected NAME or NAME:KEY=VALUE"):
+        load_search(path, "smooth:0.9", ["smooth_goodput:park"])
+    with pytest.raises(ConfigError, match="--policies: params.nope: not a parameter of least_loaded; expected some of"):
+        load_search(path, "smooth:0.9", ["least_loaded:nope=1"])
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     folder = tmp_path_factory.mktemp("capacity")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from pydantic import ValidationError
 from rich.console import Console
 
 from cluster.hardware.yamlfile import ConfigError, read_mapping, validate
@@ -112,6 +113,9 @@ def load_search(path: str | Path, target: str, policies: list[str] = (), seeds: 
     own = PolicyChoice(name=base.router.policy, params=dict(base.router.params))
     try:
         choices = [own if name == own.name else PolicyChoice.from_text(name) for name in policies] or [own]
+    except ValidationError as exc:
+        raise ConfigError("--policies: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) \
+            from None
     except ValueError as exc:
         raise ConfigError(f"--policies: {' '.join(str(exc).split())}") from None
     if len({c.key for c in choices}) < len(choices):
