@@ -56,7 +56,26 @@ class ControlPlane:
     def arrive(self, request: Request) -> None:
         self.record.event(self.rt.now(), "arrive", request.id)
         self.to_dispatch[request.id] = request
+        too_big = self._too_big(request)
+        if too_big:
+            self._reject(request, too_big)
+            return
         self.decide(events.ARRIVAL)
+
+    def _too_big(self, request: Request) -> str:
+        """Why no instance could ever serve `request` (its KV larger than any instance's
+        that would prefill it or decode it to the end), or ''."""
+        view = self.table.view
+        room = view.total_blocks - view.watermark_blocks
+        for role, tokens, what in ((PREFILL, request.prompt, "prompt"),
+                                   (DECODE, request.prompt + request.max_tokens, "prompt with its output")):
+            serving = view.serving(role)
+            need = blocks_for(tokens, view.block_size)
+            if serving and need > max(room[i] for i in serving):
+                verb = "prefill" if role == PREFILL else "decode"
+                return (f"too large: its {what} needs {need} KV blocks; the largest instance that can {verb} "
+                        f"has {max(room[i] for i in serving)}")
+        return ""
 
     def prefilled(self, request: Request, instance: int) -> None:
         self.record.event(self.rt.now(), "prefill_end", request.id, instance)

@@ -13,6 +13,7 @@ from cluster.core.control import ControlPlane
 from cluster.core.instance import Instance
 from cluster.core.recorder import Recorder
 from cluster.core.request import DECODING, PREEMPTED, PREFILL_PIECE, SWAPPED, Request
+from cluster.core.tables import ABORTED
 from cluster.core.runtime import Runtime
 from cluster.core.scheduling import NOT_DECODING, Outcome
 from cluster.core.setup import RunSetup
@@ -71,8 +72,18 @@ class Simulator(Runtime):
                 control.decide(events.STORED)
             if control.unfinished == 0:
                 break
+        else:
+            self._stalled()
         self.record.close(self.clock, self.requests.values(), self.instances)
         return self.record
+
+    def _stalled(self) -> None:
+        """Nothing is left to happen but requests are left: they can never end (the
+        live runtime's stall detector aborts them too)."""
+        for request in list(self.requests.values()):
+            if not request.final and request.arrival <= self.clock:
+                where = f" on instance {request.instance}" if request.instance >= 0 else ""
+                self.control.end(request, ABORTED, f"stalled: nothing left to happen while it was {request.state}{where}")
 
     def _stop_at(self, horizon: float) -> None:
         """The clock stops: every instance keeps the steps that ended by then."""

@@ -41,6 +41,15 @@ class ClusterSection(Strict):
     instances: list[InstanceGroup] = Field(default_factory=lambda: [InstanceGroup(role="colocated")], min_length=1)
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
 
+    @model_validator(mode="after")
+    def _can_serve(self) -> ClusterSection:
+        roles = {group.role for group in self.instances}
+        for role in ("prefill", "decode"):
+            if not roles & {role, "colocated"}:
+                raise ValueError(f"instances: no instance can {role} (roles given: {sorted(roles)}); add a "
+                                 f"{role} or colocated group, e.g. {{role: {role}, count: 1}}")
+        return self
+
 
 def check_policy(name: str, params: dict) -> None:
     """That policy `name` takes `params`; errors name the key under the router section."""

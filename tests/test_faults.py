@@ -1,0 +1,83 @@
+"""Bad input and faults (issue 17): a cluster that cannot serve is refused at the edge,
+a request no instance could ever hold is rejected with its reason the same way in
+both runtimes, and a simulated run with nothing left to happen ends its requests as
+stalled instead of leaving them silently unfinished."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from cluster.sim.simulator import Simulator
+from experiments.config.experiment import ExperimentConfig
+from experiments.runs.runner import build_setup, simulate
+from experiments.workloads.workload import generate
+from router.policy import Policy
+
+
+def tiny(**cluster) -> ExperimentConfig:
+    return ExperimentConfig.model_validate({
+        "cluster": {"instances": [{"role": "prefill"}, {"role": "decode"}], "kv_blocks": 40, **cluster},
+        "router": {"policy": "least_loaded"},
+        "ray": {"speedup": 4.0, "worker_cpus": 0.1},
+        "workload": {"requests": 10, "arrival": {"process": "constant", "rate": 10.0},
+                     "lengths": {"dist": "uniform", "prompt": [100, 1000], "output": [10, 40]}}})
+
+
+def test_a_cluster_with_no_prefill_instance_is_refused_in_one_line():
+    done = subprocess.run([sys.executable, "-m", "experiments.cli.main", "run", "configs/sim-disagg.yaml",
+                           "--set", "cluster.instances=[{role: decode, count: 2}]"], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "cluster.instances: no instance can prefill" in done.stderr
+
+
+def too_large(run) -> dict[int, str]:
+    rejected = run.requests[run.requests["status"] == "rejected"]["request_id"]
+    events = run.events if not callable(run.events) else run.events()
+    reasons = events[events["kind"] == "reject"].set_index("request_id")["detail"]
+    return {int(r): reasons[r] for r in rejected}
+
+
+def test_a_request_larger_than_any_instance_is_rejected_with_its_reason():
+    run = simulate(tiny())
+    big = too_large(run)
+    lengths = run.requests.set_index("request_id")
+    fits = -(-(lengths["prompt_tokens"] + lengths["planned_output_tokens"]) // 16) <= 40
+    assert big and set(big) == set(fits[~fits].index)
+    assert all(why.startswith("too large: its prompt") and "KV blocks; the largest instance" in why
+               for why in big.values())
+    assert set(run.requests["status"]) <= {"finished", "rejected"}
+
+
+def test_the_live_runtime_rejects_the_same_requests_for_the_same_reason(local_ray):
+    from cluster.live.driver import LiveRuntime
+    from cluster.live.raycluster import start_workers, stop
+    from experiments.runs.runner import live_options
+
+    config = tiny().model_copy(update={"runtime": "ray"})
+    setup = build_setup(config, generate(config.workload, config.seed))
+    workers, options = live_options(config)
+    actors, groups = start_workers(setup.instances, [0] * len(setup.instances), workers)
+    try:
+        record = LiveRuntime(setup, actors, options).run()
+    finally:
+        stop(actors, groups)
+    assert too_large(record) == too_large(simulate(tiny()))
+
+
+class Idle(Policy):
+    name = ""
+
+    def decide(self, snapshot):
+        return []
+
+
+def test_a_simulated_run_with_nothing_left_to_happen_ends_its_requests_as_stalled():
+    config = tiny(kv_blocks=4000)
+    setup = build_setup(config, generate(config.workload, config.seed))
+    setup.policy = Idle()
+    record = Simulator(setup).run()
+    assert set(record.requests["status"]) == {"aborted"}
+    reasons = record.events().query("kind == 'abort'")["detail"]
+    assert len(reasons) == 10 and all(r.startswith("stalled: nothing left to happen while it was waiting") for r in reasons)
