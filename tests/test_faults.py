@@ -81,3 +81,24 @@ def test_a_simulated_run_with_nothing_left_to_happen_ends_its_requests_as_stalle
     assert set(record.requests["status"]) == {"aborted"}
     reasons = record.events().query("kind == 'abort'")["detail"]
     assert len(reasons) == 10 and all(r.startswith("stalled: nothing left to happen while it was waiting") for r in reasons)
+
+
+def _run(end_s=3.0, arrival=0.0, last=2.5):
+    import pandas as pd
+
+    from experiments.runs.runformat import Run
+    requests = pd.DataFrame({"request_id": [0, 1], "arrival_s": [arrival, 1.0], "prompt_tokens": [5, 5],
+                             "output_tokens": [2, 1], "status": ["finished", "finished"]})
+    tokens = pd.DataFrame({"request_id": [0, 1, 0], "index": [1, 1, 2], "time_s": [0.5, 1.2, last]})
+    return Run(requests, tokens, pd.DataFrame({"time_s": [], "kind": [], "request_id": []}), {"end_s": end_s})
+
+
+@pytest.mark.parametrize("case, message", [
+    ({"end_s": 1.0}, r"run.json, key 'end_s': the run ends at 1.0 s but tokens row 3 \(request 0\) came at 2.5 s"),
+    ({"last": 1e300}, "came at 1e\\+300 s; expected end_s at or after the last token"),
+    ({"arrival": -1.0}, r"requests row 1, column 'arrival_s': expected seconds >= 0, got -1.0")])
+def test_a_run_whose_times_contradict_each_other_is_refused_naming_what(case, message):
+    from experiments.runs.runformat import RunFormatError, validate
+    with pytest.raises(RunFormatError, match=message):
+        validate(_run(**case))
+    validate(_run())

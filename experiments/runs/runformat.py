@@ -139,13 +139,21 @@ def validate(run: Run) -> Run:
         row = int(np.argmax(duplicated))
         raise _fail("requests", row, "request_id", f"duplicate id {_py(requests['request_id'].iloc[row])!r}")
     arrival = requests["arrival_s"].to_numpy()
+    if len(arrival) and arrival.min() < 0:
+        row = int(np.argmin(arrival))
+        raise _fail("requests", row, "arrival_s", f"expected seconds >= 0, got {_py(arrival[row])!r}")
     if len(arrival) > 1 and not (np.diff(arrival) > 0).all():
         requests = requests.sort_values(["arrival_s", "request_id"], kind="stable").reset_index(drop=True)
-    tokens, _ = _sorted_tokens(requests, tokens)
+    given, (tokens, _) = tokens, _sorted_tokens(requests, tokens)
     meta = dict(run.meta)
     end = meta.get("end_s")
     if end is not None and (isinstance(end, bool) or not isinstance(end, (int, float)) or not np.isfinite(end)):
         raise RunFormatError(f"run.json, key 'end_s': expected a finite number of seconds, got {_py(end)!r}")
+    if end is not None and len(given) and given["time_s"].max() > end:
+        row = int(given["time_s"].to_numpy().argmax())
+        raise RunFormatError(f"run.json, key 'end_s': the run ends at {_py(end)!r} s but tokens row {row + 1} (request "
+                             f"{_py(given['request_id'].iloc[row])!r}) came at {_py(given['time_s'].iloc[row])!r} s; "
+                             "expected end_s at or after the last token")
     steps = None if run.steps is None else _normalise("steps", run.steps, STEP_COLUMNS)
     return Run(requests, tokens, events, meta, steps)
 
