@@ -102,3 +102,19 @@ def test_a_run_whose_times_contradict_each_other_is_refused_naming_what(case, me
     with pytest.raises(RunFormatError, match=message):
         validate(_run(**case))
     validate(_run())
+
+
+def test_harm_refuses_tables_that_its_config_did_not_make():
+    from experiments.runs.runformat import Run
+    from experiments.scoring.harm import check_replayable
+
+    config = tiny(kv_blocks=4000)
+    run = simulate(config)
+    check_replayable(run, config)
+    kept = run.requests["request_id"] >= 3
+    cut = Run(run.requests[kept], run.tokens[run.tokens["request_id"] >= 3], run.events, run.meta)
+    with pytest.raises(ValueError, match="the config makes 10 requests, the requests table has 7"):
+        check_replayable(cut, config)
+    shifted = run.requests.assign(arrival_s=run.requests["arrival_s"] + (run.requests["request_id"] == 4) * 0.5)
+    with pytest.raises(ValueError, match="request 4 has arrival_s"):
+        check_replayable(Run(shifted, run.tokens, run.events, run.meta), config)

@@ -33,6 +33,32 @@ def replay_without(config: ExperimentConfig, decision: int, slo: SLO, tenant_slo
     return float(score(run, slo, tenant_slos=tenant_slos)[0]["benefit"].sum())
 
 
+def check_replayable(run: Run, config: ExperimentConfig) -> None:
+    """That the run's requests are the ones its config makes: a replay simulates the
+    config, so tables edited or cut after the run would be compared with another run."""
+    from experiments.workloads.workload import generate
+
+    made = generate(config.workload, config.seed)
+    if config.horizon_s is not None:
+        made = made[made["arrival_s"] <= config.horizon_s]
+    have = run.requests.sort_values("request_id", kind="stable")
+    made = made.sort_values("request_id", kind="stable")
+    where = "run.json's config does not make the requests of this run's tables (a replay would simulate another run)"
+    if len(have) != len(made):
+        raise ValueError(f"{where}: the config makes {len(made)} requests, the requests table has {len(have)}")
+    planned = have["planned_output_tokens"] if "planned_output_tokens" in have else None
+    for column, mine in (("request_id", have["request_id"]), ("arrival_s", have["arrival_s"]),
+                         ("prompt_tokens", have["prompt_tokens"]), ("output_tokens", planned)):
+        if mine is None:
+            continue
+        theirs = made[column].to_numpy()
+        differs = ~np.isclose(mine.to_numpy(dtype=float), theirs.astype(float), rtol=0, atol=1e-9)
+        if differs.any():
+            k = int(np.argmax(differs))
+            raise ValueError(f"{where}: request {have['request_id'].iloc[k]} has {column} "
+                             f"{mine.iloc[k]:g}, the config makes {theirs[k]:g}")
+
+
 def classify(change: float) -> str:
     if np.isnan(change):
         return "not replayed"
@@ -48,6 +74,7 @@ def analyse(run: Run, slo: SLO, tenant_slos: dict[str, SLO], replays: int, seed:
     decided = table[table["decision"] >= 0]
     if replays and len(decided) and run.meta.get("runtime") == "sim" and "config" in run.meta:
         config = validate(run.meta["config"], ExperimentConfig, "run.json, config")
+        check_replayable(run, config)
         base = float(score(run, slo, tenant_slos=tenant_slos)[0]["benefit"].sum())
         rng = np.random.default_rng(seed)
         chosen = sorted(rng.choice(decided["decision"].unique(), min(replays, decided["decision"].nunique()),
