@@ -80,21 +80,38 @@ def multi_node(out: str) -> None:
     Path(out).write_text(json.dumps(facts))
 
 
+def _settings_then_silence(listener) -> None:
+    """A server that answers like an HTTP/2 one (a SETTINGS frame) and then says nothing."""
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except OSError:
+            return
+        connection.sendall(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+
+
 def connect_errors(out: str) -> None:
     import socket
+    import threading
 
-    facts, listener = {}, socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    not_ray = f"127.0.0.1:{listener.getsockname()[1]}"
-    for address in ("127.0.0.1:1", "nonsense", not_ray):
+    facts, listeners = {}, []
+    for _ in range(2):
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listeners.append(listener)
+    not_ray, http2 = (f"127.0.0.1:{listener.getsockname()[1]}" for listener in listeners)
+    threading.Thread(target=_settings_then_silence, args=(listeners[1],), daemon=True).start()
+    names = {not_ray: "not ray", http2: "http2"}
+    for address in ("127.0.0.1:1", "nonsense", not_ray, http2):
         started = time.monotonic()
         try:
             connect(address)
             facts[address] = None
         except ClusterError as exc:
-            facts["not ray" if address == not_ray else address] = [str(exc), time.monotonic() - started]
-    listener.close()
+            facts[names.get(address, address)] = [str(exc), time.monotonic() - started]
+    for listener in listeners:
+        listener.close()
     Path(out).write_text(json.dumps(facts))
 
 
@@ -115,8 +132,9 @@ def test_unreachable_or_malformed_address_fails_fast(tmp_path):
     facts = in_child("connect_errors", tmp_path / "facts.json")
     message, seconds = facts["127.0.0.1:1"]
     assert "ray.address" in message and "127.0.0.1:1" in message and seconds < 10
-    message, seconds = facts["not ray"]
-    assert "is not a Ray head" in message and seconds < 10
+    for name in ("not ray", "http2"):
+        message, seconds = facts[name]
+        assert "is not a Ray head" in message and seconds < 10
     message, seconds = facts["nonsense"]
     assert "ray.address" in message and "'nonsense'" in message and seconds < 1
 

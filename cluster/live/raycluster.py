@@ -14,7 +14,6 @@ from cluster.engines.backends import EngineSpec
 from cluster.live.actor import WorkerActor
 
 MAX_CONCURRENCY = 16
-HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 
 
 class ClusterError(RuntimeError):
@@ -69,15 +68,21 @@ def connect(address: str | None, timeout_s: float = 5.0, field: str = "ray.addre
 
 
 def _speaks_grpc(host: str, port: int, timeout_s: float) -> bool:
-    """Whether the server at host:port answers an HTTP/2 preface with a SETTINGS frame,
-    as Ray's GCS (a gRPC server) does; anything else would make `ray.init` retry for minutes."""
-    with socket.create_connection((host, port), timeout=timeout_s) as connection:
-        connection.sendall(HTTP2_PREFACE)
+    """Whether the server at host:port answers a Ray GCS call within `timeout_s`: any
+    gRPC reply, an authentication refusal included, is a Ray head; silence, or a
+    server that speaks HTTP/2 but answers no call, is not (`ray.init` would retry it
+    without end). An unreachable port raises OSError."""
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    socket.create_connection((host, port), timeout=timeout_s).close()
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
         try:
-            head = connection.recv(9)
-        except socket.timeout:
-            return False
-    return len(head) == 9 and head[3] == 4
+            gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+                gcs_service_pb2.GetClusterIdRequest(), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            return exc.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+    return True
 
 
 def ray_nodes() -> list[str]:
