@@ -25,13 +25,16 @@ class Parking:
     margin_s: float = 0.5
     min_park_s: float = 2.0
     per_decision: int = 4
+    early_below: float = 0.5
+    """A parked request not yet due comes back early when no hand-off waits and its home's
+    KV would be at most this share in use with it (and a block of growth per request)."""
     homes: dict[int, int] = field(default_factory=dict)
     """Requests this policy parked, and the instance holding their KV in host memory."""
     asked: set[int] = field(default_factory=set)
     """Requests asked to park in the decision under way."""
 
     def __post_init__(self) -> None:
-        for name, key in (("margin_s", "park_margin_s"), ("min_park_s", "min_park_s")):
+        for name, key in (("margin_s", "park_margin_s"), ("min_park_s", "min_park_s"), ("early_below", "early_resume_below")):
             if getattr(self, name) < 0:
                 raise ValueError(f"{key}: expected a number >= 0, got {getattr(self, name)!r}")
         if self.per_decision < 1:
@@ -46,11 +49,10 @@ class Parking:
         i = snapshot.instances
         return i.swap_s_per_token[instances] * context + i.step_time_s[instances] + self.margin_s
 
-    def resumes(self, snapshot: Snapshot, headroom: Headroom, rows: np.ndarray, calm: bool) -> list:
+    def resumes(self, snapshot: Snapshot, headroom: Headroom, rows: np.ndarray, early: bool = False) -> list:
         """Bring back the parked `rows` of `snapshot.preempted` that are due, least slack
-        first, making room at home by parking others where it is short; when `calm` (no
-        hand-off waits), also those whose home has room for them twice over and a block
-        of growth for each request there."""
+        first, making room at home by parking others where it is short; with `early`,
+        instead those not due whose home's KV would stay at most `early_below` in use."""
         table, actions = snapshot.preempted, []
         if not len(rows):
             return actions
@@ -58,18 +60,19 @@ class Parking:
         due = table.slack_s[rows] <= self.lead_s(snapshot, homes, table.context_tokens[rows])
         need = blocks_needed_all(table, snapshot.instances)[rows]
         for k in by(table.slack_s[rows], table.id[rows]):
-            home = int(homes[k])
+            home, request_id = int(homes[k]), int(table.id[rows[k]])
             at = headroom.position.get(home)
             room, batch = (headroom.rooms[at], headroom.batch[at]) if at is not None else (0, 0)
             short = need[k] + 1 - room
-            if not due[k] and not (calm and short + need[k] + batch <= 0):
+            total = snapshot.instances.total_blocks[home]
+            if request_id not in self.homes or due[k] == early or \
+                    (early and total - room + need[k] + 1 + batch > self.early_below * total):
                 continue
-            request = table.row(int(rows[k]))
             if short > 0:
                 actions += self.park(snapshot, headroom, home, short)
-            del self.homes[request.id]
-            headroom.give(home, request)
-            actions.append(Resume(request.id, home))
+            del self.homes[request_id]
+            headroom.give(home, table.row(int(rows[k])))
+            actions.append(Resume(request_id, home))
         return actions
 
     def make_room(self, snapshot: Snapshot, headroom: Headroom, waiting: RequestTable, rows: np.ndarray) -> list:

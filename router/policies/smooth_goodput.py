@@ -37,11 +37,11 @@ class SmoothGoodput(Policy):
 
     def __init__(self, seed: int = 0, mode: str = "live", moves_per_tick: int = 2, live_stall_s: float = 0.005,
                  park: bool = True, park_margin_s: float = 0.5, min_park_s: float = 2.0,
-                 parks_per_decision: int = 4) -> None:
+                 parks_per_decision: int = 4, early_resume_below: float = 0.5) -> None:
         super().__init__(seed)
         self.moves_per_tick, self.live_stall_s = moves_per_tick, live_stall_s
         self.mode = migration_mode(self.name, mode)
-        self.parking = Parking(park_margin_s, min_park_s, parks_per_decision) if park else None
+        self.parking = Parking(park_margin_s, min_park_s, parks_per_decision, early_resume_below) if park else None
 
     def decide(self, snapshot: Snapshot) -> list[Action]:
         headroom = Headroom(snapshot.instances)
@@ -50,7 +50,7 @@ class SmoothGoodput(Policy):
         actions: list[Action] = []
         if self.parking:
             self.parking.asked.clear()
-            actions += self.parking.resumes(snapshot, headroom, np.flatnonzero(parked), calm=not len(waiting))
+            actions += self.parking.resumes(snapshot, headroom, np.flatnonzero(parked))
         for request in sorted(preempted[np.flatnonzero(~parked)], key=lambda r: (-r.idle_s, r.id)):
             target = headroom.fastest_prefill(request)
             if target is not None:
@@ -64,6 +64,8 @@ class SmoothGoodput(Policy):
         if self.parking and len(handed) < len(waiting):
             left = np.flatnonzero(np.isin(waiting.id, [a.request for a in handed], invert=True))
             actions += self.parking.make_room(snapshot, headroom, waiting, left[by(-waiting.idle_s[left], waiting.id[left])])
+        elif self.parking:
+            actions += self.parking.resumes(snapshot, headroom, np.flatnonzero(parked), early=True)
         if snapshot.event == "tick":
             asked = self.parking.asked if self.parking else ()
             actions += [a for a in self._spend_slack(snapshot, headroom) if a.request not in asked]
