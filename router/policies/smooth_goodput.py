@@ -5,13 +5,14 @@ than V) and the text already delivered is read. So a request goes to the decode
 instance where it adds the least idle: the rise in the instance's idle rate,
 (requests) x max(0, 1 - V / step time), among those with room for it and a block of
 growth for each request already there (so that taking it does not force a
-preemption). New requests are dispatched to the fastest prefill, in arrival order.
-At each tick, requests on an instance that runs slower than its readers move to one
-with headroom, but only those whose reading slack exceeds the predicted stall,
-largest slack first. It never preempts on its own: when an engine runs out of KV, it
-stops the request whose reader has the most text left (`choose_victim`). A request
-preempted by the router is re-prefilled on the fastest prefill instance, then handed
-off again, so it never stalls a decode batch. Nothing is ever abandoned.
+preemption). New requests are dispatched to the fastest prefill, by first-token
+deadline (arrival + TTFT). A hand-off that finds no room gets it by parking requests
+far ahead of their readers in host memory, each back before its reader runs dry
+(`router.policies.parking`, `park: true`). At each tick, requests on an instance that
+runs slower than its readers move to one with headroom, but only those whose reading
+slack exceeds the predicted stall, largest slack first. When an engine runs out of KV,
+it stops the request whose reader has the most text left (`choose_victim`). Nothing
+is ever abandoned.
 """
 from __future__ import annotations
 
@@ -55,7 +56,9 @@ class SmoothGoodput(Policy):
             target = headroom.fastest_prefill(request)
             if target is not None:
                 actions.append(Resume(request.id, target))
-        for request in snapshot.to_dispatch:
+        arriving = snapshot.to_dispatch
+        for k in by(arriving.arrival_s + arriving.slo_column("ttft"), arriving.id):
+            request = arriving.row(int(k))
             target = headroom.fastest_prefill(request)
             if target is not None:
                 actions.append(Dispatch(request.id, target))
