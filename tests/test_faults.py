@@ -80,7 +80,8 @@ def test_a_simulated_run_with_nothing_left_to_happen_ends_its_requests_as_stalle
     record = Simulator(setup).run()
     assert set(record.requests["status"]) == {"aborted"}
     reasons = record.events().query("kind == 'abort'")["detail"]
-    assert len(reasons) == 10 and all(r.startswith("stalled: nothing left to happen while it was waiting") for r in reasons)
+    stalled = "stalled: nothing left to happen while it was waiting"
+    assert len(reasons) == 10 and all(r.startswith(stalled) for r in reasons)
 
 
 def _run(end_s=3.0, arrival=0.0, last=2.5):

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from experiments.cli.sweep import add_parser
 from experiments.runs.runformat import Run, read_run, validate
 from experiments.scoring.metrics import score
-from experiments.sweeps.rows import EVENT_COUNTS, headline, parked
 from experiments.sweeps.report import reading
+from experiments.sweeps.rows import EVENT_COUNTS, headline, parked
 from experiments.sweeps.spec import load_sweep
 from router.slo import SCHEMES
 

@@ -13,10 +13,10 @@ from cluster.core.control import ControlPlane
 from cluster.core.instance import Instance
 from cluster.core.recorder import Recorder
 from cluster.core.request import DECODING, PREEMPTED, PREFILL_PIECE, SWAPPED, Request
-from cluster.core.tables import ABORTED
 from cluster.core.runtime import Runtime
 from cluster.core.scheduling import NOT_DECODING, Outcome
 from cluster.core.setup import RunSetup
+from cluster.core.tables import ABORTED
 from router import events
 from router.snapshot import NO_LIMIT
 
@@ -83,7 +83,8 @@ class Simulator(Runtime):
         for request in list(self.requests.values()):
             if not request.final and request.arrival <= self.clock:
                 where = f" on instance {request.instance}" if request.instance >= 0 else ""
-                self.control.end(request, ABORTED, f"stalled: nothing left to happen while it was {request.state}{where}")
+                reason = f"stalled: nothing left to happen while it was {request.state}{where}"
+                self.control.end(request, ABORTED, reason)
 
     def _stop_at(self, horizon: float) -> None:
         """The clock stops: every instance keeps the steps that ended by then."""

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from router.actions import Action, Dispatch, Handoff, Preempt, Resume
-from router.policies.common import Headroom, blocks_needed_all, by
+from router.actions import Action, Handoff, Preempt, Resume
+from router.policies.common import Headroom, blocks_needed_all, by, dispatch, most_slack
 from router.policy import Policy
 from router.snapshot import PREFILL, RequestTable, Snapshot
 
@@ -45,10 +45,8 @@ class Andes(Policy):
     def decide(self, snapshot: Snapshot) -> list[Action]:
         headroom = Headroom(snapshot.instances)
         actions: list[Action] = []
-        for request in snapshot.to_dispatch:
-            target = headroom.fastest_prefill(request)
-            if target is not None:
-                actions.append(Dispatch(request.id, target))
+        arriving = snapshot.to_dispatch
+        actions += dispatch(snapshot, headroom, by(arriving.arrival_s + arriving.slo_column("ttft"), arriving.id))
         if not len(headroom.decode):
             return actions
         waiting = snapshot.to_hand_off
@@ -64,10 +62,7 @@ class Andes(Policy):
         return actions
 
     def choose_victim(self, snapshot: Snapshot, instance: int) -> int | None:
-        table = snapshot.running.get(instance)
-        if table is None or not len(table):
-            return None
-        return int(table.id[by(table.slack_s, table.id)[-1]])
+        return most_slack(snapshot, instance)
 
     def _targets(self, snapshot: Snapshot, headroom: Headroom, waiting: RequestTable, local: np.ndarray) -> np.ndarray:
         """The decode instance (a position in `headroom.decode`) each waiting hand-off

@@ -6,7 +6,7 @@ from functools import cached_property
 
 import numpy as np
 
-from router.actions import MIGRATION_MODES, Handoff
+from router.actions import MIGRATION_MODES, Dispatch, Handoff
 from router.snapshot import DECODE, PREFILL, Instances, RequestTable, RequestView, Snapshot
 
 
@@ -156,3 +156,23 @@ def hand_off(snapshot: Snapshot, headroom: Headroom, order: np.ndarray, choose) 
                 actions.append(Handoff(request.id, headroom.give(target, request)))
                 most = headroom.rooms.max()
     return actions
+
+
+def dispatch(snapshot: Snapshot, headroom: Headroom, order: np.ndarray | None = None) -> list[Dispatch]:
+    """The rows of `snapshot.to_dispatch` in `order` (default: as listed), each to the
+    prefill instance that gives its first token soonest; none while none serves."""
+    table, actions = snapshot.to_dispatch, []
+    for k in range(len(table)) if order is None else order:
+        request = table.row(int(k))
+        target = headroom.fastest_prefill(request)
+        if target is not None:
+            actions.append(Dispatch(request.id, target))
+    return actions
+
+
+def most_slack(snapshot: Snapshot, instance: int) -> int | None:
+    """The request on `instance` whose reader has the most text left to read."""
+    table = snapshot.running.get(instance)
+    if table is None or not len(table):
+        return None
+    return int(table.id[by(table.slack_s, table.id)[-1]])

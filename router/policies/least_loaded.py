@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from router.actions import Action, Dispatch, Migrate
-from router.policies.common import Headroom, by, hand_off, migration_mode
+from router.actions import Action, Migrate
+from router.policies.common import Headroom, by, dispatch, hand_off, migration_mode
 from router.policy import Policy
 from router.snapshot import Snapshot
 
@@ -25,10 +25,7 @@ class LeastLoaded(Policy):
     def decide(self, snapshot: Snapshot) -> list[Action]:
         headroom = Headroom(snapshot.instances)
         actions: list[Action] = []
-        for request in snapshot.to_dispatch:
-            target = headroom.fastest_prefill(request)
-            if target is not None:
-                actions.append(Dispatch(request.id, target))
+        actions += dispatch(snapshot, headroom)
         actions += hand_off(snapshot, headroom, np.arange(len(snapshot.to_hand_off)), self._most_room)
         if snapshot.event == "tick":
             actions += self._rebalance(snapshot, headroom)

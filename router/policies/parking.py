@@ -34,7 +34,8 @@ class Parking:
     """Requests asked to park in the decision under way."""
 
     def __post_init__(self) -> None:
-        for name, key in (("margin_s", "park_margin_s"), ("min_park_s", "min_park_s"), ("early_below", "early_resume_below")):
+        names = (("margin_s", "park_margin_s"), ("min_park_s", "min_park_s"), ("early_below", "early_resume_below"))
+        for name, key in names:
             if getattr(self, name) < 0:
                 raise ValueError(f"{key}: expected a number >= 0, got {getattr(self, name)!r}")
         if self.per_decision < 1:

@@ -18,8 +18,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from router.actions import Action, Dispatch, Migrate, Resume
-from router.policies.common import Headroom, blocks_needed_all, busy_instances, by, hand_off, migration_mode
+from router.actions import Action, Migrate, Resume
+from router.policies.common import (
+    Headroom,
+    blocks_needed_all,
+    busy_instances,
+    by,
+    dispatch,
+    hand_off,
+    migration_mode,
+    most_slack,
+)
 from router.policies.parking import Parking
 from router.policy import Policy
 from router.snapshot import RequestView, Snapshot
@@ -57,16 +66,13 @@ class SmoothGoodput(Policy):
             if target is not None:
                 actions.append(Resume(request.id, target))
         arriving = snapshot.to_dispatch
-        for k in by(arriving.arrival_s + arriving.slo_column("ttft"), arriving.id):
-            request = arriving.row(int(k))
-            target = headroom.fastest_prefill(request)
-            if target is not None:
-                actions.append(Dispatch(request.id, target))
+        actions += dispatch(snapshot, headroom, by(arriving.arrival_s + arriving.slo_column("ttft"), arriving.id))
         handed = hand_off(snapshot, headroom, by(-waiting.idle_s, waiting.id), self._decode_target)
         actions += handed
         if self.parking and len(handed) < len(waiting):
             left = np.flatnonzero(np.isin(waiting.id, [a.request for a in handed], invert=True))
-            actions += self.parking.make_room(snapshot, headroom, waiting, left[by(-waiting.idle_s[left], waiting.id[left])])
+            order = left[by(-waiting.idle_s[left], waiting.id[left])]
+            actions += self.parking.make_room(snapshot, headroom, waiting, order)
         elif self.parking:
             actions += self.parking.resumes(snapshot, headroom, np.flatnonzero(parked), early=True)
         if snapshot.event == "tick":
@@ -76,10 +82,7 @@ class SmoothGoodput(Policy):
 
     def choose_victim(self, snapshot: Snapshot, instance: int) -> int | None:
         """Out of KV: stop the request whose reader has the most text left to read."""
-        table = snapshot.running.get(instance)
-        if table is None or not len(table):
-            return None
-        return int(table.id[by(table.slack_s, table.id)[-1]])
+        return most_slack(snapshot, instance)
 
     def _marginal_idle(self, headroom: Headroom, positions: np.ndarray, request: RequestView) -> np.ndarray:
         v, batch = request.slo.v, headroom.batch[positions]
