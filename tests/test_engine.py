@@ -62,3 +62,27 @@ def test_aborting_a_request_swapped_out_by_the_router_frees_its_blocks_once():
     assert engine.preempt(0, "swap", now) is not None
     engine.abort(0)
     assert engine.stats()["free_blocks"] == 100
+
+
+def test_a_parked_request_holds_its_kv_bytes_in_host_memory_until_it_resumes():
+    from cluster.core.scheduling import InstanceSpec, SchedulerConfig
+    from cluster.hardware.perfmodel import IterationModel
+    from router.snapshot import COLOCATED
+
+    flat = IterationModel(prefill=(0.01, 0.0, 0.0), decode=(0.01, 0.0, 0.0))
+    engine = ModelEngine(InstanceSpec(0, COLOCATED, flat, SchedulerConfig(), 100, 4.0, 1e9, host_blocks=50))
+    engine.add(Request(0, "default", 0.0, 100, 50))
+    now = 0.0
+    for _ in range(5):
+        now = engine.begin(now)
+        engine.finish()
+    context = engine.context_of(0)
+    assert engine.preempt(0, "swap", now) > 0
+    tokens, data = engine.host[0]
+    assert tokens == context and len(data) == 4 * context
+    assert engine.stats()["host_free_blocks"] == 50 - 7
+    assert engine.resume(0) and not engine.host
+    while (end := engine.begin(now)) is not None:
+        now = end
+        engine.finish()
+    assert engine.stats()["free_blocks"] == 100 and engine.stats()["host_free_blocks"] == 50

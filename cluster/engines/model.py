@@ -29,6 +29,8 @@ class ModelEngine:
         self.victim: int | None = None
         self.requests: dict[int, Request] = {}
         self.parked: dict[int, Request] = {}
+        self.host: dict[int, tuple[int, np.ndarray]] = {}
+        """Parked requests' KV bytes in host memory (their context tokens, the bytes)."""
         self.decoding: list[int] = []
         self.started: list[Outcome] = []
         self.start_s = self.end_s = 0.0
@@ -67,6 +69,7 @@ class ModelEngine:
 
     def abort(self, request_id: int) -> None:
         parked = self.parked.pop(request_id, None)
+        self.host.pop(request_id, None)
         if parked is not None:
             self.instance.unpark(parked)
         request = self.requests.pop(request_id, None) or parked
@@ -126,15 +129,21 @@ class ModelEngine:
         request = self.requests.get(request_id)
         if request is None or request.id not in self.instance.running:
             return None
+        context = self.instance.context_of(request)
         nbytes = self.instance.preempt(request, mode, now)
         if nbytes != HOST_FULL:
             self.parked[request_id] = self.requests.pop(request_id)
+        if mode == "swap" and nbytes != HOST_FULL:
+            self.host[request_id] = (context, self.kv.payload(request_id, 0, context).copy())
         return nbytes
 
     def resume(self, request_id: int) -> bool:
         request = self.parked.pop(request_id, None)
         if request is None:
             return False
+        stored = self.host.pop(request_id, None)
+        if stored is not None and not np.array_equal(stored[1], self.kv.payload(request_id, 0, stored[0])):
+            raise RuntimeError(f"request {request_id}: its KV came back from host memory changed")
         self.requests[request_id] = request
         if request.blocks:
             self.instance.resume_swapped(request)
