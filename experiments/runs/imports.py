@@ -105,6 +105,8 @@ def read_vllm_bench(path: str | Path) -> Run:
         if key in result and (not isinstance(result[key], list) or len(result[key]) != count):
             raise RunFormatError(f"{path}, key {key!r}: expected a list of {count} per-request values")
     starts = result.get("start_times")
+    for i in range(count):
+        _check_request(path, result, i, starts)
     origin = min(starts) if starts else 0.0
     rows = []
     for i in range(count):
@@ -123,6 +125,26 @@ def read_vllm_bench(path: str | Path) -> Run:
     if not starts and isinstance(result.get("duration"), (int, float)):
         run.meta["end_s"] = max(float(result["duration"]), float(run.tokens["time_s"].max()) if len(run.tokens) else 0.0)
     return run
+
+
+def _check_request(path: Path, result: dict, i: int, starts: list | None) -> None:
+    """Request `i`'s values are of their kind; an error names the key and the request."""
+    def bad(key: str, expected: str, value) -> RunFormatError:
+        return RunFormatError(f"{path}, key {key!r}, request {i}: expected {expected}, got {value!r}")
+
+    whole = lambda v: _is_number(v) and v >= 0 and float(v).is_integer()
+    for key in ("input_lens", "output_lens"):
+        if not whole(result[key][i]):
+            raise bad(key, "a whole number of tokens >= 0", result[key][i])
+    if starts is not None and not _is_number(starts[i]):
+        raise bad("start_times", "a number of seconds", starts[i])
+    if result["errors"][i] or not result["output_lens"][i]:
+        return
+    if not (_is_number(result["ttfts"][i]) and result["ttfts"][i] >= 0):
+        raise bad("ttfts", "a number of seconds >= 0", result["ttfts"][i])
+    itls = result["itls"][i]
+    if not isinstance(itls, list) or not all(_is_number(v) and v >= 0 for v in itls):
+        raise bad("itls", "a list of numbers of seconds >= 0", itls)
 
 
 def _is_number(value) -> bool:
