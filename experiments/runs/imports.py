@@ -132,9 +132,9 @@ def _check_request(path: Path, result: dict, i: int, starts: list | None) -> Non
     def bad(key: str, expected: str, value) -> RunFormatError:
         return RunFormatError(f"{path}, key {key!r}, request {i}: expected {expected}, got {value!r}")
 
-    whole = lambda v: _is_number(v) and v >= 0 and float(v).is_integer()
     for key in ("input_lens", "output_lens"):
-        if not whole(result[key][i]):
+        value = result[key][i]
+        if not (_is_number(value) and value >= 0 and float(value).is_integer()):
             raise bad(key, "a whole number of tokens >= 0", result[key][i])
     if starts is not None and not _is_number(starts[i]):
         raise bad("start_times", "a number of seconds", starts[i])
