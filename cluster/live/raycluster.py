@@ -103,6 +103,7 @@ def start_workers(instances: list[InstanceSpec], nodes: list[int], options: Work
 
     cluster_nodes = ray_nodes()
     bundle = {"CPU": options.worker_cpus} | ({"GPU": options.worker_gpus} if options.worker_gpus else {})
+    _check_fits(bundle, len(nodes))
     groups = []
     for node in nodes:
         selector = [{"ray.io/node-id": cluster_nodes[node % len(cluster_nodes)]}] if len(cluster_nodes) > 1 else None
@@ -112,8 +113,9 @@ def start_workers(instances: list[InstanceSpec], nodes: list[int], options: Work
     except ray.exceptions.GetTimeoutError:
         for g in groups:
             remove_placement_group(g)
+        free = {k: v for k, v in ray.available_resources().items() if "_group_" not in k and ":" not in k}
         raise ClusterError(f"ray: {len(groups)} placement groups of {bundle} each did not fit within "
-                           f"{options.start_timeout_s:g} s; the cluster has {ray.available_resources()} free "
+                           f"{options.start_timeout_s:g} s; the cluster has {({'CPU': 0.0} | free)} free "
                            f"(set ray.worker_cpus lower or add nodes)") from None
     remote = ray.remote(WorkerActor)
     actors, run = [], uuid.uuid4().hex[:8]
@@ -134,6 +136,24 @@ def start_workers(instances: list[InstanceSpec], nodes: list[int], options: Work
     if options.transport in ("gloo", "nccl"):
         _join_group(actors, groups, options)
     return actors, groups
+
+
+HINTS = {"CPU": "set ray.worker_cpus lower or add nodes", "GPU": "set ray.worker_gpus lower or add GPU nodes"}
+
+
+def _check_fits(bundle: dict[str, float], count: int) -> None:
+    """Refuse at once workers the cluster can never hold: more of a resource in all than
+    it has, or more for one worker than any node has."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    for resource, amount in bundle.items():
+        total = sum(n.get(resource, 0.0) for n in nodes)
+        largest = max((n.get(resource, 0.0) for n in nodes), default=0.0)
+        if amount * count > total or amount > largest:
+            raise ClusterError(f"ray: {count} workers of {amount:g} {resource} each need {amount * count:g} "
+                               f"{resource}; the cluster has {total:g} in all, at most {largest:g} on one node "
+                               f"({HINTS[resource]})")
 
 
 def _cause(exc: Exception) -> str:
