@@ -70,11 +70,10 @@ class ControlPlane:
         for role, tokens, what in ((PREFILL, request.prompt, "prompt"),
                                    (DECODE, request.prompt + request.max_tokens, "prompt with its output")):
             serving = view.serving(role)
-            need = blocks_for(tokens, view.block_size)
-            if serving and need > max(room[i] for i in serving):
+            need, most = blocks_for(tokens, view.block_size), max((room[i] for i in serving), default=None)
+            if most is not None and need > most:
                 verb = "prefill" if role == PREFILL else "decode"
-                return (f"too large: its {what} needs {need} KV blocks; the largest instance that can {verb} "
-                        f"has {max(room[i] for i in serving)}")
+                return f"too large: its {what} needs {need} KV blocks; the largest instance that can {verb} has {most}"
         return ""
 
     def prefilled(self, request: Request, instance: int) -> None:

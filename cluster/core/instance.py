@@ -52,8 +52,7 @@ class Instance:
     # ---- blocks and preemption -------------------------------------------
     def _copy(self, blocks: int) -> None:
         """A swap between GPU and host memory: the instance's next step waits for it."""
-        seconds = blocks * self.config.block_size * self.spec.kv_bytes_per_token / self.spec.swap_bandwidth
-        self.busy_until = max(self.busy_until, self.now) + seconds
+        self.busy_until = max(self.busy_until, self.now) + blocks * self.host.seconds_per_block
 
     def unpark(self, request: Request) -> None:
         """Forget a swapped-out request's KV: its host blocks come back."""
@@ -285,7 +284,8 @@ class Instance:
             t += model.prefill_time(tokens, squares)
             ends.append(t)
         else:
-            copy = self.host.next_done() or float("inf")
+            copy = self.host.next_done()
+            copy = float("inf") if copy is None else copy
             t += model.step_time(tokens, squares, batch, context)
             ends.append(t)
             for m in range(1, steps):

@@ -133,8 +133,8 @@ class ModelEngine:
         nbytes = self.instance.preempt(request, mode, now)
         if nbytes != HOST_FULL:
             self.parked[request_id] = self.requests.pop(request_id)
-        if mode == "swap" and nbytes != HOST_FULL:
-            self.host[request_id] = (context, self.kv.payload(request_id, 0, context).copy())
+            if mode == "swap":
+                self.host[request_id] = (context, self.kv.payload(request_id, 0, context).copy())
         return nbytes
 
     def resume(self, request_id: int) -> bool:
