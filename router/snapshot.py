@@ -197,14 +197,28 @@ class InstanceTable:
         self.host_free_blocks = np.array(host_blocks if host_blocks is not None else [NO_LIMIT] * n, dtype=np.int64)
         self.swap_s_per_token = np.array(swap_s_per_token if swap_s_per_token is not None else [0.0] * n,
                                          dtype=np.float64)
+        self.by_role: dict[int, tuple[int, ...]] = {}
+        self._index_roles()
+        self._make_view(block_size)
+
+    def _make_view(self, block_size: int) -> None:
         views = {}
         for column in INSTANCE_COLUMNS:
             view = getattr(self, column).view()
             view.flags.writeable = False
             views[column] = view
-        self.by_role: dict[int, tuple[int, ...]] = {}
         self.view = Instances(block_size=block_size, by_role=self.by_role, **views)
-        self._index_roles()
+
+    def __getstate__(self) -> dict:
+        """A copy (a forked simulator's) gets views of its own columns, not frozen copies of these."""
+        state = dict(self.__dict__)
+        state["view"] = state["view"].block_size
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        block_size = state.pop("view")
+        self.__dict__.update(state)
+        self._make_view(block_size)
 
     def set_alive(self, instance: int, alive: bool) -> None:
         self.alive[instance] = alive

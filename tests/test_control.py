@@ -11,6 +11,7 @@ import ray
 
 from cluster.core.control import ControlPlane
 from cluster.core.runtime import Runtime
+from cluster.core.setup import Veto
 from cluster.live.driver import LiveRuntime
 from cluster.live.raycluster import start_workers, stop
 from cluster.sim.simulator import Simulator
@@ -26,9 +27,11 @@ from tests.test_live import settled_stats
 PREFILL, FIRST, SECOND = 0, 1, 2
 MOVES = {1: Migrate(1, SECOND, "live"), 2: Migrate(2, SECOND, "recompute"), 3: Preempt(3, "swap"),
          4: Preempt(4, "recompute"), 6: Migrate(6, SECOND, "live")}
-"""Request -> the move made once it has 10 tokens; decisions are numbered in this order."""
-VETOED, REJECTED, FAILED_HANDOFF = 4, 5, 7
-"""Decision 4 (request 6's migration) is vetoed, request 5 rejected, request 7's first hand-off fails."""
+"""Request -> the move made once it has 10 tokens."""
+VETOED, REJECTED, FAILED_HANDOFF = 5, 5, 7
+"""A decision number, two request ids."""
+"""Decisions are numbered as made: the moves of requests 1 to 4, request 5's rejection (4), request 6's
+migration (5, vetoed); request 7's first hand-off fails."""
 
 
 class Script(Policy):
@@ -66,7 +69,7 @@ def scripted_config(runtime: str) -> ExperimentConfig:
 
 def scripted_setup(runtime: str):
     config = scripted_config(runtime)
-    setup = build_setup(config, generate(config.workload, config.seed), veto=frozenset({VETOED}))
+    setup = build_setup(config, generate(config.workload, config.seed), veto=Veto(frozenset({VETOED})))
     setup.policy = Script()
     return setup
 
@@ -113,7 +116,7 @@ def test_a_scripted_run_is_the_same_in_the_simulator_and_live(local_ray):
     for kind in ("dispatch", "transfer_start", "transfer_end", "transfer_abort", "migrate_start", "migrate_stage",
                  "migrate_end", "preempt", "resume", "reject", "vetoed", "finish"):
         assert kinds.get(kind, 0) > 0, kind
-    assert [e[0] for e in events[REJECTED]] == ["arrive", "reject"]
+    assert events[REJECTED] == [("arrive", -1, -1, "", -1), ("reject", -1, -1, "scripted", 4)]
     assert ("transfer_abort", PREFILL, FIRST, "checksum", -1) in events[FAILED_HANDOFF]
     assert ("vetoed", -1, -1, "Migrate", VETOED) in events[6]
     assert ("migrate_end", FIRST, SECOND, "", -1) in events[1] and ("migrate_end", FIRST, SECOND, "", -1) in events[2]

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cluster.core.setup import Veto
 from experiments.config.experiment import ExperimentConfig
 from experiments.runs.runformat import Run, validate
 from experiments.runs.runner import simulate
@@ -51,7 +52,7 @@ def test_a_vetoed_decision_is_not_applied_and_changes_nothing_before_it():
     plain = simulate(config())
     decisions = plain.events[plain.events["decision"] >= 0]
     first = int(decisions["decision"].min())
-    vetoed = simulate(config(), veto=frozenset({first}))
+    vetoed = simulate(config(), veto=Veto(frozenset({first})))
     assert (vetoed.events["kind"] == "vetoed").sum() == 1
     cut = float(decisions.loc[decisions["decision"] == first, "time_s"].iloc[0])
     before = lambda run: run.tokens[run.tokens["time_s"] < cut].reset_index(drop=True)

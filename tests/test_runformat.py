@@ -123,7 +123,7 @@ def test_chunked_writing_equals_writing_whole(tmp_path):
         "cluster": {"instances": [{"role": "prefill"}, {"role": "decode"}]},
         "workload": {"requests": 60, "arrival": {"process": "poisson", "rate": 4.0},
                      "lengths": {"dist": "uniform", "prompt": [10, 300], "output": [1, 80]}}})
-    record, meta = _simulate(config)
+    record, meta, _ = _simulate(config)
     whole = read_run(write_run(Run(record.requests, record.tokens, record.events(), meta), tmp_path / "whole"))
     chunks = list(record.token_chunks(500))
     assert len(chunks) > 3 and all(len(frame) <= 500 or last - first == 1 for first, last, frame in chunks)

@@ -21,6 +21,7 @@ from router.policy import Policy
 from router.snapshot import DECODE, PREFILL, Snapshot
 
 END_KINDS = {FINISHED: "finish", REJECTED: "reject", ABORTED: "abort"}
+ACTION_KINDS = {Migrate: "migrate", Preempt: "preempt", Reject: "reject"}
 HANDOFF_TRIES = 3
 
 
@@ -51,6 +52,8 @@ class ControlPlane:
         self.unfinished = len(self.requests)
         self.victim_rule = type(self.policy).choose_victim is not Policy.choose_victim
         self.victims: dict[int, int | None] = {}
+        self.admitted: set[int] = set()
+        self.decided_at: list[float] = []
 
     # ---- what the runtime reports ------------------------------------------------------
     def arrive(self, request: Request) -> None:
@@ -86,7 +89,7 @@ class ControlPlane:
     def finished(self, request: Request, instance: int) -> None:
         self._close(request, FINISHED, "", instance)
 
-    def end(self, request: Request, state: str, reason: str, instance: int | None = None) -> None:
+    def end(self, request: Request, state: str, reason: str, instance: int | None = None, decision: int = -1) -> None:
         """The router or the runtime ends a request (rejected, aborted): its hand-off or
         move in flight, if any, ends with it."""
         if request.final:
@@ -95,14 +98,15 @@ class ControlPlane:
         if transfer is not None:
             self.rt.cancel(request, transfer.target, transfer.blocks)
         self.moves.forget(request.id)
-        self._close(request, state, reason, request.instance if instance is None else instance)
+        self._close(request, state, reason, request.instance if instance is None else instance, decision)
 
-    def _close(self, request: Request, state: str, reason: str, instance: int) -> None:
+    def _close(self, request: Request, state: str, reason: str, instance: int, decision: int = -1) -> None:
         self.rt.place(request, state, instance)
         request.reason = reason
         self.to_dispatch.pop(request.id, None)
         self.to_hand_off.pop(request.id, None)
-        self.record.event(self.rt.now(), END_KINDS[state], request.id, instance, detail=reason)
+        self.record.event(self.rt.now(), END_KINDS[state], request.id, instance, detail=reason, decision=decision)
+        self.admitted.discard(request.id)
         self.unfinished -= 1
         self.rt.ended(request)
 
@@ -159,6 +163,8 @@ class ControlPlane:
         snapshot = self.snapshot(event)
         for action in self.policy.decide(snapshot):
             self.apply(action)
+        if self.admitted:
+            self._admit_vetoed()
         if self.victim_rule and not self.rt.victim_at_need:
             self._share_victims(snapshot)
 
@@ -203,16 +209,12 @@ class ControlPlane:
         elif isinstance(action, Handoff):
             self._hand_off(self._take(self.to_hand_off, action, "hand off"), action)
         elif isinstance(action, Reject):
-            request = (self.to_dispatch.pop(action.request, None) or self.moves.abandon(action.request)
-                       or self._take(self.to_hand_off, action, "reject"))
-            self._reject(request, action.reason)
+            self._policy_rejects(action)
         elif isinstance(action, (Migrate, Preempt)):
-            self.decisions += 1
-            decision = self.decisions - 1
-            if decision in self.setup.veto:
-                self.record.event(self.rt.now(), "vetoed", action.request, detail=type(action).__name__,
-                                  decision=decision)
-            elif isinstance(action, Migrate):
+            decision = self._number(action)
+            if decision is None:
+                return
+            if isinstance(action, Migrate):
                 self.moves.migrate(action, decision)
             else:
                 self.moves.preempt(action, decision)
@@ -221,10 +223,45 @@ class ControlPlane:
         else:
             raise ValueError(f"policy {self.policy.name!r}: {action!r} is not an action")
 
-    def _reject(self, request: Request, reason: str) -> None:
+    def _number(self, action) -> int | None:
+        """The number of the router's decision `action` (a move, a rejection); None if it is vetoed."""
+        self.decisions += 1
+        decision = self.decisions - 1
+        self.decided_at.append(self.rt.now())
+        if self.setup.veto.covers(decision, ACTION_KINDS[type(action)], getattr(action, "mode", "")):
+            self.record.event(self.rt.now(), "vetoed", action.request, detail=type(action).__name__, decision=decision)
+            return None
+        return decision
+
+    def _policy_rejects(self, action: Reject) -> None:
+        rid = action.request
+        if rid in self.admitted:
+            return
+        if not any(rid in waiting for waiting in (self.to_dispatch, self.moves.preempted, self.to_hand_off)):
+            self._take({}, action, "reject")
+        decision = self._number(action)
+        if decision is None:
+            self.admitted.add(rid)
+            return
+        request = self.to_dispatch.pop(rid, None) or self.moves.abandon(rid) or self.to_hand_off.pop(rid)
+        self._reject(request, action.reason, decision)
+
+    def _admit_vetoed(self) -> None:
+        """Serve the requests whose rejection was vetoed, where the policy did not: the
+        quickest prefill, the decode instance with the most free KV, back home."""
+        view = self.table.view
+        for rid in list(self.admitted):
+            if rid in self.to_dispatch and view.serving(PREFILL):
+                self.apply(Dispatch(rid, min(view.serving(PREFILL), key=lambda i: view.queued_tokens[i])))
+            elif rid in self.to_hand_off and view.serving(DECODE):
+                self.apply(Handoff(rid, max(view.serving(DECODE), key=lambda i: view.free_blocks[i])))
+            elif rid in self.moves.preempted:
+                self.apply(Resume(rid, self.moves.parked_at[rid]))
+
+    def _reject(self, request: Request, reason: str, decision: int = -1) -> None:
         if request.state == HANDOFF:
             self.rt.drop(request, request.instance)
-        self.end(request, REJECTED, reason)
+        self.end(request, REJECTED, reason, decision=decision)
 
     def _take(self, waiting: dict[int, Request], action, verb: str) -> Request:
         return take_waiting(waiting, action, verb, self.policy.name)

@@ -2,7 +2,7 @@
 table and policy, the requests and their SLOs, the links and what moving KV costs."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from cluster.core.request import Request
@@ -12,6 +12,30 @@ from migration.links import LinkPool
 from router.policy import Policy
 from router.slo import SLO
 from router.snapshot import InstanceTable
+
+
+VETO_KINDS = ("migrate", "migrate:live", "migrate:recompute", "preempt", "preempt:recompute", "preempt:swap",
+              "reject")
+
+
+@dataclass(frozen=True)
+class Veto:
+    """The router's decisions to drop, for counterfactuals: by number, or every one of a
+    kind (`VETO_KINDS`: an action, or an action and its mode). A vetoed rejection is
+    replayed as an admission: the request is served."""
+    decisions: frozenset[int] = frozenset()
+    kinds: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.kinds) - set(VETO_KINDS))
+        if unknown:
+            raise ValueError(f"veto: expected kinds among {', '.join(VETO_KINDS)}, got {', '.join(unknown)}")
+
+    def covers(self, decision: int, kind: str, mode: str) -> bool:
+        return decision in self.decisions or kind in self.kinds or f"{kind}:{mode}" in self.kinds
+
+    def __bool__(self) -> bool:
+        return bool(self.decisions or self.kinds)
 
 
 @dataclass
@@ -27,5 +51,4 @@ class RunSetup:
     kv_bytes_per_token: float
     horizon_s: float = float("inf")
     tick_s: float | None = None
-    veto: frozenset[int] = frozenset()
-    """Numbers of the router's moves (migrations, preemptions) to drop, for counterfactuals."""
+    veto: Veto = field(default_factory=Veto)

@@ -37,7 +37,19 @@ def place(groups: list[tuple[int, int, int | None]], gpus_per_node: int) -> list
     return placements
 
 
-def link_pool(placements: list[Placement], hardware: HardwareSpec) -> tuple[LinkPool, callable]:
+@dataclass(frozen=True)
+class Paths:
+    """The links a KV copy from one instance to another crosses."""
+    placements: tuple[Placement, ...]
+
+    def __call__(self, source: int, target: int) -> tuple[str, ...]:
+        a, b = self.placements[source], self.placements[target]
+        if a.node == b.node:
+            return f"nvlink-out:{source}", f"nvlink-in:{target}"
+        return f"net-out:{a.node}", f"net-in:{b.node}"
+
+
+def link_pool(placements: list[Placement], hardware: HardwareSpec) -> tuple[LinkPool, Paths]:
     nvlink, network = hardware.link("nvlink"), hardware.link("network")
     links: dict[str, Link] = {}
     for i, p in enumerate(placements):
@@ -46,10 +58,4 @@ def link_pool(placements: list[Placement], hardware: HardwareSpec) -> tuple[Link
     for node in sorted({p.node for p in placements}):
         for side in ("out", "in"):
             links[f"net-{side}:{node}"] = Link(f"net-{side}:{node}", network.bandwidth, network.latency)
-
-    def path(source: int, target: int) -> tuple[str, ...]:
-        if placements[source].node == placements[target].node:
-            return f"nvlink-out:{source}", f"nvlink-in:{target}"
-        return f"net-out:{placements[source].node}", f"net-in:{placements[target].node}"
-
-    return LinkPool(links), path
+    return LinkPool(links), Paths(tuple(placements))

@@ -6,6 +6,8 @@ in flight."""
 from __future__ import annotations
 
 import heapq
+import pickle
+from typing import Callable
 
 import numpy as np
 
@@ -15,7 +17,7 @@ from cluster.core.recorder import Recorder
 from cluster.core.request import DECODING, PREEMPTED, PREFILL_PIECE, SWAPPED, Request
 from cluster.core.runtime import Runtime
 from cluster.core.scheduling import NOT_DECODING, Outcome
-from cluster.core.setup import RunSetup
+from cluster.core.setup import RunSetup, Veto
 from cluster.core.tables import ABORTED
 from router import events
 from router.snapshot import NO_LIMIT
@@ -41,6 +43,7 @@ class Simulator(Runtime):
         self.keys = 0
         self.deferred: dict[int, list[tuple[Request, str]]] = {}
         self.stored = False
+        self.watch: set[int] = set()
         if self.control.victim_rule:
             for instance in self.instances:
                 instance.choose_victim = self.control.victim
@@ -54,28 +57,55 @@ class Simulator(Runtime):
         heapq.heappush(self.heap, (time, self.seq, kind, a, b))
 
     def run(self) -> Recorder:
+        self.start()
+        self.advance()
+        return self.close()
+
+    def start(self) -> None:
         for request in self.setup.requests:
             self._push(request.arrival, ARRIVE, request.id)
         if self.setup.tick_s:
             self._push(self.setup.tick_s, TICK)
+
+    def advance(self, before: float = float("inf"), done: Callable[[], bool] | None = None) -> bool:
+        """Handle events until the run is over (True), or pause (False) before the first
+        event at or after `before`, or after the event that makes `done()` true. A paused
+        simulator may be copied (`copy.deepcopy`) and each copy advanced on its own."""
         handlers = {ARRIVE: self._arrive, WAKE: self._wake, TRANSFER_DONE: self._transfer_done, TICK: self._tick}
-        control = self.control
-        while self.heap:
-            time, _, kind, a, b = heapq.heappop(self.heap)
+        control, heap = self.control, self.heap
+        while heap:
+            if heap[0][0] >= before:
+                return False
+            time, _, kind, a, b = heapq.heappop(heap)
             if time > self.setup.horizon_s:
-                self._stop_at(self.setup.horizon_s)
-                break
+                self.stop_at(self.setup.horizon_s)
+                return True
             self.clock = time
             handlers[kind](a, b)
             if self.stored:
                 self.stored = False
                 control.decide(events.STORED)
             if control.unfinished == 0:
-                break
-        else:
-            self._stalled()
-        self.record.close(self.clock, self.requests.values(), self.instances)
+                return True
+            if done is not None and done():
+                return False
+        self._stalled()
+        return True
+
+    def close(self, only: list[Request] | None = None) -> Recorder:
+        """The run's tables (of the requests in `only`, if given) as of now."""
+        self.record.close(self.clock, self.requests.values() if only is None else only, self.instances)
         return self.record
+
+    def fork(self, veto: Veto) -> Simulator:
+        """A copy of this paused simulator that vetoes `veto` from now on; both go on alike
+        but for it (the simulator draws no random number, and the policy's generator is copied)."""
+        branch = pickle.loads(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+        branch.setup.veto = veto
+        return branch
+
+    def ended(self, request: Request) -> None:
+        self.watch.discard(request.id)
 
     def _stalled(self) -> None:
         """Nothing is left to happen but requests are left: they can never end (the
@@ -86,7 +116,7 @@ class Simulator(Runtime):
                 reason = f"stalled: nothing left to happen while it was {request.state}{where}"
                 self.control.end(request, ABORTED, reason)
 
-    def _stop_at(self, horizon: float) -> None:
+    def stop_at(self, horizon: float) -> None:
         """The clock stops: every instance keeps the steps that ended by then."""
         self.clock = horizon
         for instance in self.instances:

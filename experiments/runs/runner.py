@@ -13,7 +13,7 @@ import pandas as pd
 from cluster.core.recorder import Recorder
 from cluster.core.request import Request
 from cluster.core.scheduling import InstanceSpec, SchedulerConfig
-from cluster.core.setup import RunSetup
+from cluster.core.setup import RunSetup, Veto
 from cluster.hardware.perfmodel import iteration_model, kv_capacity_tokens, load_iteration_model
 from cluster.hardware.specs import load_hardware, load_model
 from cluster.hardware.topology import link_pool, place
@@ -38,7 +38,7 @@ def host_blocks(section, model, hardware, tp: int) -> int:
     return int(usable // (model.kv_bytes_per_token * section.scheduler.block_size))
 
 
-def build_setup(config: ExperimentConfig, workload: pd.DataFrame, veto: frozenset[int] = frozenset()) -> RunSetup:
+def build_setup(config: ExperimentConfig, workload: pd.DataFrame, veto: Veto = Veto()) -> RunSetup:
     section = config.cluster
     model, hardware = load_model(section.model), load_hardware(section.hardware)
     groups = [(ROLES[g.role], g.tp, g.node) for g in section.instances for _ in range(g.count)]
@@ -81,13 +81,13 @@ def _meta(config: ExperimentConfig, setup: RunSetup, end_s: float, runtime: str)
             "versions": versions(), "slo": config.slo, "tenant_slo": {t: s.as_dict() for t, s in setup.slos.items()}}
 
 
-def _simulate(config: ExperimentConfig, veto: frozenset[int] = frozenset()) -> tuple[Recorder, dict]:
+def _simulate(config: ExperimentConfig, veto: Veto = Veto()) -> tuple[Recorder, dict, Simulator]:
     workload = generate(config.workload, config.seed)
     simulator = Simulator(build_setup(config, workload, veto))
     record = simulator.run()
     meta = _meta(config, simulator.setup, record.end_s, "sim")
     meta["iterations"] = int(sum(i.iterations for i in simulator.instances))
-    return record, meta
+    return record, meta, simulator
 
 
 REAL_ENGINE_BATCH_S = 0.005
@@ -129,16 +129,20 @@ def _run_live(config: ExperimentConfig, progress: Callable[[int, int], None] | N
     return record, meta
 
 
-def simulate(config: ExperimentConfig, veto: frozenset[int] = frozenset()) -> Run:
-    """Run the simulator; `veto` drops the router's migrations and preemptions with
-    those decision numbers (for counterfactual replays)."""
-    record, meta = _simulate(config, veto)
-    return validate(Run(record.requests, record.tokens, record.events(), meta, record.steps()))
+def simulate(config: ExperimentConfig, veto: Veto = Veto()) -> Run:
+    """Run the simulator; `veto` drops router decisions (for counterfactuals)."""
+    return simulate_with(config, veto)[0]
+
+
+def simulate_with(config: ExperimentConfig, veto: Veto = Veto()) -> tuple[Run, Simulator]:
+    """The simulated run and the simulator that made it."""
+    record, meta, simulator = _simulate(config, veto)
+    return validate(Run(record.requests, record.tokens, record.events(), meta, record.steps())), simulator
 
 
 def run_config(config: ExperimentConfig, progress: Callable[[int, int], None] | None = None) -> Run:
     """Run the config on its runtime (the simulator, or live on Ray) and return the run."""
-    record, meta = _run_live(config, progress) if config.runtime == "ray" else _simulate(config)
+    record, meta = _run_live(config, progress) if config.runtime == "ray" else _simulate(config)[:2]
     return validate(Run(record.requests, record.tokens, record.events(), meta, record.steps()))
 
 
@@ -146,7 +150,7 @@ def run_experiment(config: ExperimentConfig, out: Path, progress: Callable[[int,
     """Run the config (simulated, or live on Ray) and write the run folder; a run of
     more than STREAM_TOKENS tokens has its tokens table written in chunks, never
     whole in memory. `progress(done, total)` hears of each request that ends (live)."""
-    record, meta = _run_live(config, progress) if config.runtime == "ray" else _simulate(config)
+    record, meta = _run_live(config, progress) if config.runtime == "ray" else _simulate(config)[:2]
     if record.total_tokens <= STREAM_TOKENS:
         return write_run(Run(record.requests, record.tokens, record.events(), meta, record.steps()), out)
     empty = pd.DataFrame({"request_id": pd.Series(dtype="int64"), "index": pd.Series(dtype="int64"),

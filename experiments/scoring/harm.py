@@ -11,6 +11,7 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import track
 
+from cluster.core.setup import Veto
 from cluster.hardware.yamlfile import validate
 from experiments.config.experiment import ExperimentConfig
 from experiments.runs.runformat import Run
@@ -29,7 +30,7 @@ def replay_without(config: ExperimentConfig, decision: int, slo: SLO, tenant_slo
     """Total benefit of the same run with decision `decision` vetoed."""
     from experiments.runs.runner import simulate
 
-    run = simulate(config, veto=frozenset({decision}))
+    run = simulate(config, veto=Veto(frozenset({decision})))
     return float(score(run, slo, tenant_slos=tenant_slos)[0]["benefit"].sum())
 
 

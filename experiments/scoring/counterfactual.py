@@ -1,0 +1,168 @@
+"""Forked counterfactuals of a simulated run's decisions (metrics.md, "Harm").
+
+The run is replayed once; just before a chosen decision's moment the simulator is
+copied and the copy vetoes that decision (a rejection becomes an admission). The
+branch runs until every request present at the decision has ended (or `cap_s`
+later), and both branches are scored over the same requests (those present at the
+decision and those that arrived before the horizon `T`), each as of `T`. The
+simulator draws no random numbers after the workload is made and the policy's
+generator is copied with it, so the branches share every random number: only the
+veto differs. `change` is the factual branch's benefit minus the vetoed one's.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cluster.core.setup import Veto
+from cluster.core.tables import FINISHED
+from experiments.config.experiment import ExperimentConfig
+from experiments.runs.runformat import Run
+from experiments.scoring.metrics import run_end
+from router.slo import SLO, benefit
+from router.timelines import Timelines, idle_latency
+
+
+HORIZONS = ("request", "present")
+
+
+@dataclass(frozen=True)
+class ForkPoint:
+    decision: int
+    request_id: int
+    time_s: float
+    """When the decision was made."""
+    watch: tuple[int, ...]
+    """The branch runs until these have ended: the decided-on request (horizon `request`),
+    or every request present at the decision (`present`)."""
+    factual_end_s: float
+    """When the last of them ended in the factual run."""
+
+
+@dataclass(frozen=True)
+class Branch:
+    decision: int
+    horizon_s: float
+    reached: bool
+    """The branch met the decision and vetoed it (False: the replay never made it)."""
+    requests: pd.DataFrame
+    tokens: pd.DataFrame
+
+
+def ends(run: Run) -> pd.Series:
+    """When each request ended (its finish, rejection or abort), by request id; the run's end if it did not."""
+    final = run.events[run.events["kind"].isin(["finish", "reject", "abort"])]
+    return final.groupby("request_id")["time_s"].max().reindex(run.requests["request_id"]).fillna(run_end(run))
+
+
+def fork_points(run: Run, decided_at: list[float], decisions, horizon: str = "request") -> list[ForkPoint]:
+    """Where to fork for each of `decisions` (numbers of the run's decisions, made at `decided_at`)."""
+    if horizon not in HORIZONS:
+        raise ValueError(f"horizon: expected one of {', '.join(HORIZONS)}, got {horizon!r}")
+    numbered = run.events[run.events["decision"] >= 0]
+    request_of = numbered.drop_duplicates("decision").set_index("decision")["request_id"]
+    ended = ends(run)
+    arrival = run.requests.set_index("request_id")["arrival_s"]
+    points = []
+    for decision in decisions:
+        t, request = float(decided_at[decision]), int(request_of[decision])
+        if horizon == "request":
+            watch = (request,)
+        else:
+            watch = tuple(int(i) for i in ended.index[(arrival <= t).to_numpy() & (ended > t).to_numpy()])
+        points.append(ForkPoint(int(decision), request, t, watch, float(ended.loc[list(watch)].max())))
+    return points
+
+
+def _branches(config: ExperimentConfig, points: list[ForkPoint], cap_s: float) -> list[Branch]:
+    from cluster.sim.simulator import Simulator
+    from experiments.runs.runner import build_setup
+    from experiments.workloads.workload import generate
+
+    sim = Simulator(build_setup(config, generate(config.workload, config.seed)))
+    sim.start()
+    out = []
+    for point in sorted(points, key=lambda p: (p.time_s, p.decision)):
+        sim.advance(before=point.time_s)
+        out.append(_branch(sim, point, cap_s))
+    return out
+
+
+def _branch(sim, point: ForkPoint, cap_s: float) -> Branch:
+    """Fork `sim` (paused just before the decision), veto the decision, run to the horizon."""
+    present = {r.id for r in sim.requests.values() if r.arrival <= point.time_s and not r.final}
+    branch = sim.fork(Veto(frozenset({point.decision})))
+    branch.watch = {i for i in point.watch if not branch.requests[i].final}
+    limit = point.time_s + cap_s
+    over = branch.advance(before=limit, done=lambda: not branch.watch) if branch.watch else False
+    horizon = min(max(point.factual_end_s, branch.clock), limit)
+    if not over and branch.clock < horizon:
+        over = branch.advance(before=horizon)
+    branch.stop_at(max(horizon, branch.clock))
+    scored = [r for r in branch.requests.values() if r.id in present or point.time_s < r.arrival <= horizon]
+    record = branch.close(scored)
+    events = record.events()
+    vetoed = events[(events["kind"] == "vetoed") & (events["decision"] == point.decision)]
+    reached = bool(len(vetoed)) and int(vetoed["request_id"].iloc[0]) == point.request_id
+    return Branch(point.decision, max(horizon, branch.clock), reached, record.requests, record.tokens)
+
+
+def run_branches(config: ExperimentConfig, points: list[ForkPoint], cap_s: float = 60.0,
+                 jobs: int = 1) -> list[Branch]:
+    """The vetoed branch of each fork point, over `jobs` processes (each replays the run)."""
+    if jobs <= 1 or len(points) < 2 * jobs:
+        return _branches(config, points, cap_s)
+    ordered = sorted(points, key=lambda p: (p.time_s, p.decision))
+    shares = [ordered[k::jobs] for k in range(jobs)]
+    with ProcessPoolExecutor(jobs) as pool:
+        parts = list(pool.map(_branches, [config] * jobs, shares, [cap_s] * jobs))
+    return [branch for part in parts for branch in part]
+
+
+def benefits_at(requests: pd.DataFrame, tokens: pd.DataFrame, end_s: float, slo: SLO,
+                tenant_slos: dict[str, SLO]) -> pd.Series:
+    """Each request's benefit as of `end_s`: tokens after it unseen, a request that had
+    not finished by then waiting until then (metrics.md, unfinished requests)."""
+    tokens = tokens[tokens["time_s"] <= end_s]
+    counts = tokens.groupby("request_id").size().reindex(requests["request_id"], fill_value=0).to_numpy()
+    order = np.argsort(pd.Categorical(tokens["request_id"], categories=requests["request_id"]).codes, kind="stable")
+    arrival = requests["arrival_s"].to_numpy(dtype=np.float64)
+    times = tokens["time_s"].to_numpy()[order] - np.repeat(arrival, counts)
+    tl = Timelines(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), times)
+    finished = ((requests["status"] == FINISHED).to_numpy() & (counts == requests["output_tokens"].to_numpy()))
+    waited = end_s - arrival
+    values = np.empty(len(requests))
+    tenants = requests["tenant"].to_numpy() if "tenant" in requests else np.full(len(requests), "")
+    for tenant in np.unique(tenants):
+        own = tenant_slos.get(str(tenant), slo)
+        mask = tenants == tenant
+        part = tl.subset(mask)
+        idle = idle_latency(part, own.v, finished[mask], waited[mask])
+        values[mask] = benefit(part.counts, idle, finished[mask], own)
+    return pd.Series(values, index=requests["request_id"].to_numpy())
+
+
+def compare(factual: Run, points: list[ForkPoint], branches: list[Branch], slo: SLO,
+            tenant_slos: dict[str, SLO]) -> pd.DataFrame:
+    """One row per fork: horizon, requests scored, the change of their benefit (factual
+    minus vetoed), the moved request's own part of it and the rest's."""
+    by = {p.decision: p for p in points}
+    rows = []
+    for branch in branches:
+        point = by[branch.decision]
+        ids = branch.requests["request_id"]
+        requests = factual.requests[factual.requests["request_id"].isin(ids)]
+        tokens = factual.tokens[factual.tokens["request_id"].isin(ids)]
+        had = benefits_at(requests, tokens, branch.horizon_s, slo, tenant_slos)
+        got = benefits_at(branch.requests, branch.tokens, branch.horizon_s, slo, tenant_slos).reindex(had.index)
+        change = had - got
+        own = float(change.get(point.request_id, 0.0))
+        rows.append({"decision": point.decision, "fork_reached": branch.reached,
+                     "fork_horizon_s": branch.horizon_s - point.time_s, "fork_requests": int(len(change)),
+                     "fork_change": float(change.sum()) if branch.reached else np.nan,
+                     "fork_change_own": own if branch.reached else np.nan,
+                     "fork_change_others": float(change.sum()) - own if branch.reached else np.nan})
+    return pd.DataFrame(rows)
