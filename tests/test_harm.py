@@ -1,4 +1,5 @@
-"""The ledger of migrations and preemptions, and counterfactual replays."""
+"""The ledger of migrations and preemptions, their attribution, forked counterfactuals,
+and the two agreeing on a scripted cluster with a known harmful and a known harmless move."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,10 @@ from cluster.core.setup import Veto
 from experiments.config.experiment import ExperimentConfig
 from experiments.runs.runformat import Run, validate
 from experiments.runs.runner import simulate
-from experiments.scoring.harm import analyse, classify
+from experiments.scoring.metrics import run_slos
+from experiments.scoring.attribution import verdicts
+from experiments.scoring.harm import HarmOptions, analyse
+from experiments.scoring.harmreport import features, summary, wilson
 from experiments.scoring.ledger import build_ledger
 from router.slo import SLO
 from tests.test_moves import MigrateOnce  # noqa: F401  (registers the test policy)
@@ -36,8 +40,12 @@ def test_stall_slack_and_visible_idle_of_a_preemption():
     assert row["benefit_change_est"] < 0
 
 
-def test_classify():
-    assert [classify(c) for c in (-5.0, 0.2, 7.0, np.nan)] == ["harmful", "neutral", "helpful", "not replayed"]
+def test_verdicts_and_their_interval():
+    assert list(verdicts(pd.Series([-5.0, 0.2, 7.0, np.nan]), 1.0)) == ["harmful", "neutral", "helpful",
+                                                                         "not replayed"]
+    low, high = wilson(8, 10)
+    assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
+    assert wilson(0, 0) == (None, None)
 
 
 def config(**router) -> ExperimentConfig:
@@ -59,21 +67,68 @@ def test_a_vetoed_decision_is_not_applied_and_changes_nothing_before_it():
     pd.testing.assert_frame_equal(before(plain), before(vetoed))
 
 
-def test_harm_command_replays_and_writes_its_report(tmp_path, pdlab):
+def test_harm_command_forks_and_writes_its_report(tmp_path, pdlab):
     from experiments.runs.runformat import write_run
 
     folder = write_run(simulate(config()), tmp_path / "run")
-    code, out, err = pdlab("harm", folder, "--replays", 3)
+    code, out, err = pdlab("harm", folder, "--forks", 3)
     assert code == 0, err
     table = pd.read_csv(folder / "harm.csv")
-    report = json.loads((folder / "harm.json").read_text())
-    assert (table["verdict"] != "not replayed").sum() >= 3
+    report = json.loads((folder / "harm.json").read_text())["moves"]
+    assert (table["verdict"] != "not replayed").sum() == 3
     assert set(table["verdict"]) <= {"harmful", "neutral", "helpful", "not replayed"}
+    assert set(table["attributed_verdict"]) <= {"harmful", "neutral", "helpful"}
     assert report["migration live"]["count"] == int((table["kind"] == "migration").sum())
+    assert report["migration live"]["forked"]["judged"] == 3
+    assert (folder / "harm-features.csv").exists() and (folder / "harm.png").exists()
 
 
-def test_analyse_without_replays_keeps_the_estimates():
+def test_analyse_without_forks_attributes_every_move():
     run = simulate(config())
-    table = analyse(run, SLO(), {}, replays=0)
+    table = analyse(run, SLO(), {}, HarmOptions(forks=0))
     assert len(table) and (table["verdict"] == "not replayed").all()
-    assert set(table["verdict_est"]) <= {"harmful", "neutral"}
+    assert table["attributed_change"].notna().all()
+    assert np.allclose(table["attributed_change"], table["benefit_change_est"] + table["collateral"])
+
+
+def scripted(mode: str, v: float) -> ExperimentConfig:
+    """Three long prompts, each moved once from decode instance 1 to 2 at its first tick."""
+    return ExperimentConfig.model_validate({
+        "cluster": {"instances": [{"role": "prefill"}, {"role": "decode", "count": 2}]},
+        "router": {"policy": "test_migrate_once", "tick_s": 0.5, "params": {"mode": mode}},
+        "workload": {"requests": 3, "arrival": {"process": "constant", "rate": 0.5},
+                     "lengths": {"dist": "fixed", "prompt": 8000, "output": 300}},
+        "slo": {"v": v, "tbt": 0.1}})
+
+
+def test_a_recompute_stall_beyond_the_readers_slack_is_harmful_by_both_methods():
+    run = simulate(scripted("recompute", v=0.01))           # readers at 100 tokens/s: next to no slack
+    table = analyse(run, *run_slos(run.meta), HarmOptions(forks=3))
+    assert (table["stall_s"] > table["slack_s"] + 0.2).all()
+    assert (table["attributed_verdict"] == "harmful").all() and (table["verdict"] == "harmful").all()
+    first = table.iloc[0]                                    # its own change, before the others moved
+    assert first["fork_change_own"] < first["benefit_change_est"] < -50
+    later = table.iloc[1:]                                   # their re-prefills stall the requests already there
+    assert (later["collateral_prefill"] < -50).all() and (later["fork_change_others"] < -50).all()
+
+
+def test_a_live_move_within_the_readers_slack_is_neutral_by_both_methods():
+    run = simulate(scripted("live", v=0.2))                 # readers at 5 tokens/s: seconds of slack
+    table = analyse(run, *run_slos(run.meta), HarmOptions(forks=3))
+    assert (table["stall_s"] < table["slack_s"]).all() and (table["visible_idle_s"] == 0).all()
+    assert (table["attributed_verdict"] == "neutral").all() and (table["verdict"] == "neutral").all()
+
+
+def test_the_report_gives_shares_with_intervals_and_features():
+    run = simulate(scripted("recompute", v=0.01))
+    table = analyse(run, *run_slos(run.meta), HarmOptions(forks=3))
+    report = summary(table, len(run.requests))["migration recompute"]
+    assert report["attributed"]["harmful"]["count"] == 3 and report["forked"]["harmful"]["share"] == 1.0
+    low, high = report["attributed"]["harmful"]["ci95"]
+    assert 0.3 < low < 1.0 and high == 1.0
+    assert report["agreement"] == {"compared": 3, "same_sign": 3, "share": 1.0, "ci95": list(wilson(3, 3)),
+                                   "same_verdict": 3}
+    assert report["harmful_per_1000_requests"]["value"] == 1000.0
+    frame = features(table)
+    assert set(frame["feature"]) == {"slack_s", "stall_s", "load", "kind"}
+    assert frame.loc[frame["feature"] == "kind", "harmful"].sum() == 3

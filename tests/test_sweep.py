@@ -197,6 +197,7 @@ def test_harm_columns_count_moves_and_replayed_verdicts(tmp_path):
     from tests.test_harm import config
 
     run = simulate(config())
-    counts = harm_counts(run, SLO(), {}, replays=2)
-    assert counts["moves"] > 0 and counts["harmful"] + counts["neutral"] + counts["helpful"] >= 2
-    assert "harmful" not in harm_counts(run, SLO(), {}, replays=0)
+    counts = harm_counts(run, SLO(), {}, forks=2)
+    assert counts["moves"] > 0 and counts["harmful"] + counts["neutral"] + counts["helpful"] == 2
+    assert 0 <= counts["attributed_harmful"] <= counts["moves"]
+    assert "harmful" not in harm_counts(run, SLO(), {}, forks=0)

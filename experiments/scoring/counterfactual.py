@@ -141,8 +141,30 @@ def benefits_at(requests: pd.DataFrame, tokens: pd.DataFrame, end_s: float, slo:
         mask = tenants == tenant
         part = tl.subset(mask)
         idle = idle_latency(part, own.v, finished[mask], waited[mask])
-        values[mask] = benefit(part.counts, idle, finished[mask], own)
+        seen = np.where(finished[mask], part.counts, _read_by(part, own.v, waited[mask]))
+        values[mask] = benefit(seen, idle, finished[mask], own)
     return pd.Series(values, index=requests["request_id"].to_numpy())
+
+
+def _read_by(tl: Timelines, v: float, elapsed: np.ndarray) -> np.ndarray:
+    """Tokens each reader has seen `elapsed` seconds after arrival: token `i` shows at
+    `u_i = max(t_i, u_(i-1) + v)`, so a token that came early is not counted early."""
+    index = tl.token_index()
+    shown = _segment_cummax(tl.times - v * index, tl.counts) + v * index
+    owner = np.repeat(np.arange(len(tl.counts)), tl.counts)
+    seen = shown <= np.repeat(elapsed, tl.counts)
+    return np.bincount(owner, weights=seen, minlength=len(tl.counts)).astype(np.int64)
+
+
+def _segment_cummax(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The running maximum of `values` within each segment of `counts` values."""
+    out = values.copy()
+    offset = 0
+    for count in counts:
+        if count:
+            np.maximum.accumulate(out[offset:offset + count], out=out[offset:offset + count])
+        offset += count
+    return out
 
 
 def compare(factual: Run, points: list[ForkPoint], branches: list[Branch], slo: SLO,

@@ -1,37 +1,54 @@
-"""Which migrations and preemptions hurt users: the run's ledger, and for simulated
-runs a counterfactual per decision (the same config and seed with that one decision
-vetoed, run to the end): the decision is harmful when the run with it has less
-total benefit than the run without it, helpful when more, neutral within `NEUTRAL`.
-`pdlab harm RUN` (experiments/cli/harm.py) prints the report and saves harm.csv and harm.json.
+"""Which migrations, preemptions and rejections hurt users (metrics.md, "Harm"): for every
+move its direct attribution from the run's tables (`attribution`), and for a sample of
+the router's decisions of a simulated run a forked counterfactual (`counterfactual`):
+the decision vetoed from its moment on, both branches scored over a bounded horizon.
+`pdlab harm RUN` (experiments/cli/harm.py) prints the report (`harmreport`) and saves
+harm.csv and harm.json.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.progress import track
 
-from cluster.core.setup import Veto
-from cluster.hardware.yamlfile import validate
 from experiments.config.experiment import ExperimentConfig
 from experiments.runs.runformat import Run
+from experiments.scoring.attribution import Attribution, Costs, attribute, verdicts
 from experiments.scoring.ledger import build_ledger
-from experiments.scoring.metrics import run_end, score
+from experiments.scoring.metrics import run_end
 from router.slo import SLO
 
-NEUTRAL = 1.0
+TOLERANCE = 1.0
+"""Benefit (tokens) within which a move is neutral."""
 
 
-def ledger(run: Run, slo: SLO, tenant_slos: dict[str, SLO]) -> pd.DataFrame:
-    return build_ledger(run.requests, run.tokens, run.events, run_end(run), tenant_slos, slo)
+@dataclass(frozen=True)
+class HarmOptions:
+    forks: int = 20
+    """Decisions to fork, sampled among the router's (simulated runs only)."""
+    seed: int = 0
+    horizon: str = "request"
+    cap_s: float = 60.0
+    jobs: int = 1
+    tolerance: float = TOLERANCE
 
 
-def replay_without(config: ExperimentConfig, decision: int, slo: SLO, tenant_slos: dict[str, SLO]) -> float:
-    """Total benefit of the same run with decision `decision` vetoed."""
-    from experiments.runs.runner import simulate
+def config_of(run: Run) -> ExperimentConfig | None:
+    if "config" not in run.meta:
+        return None
+    from cluster.hardware.yamlfile import validate
 
-    run = simulate(config, veto=Veto(frozenset({decision})))
-    return float(score(run, slo, tenant_slos=tenant_slos)[0]["benefit"].sum())
+    return validate(run.meta["config"], ExperimentConfig, "run.json, config")
+
+
+def costs_of(config: ExperimentConfig) -> Costs:
+    from experiments.runs.runner import build_setup
+    from experiments.workloads.workload import generate
+
+    view = build_setup(config, generate(config.workload, config.seed)).table.view
+    return Costs(np.asarray(view.decode_coeffs), np.asarray(view.prefill_coeffs))
 
 
 def check_replayable(run: Run, config: ExperimentConfig) -> None:
@@ -60,52 +77,88 @@ def check_replayable(run: Run, config: ExperimentConfig) -> None:
                              f"{mine.iloc[k]:g}, the config makes {theirs[k]:g}")
 
 
-def classify(change: float) -> str:
-    if np.isnan(change):
-        return "not replayed"
-    if change < -NEUTRAL:
-        return "harmful"
-    return "helpful" if change > NEUTRAL else "neutral"
+def rejections(run: Run) -> pd.DataFrame:
+    """The router's rejections, as ledger rows (their attribution is left to a fork)."""
+    rejected = run.events[(run.events["kind"] == "reject") & (run.events["decision"] >= 0)]
+    return pd.DataFrame({"decision": rejected["decision"].to_numpy(), "request_id": rejected["request_id"].to_numpy(),
+                         "kind": "rejection", "mode": "policy", "source": -1, "destination": -1, "bytes": 0.0,
+                         "start_s": rejected["time_s"].to_numpy(), "stall_start_s": np.nan, "stall_s": np.nan,
+                         "slack_s": np.nan, "visible_idle_s": 0.0, "benefit_change_est": np.nan,
+                         "outcome": "done"})
 
 
-def analyse(run: Run, slo: SLO, tenant_slos: dict[str, SLO], replays: int, seed: int = 0,
-            console: Console | None = None) -> pd.DataFrame:
-    table = ledger(run, slo, tenant_slos)
-    table["benefit_change"] = np.nan
-    decided = table[table["decision"] >= 0]
-    if replays and len(decided) and run.meta.get("runtime") == "sim" and "config" in run.meta:
-        config = validate(run.meta["config"], ExperimentConfig, "run.json, config")
-        check_replayable(run, config)
-        base = float(score(run, slo, tenant_slos=tenant_slos)[0]["benefit"].sum())
-        rng = np.random.default_rng(seed)
-        chosen = sorted(rng.choice(decided["decision"].unique(), min(replays, decided["decision"].nunique()),
-                                   replace=False))
-        for decision in track(chosen, description="counterfactual replays", console=console or Console()):
-            change = base - replay_without(config, int(decision), slo, tenant_slos)
-            table.loc[table["decision"] == decision, "benefit_change"] = change
-    table["verdict"] = [classify(c) for c in table["benefit_change"]]
-    table["verdict_est"] = np.where(table["visible_idle_s"] > 0, "harmful", "neutral")
+def moves_table(run: Run, slo: SLO, tenant_slos: dict[str, SLO], config: ExperimentConfig | None,
+                tolerance: float) -> pd.DataFrame:
+    """Every move (and rejection) with its own change, collateral and attributed verdict."""
+    ledger = build_ledger(run.requests, run.tokens, run.events, run_end(run), tenant_slos, slo)
+    if config is None:
+        table = ledger.assign(collateral=np.nan, attributed_change=ledger["benefit_change_est"])
+        table["attributed_verdict"] = verdicts(table["attributed_change"], tolerance)
+    else:
+        attribution = Attribution(run.requests, run.tokens, run.events, run_end(run), tenant_slos, slo,
+                                  costs_of(config))
+        table = attribute(ledger, attribution, tolerance)
+    table = pd.concat([table, rejections(run)], ignore_index=True) if (run.events["kind"] == "reject").any() \
+        else table
+    table["attributed_verdict"] = np.where(table["kind"] == "rejection", "not attributed",
+                                           table["attributed_verdict"])
+    table["load"] = _load(run, table)
     return table
 
 
-def harm_counts(run: Run, slo: SLO, tenant_slos: dict[str, SLO], replays: int) -> dict:
-    """A run's moves, those that added visible idle, and the verdicts of `replays` counterfactuals."""
-    table = analyse(run, slo, tenant_slos, replays, console=Console(quiet=True))
-    counts = {"moves": int(len(table)), "visible_harm": int((table["visible_idle_s"] > 0).sum())}
-    if replays:
+def _load(run: Run, table: pd.DataFrame) -> np.ndarray:
+    """Requests decoding on the move's source when it stalled."""
+    from experiments.scoring.attribution import residencies
+
+    stays = {int(i): (part["start_s"].to_numpy(), part["end_s"].to_numpy())
+             for i, part in residencies(run.events).groupby("instance")}
+    at = table["stall_start_s"].fillna(table["start_s"]).to_numpy()
+    out = np.zeros(len(table), dtype=np.int64)
+    for k, source in enumerate(table["source"].to_numpy()):
+        if int(source) in stays:
+            starts, ends = stays[int(source)]
+            out[k] = int(np.count_nonzero((starts <= at[k]) & (ends > at[k])))
+    return out
+
+
+def analyse(run: Run, slo: SLO, tenant_slos: dict[str, SLO], options: HarmOptions = HarmOptions(),
+            console: Console | None = None) -> pd.DataFrame:
+    config = config_of(run)
+    table = moves_table(run, slo, tenant_slos, config, options.tolerance)
+    for column in ("fork_change", "fork_change_own", "fork_change_others", "fork_horizon_s"):
+        table[column] = np.nan
+    decided = table["decision"][table["decision"] >= 0].unique()
+    if options.forks and len(decided) and run.meta.get("runtime") == "sim" and config is not None:
+        check_replayable(run, config)
+        forked = fork(run, config, decided, slo, tenant_slos, options, console or Console(quiet=True))
+        table = table.drop(columns=forked.columns.drop("decision"), errors="ignore").merge(forked, on="decision", how="left")
+    table["verdict"] = verdicts(table["fork_change"], options.tolerance)
+    return table
+
+
+def fork(run: Run, config: ExperimentConfig, decided: np.ndarray, slo: SLO, tenant_slos: dict[str, SLO],
+         options: HarmOptions, console: Console) -> pd.DataFrame:
+    from experiments.runs.runner import simulate_with
+    from experiments.scoring.counterfactual import compare, fork_points, run_branches
+
+    factual, sim = simulate_with(config)
+    if len(factual.tokens) != len(run.tokens) or not np.allclose(factual.tokens["time_s"], run.tokens["time_s"]):
+        console.print("[yellow]note: the replay differs from the run (another pdlab version?); "
+                      "forks compare against the replay[/yellow]")
+    rng = np.random.default_rng(options.seed)
+    chosen = sorted(int(d) for d in rng.choice(decided, min(options.forks, len(decided)), replace=False))
+    points = fork_points(factual, sim.control.decided_at, chosen, options.horizon)
+    with console.status(f"forking {len(points)} decisions"):
+        branches = run_branches(config, points, options.cap_s, options.jobs)
+    return compare(factual, points, branches, slo, tenant_slos)
+
+
+def harm_counts(run: Run, slo: SLO, tenant_slos: dict[str, SLO], forks: int) -> dict:
+    """A run's moves, those that added visible idle, the attributed verdicts and those of `forks` forks."""
+    table = analyse(run, slo, tenant_slos, HarmOptions(forks=forks))
+    moves = table[table["kind"] != "rejection"]
+    counts = {"moves": int(len(moves)), "visible_harm": int((moves["visible_idle_s"] > 0).sum()),
+              "attributed_harmful": int((moves["attributed_verdict"] == "harmful").sum())}
+    if forks:
         counts.update({verdict: int((table["verdict"] == verdict).sum()) for verdict in ("harmful", "neutral", "helpful")})
     return counts
-
-
-def summary(table: pd.DataFrame) -> dict:
-    out = {}
-    for (kind, mode), part in table.groupby(["kind", "mode"], sort=True):
-        out[f"{kind} {mode}"] = {
-            "count": int(len(part)),
-            "replayed": int((part["verdict"] != "not replayed").sum()),
-            **{verdict: int((part["verdict"] == verdict).sum()) for verdict in ("harmful", "neutral", "helpful")},
-            "visible_idle_s": float(part["visible_idle_s"].sum()),
-            "with_visible_idle": int((part["visible_idle_s"] > 0).sum()),
-            "mean_stall_s": float(part["stall_s"].mean()) if len(part) else None,
-        }
-    return out
