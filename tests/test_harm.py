@@ -132,3 +132,27 @@ def test_the_report_gives_shares_with_intervals_and_features():
     frame = features(table)
     assert set(frame["feature"]) == {"slack_s", "stall_s", "load", "kind"}
     assert frame.loc[frame["feature"] == "kind", "harmful"].sum() == 3
+
+
+def test_vetoing_a_kind_over_seeds_is_paired_with_an_interval():
+    from experiments.scoring.ablation import ablate, two_level_bootstrap
+
+    table, result = ablate(scripted("recompute", v=0.01), frozenset({"migrate"}), [0, 1])
+    assert list(table["seed"]) == [0, 1] and (table["decisions"] == 3).all() and (table["vetoed"] == 3).all()
+    assert result["verdict"] == "harmful" and result["ci95"][1] < 0
+    assert result["benefit_change_per_request"] == pytest.approx(table["benefit_change_per_request"].mean())
+    _, harmless = ablate(scripted("live", v=0.2), frozenset({"migrate:live"}), [0])
+    assert harmless["ci95"] == [0.0, 0.0] and harmless["verdict"] == "not distinguishable from none"
+    low, high = two_level_bootstrap([np.array([1.0, 2.0, 3.0]), np.array([5.0])], np.random.default_rng(0))
+    assert 1.0 <= low < high <= 5.0
+
+
+def test_ablate_command_writes_its_table(tmp_path, pdlab):
+    path = tmp_path / "scripted.yaml"
+    path.write_text(json.dumps(scripted("recompute", v=0.01).model_dump(mode="json")))
+    code, out, err = pdlab("ablate", path, "--veto", "migrate", "--seeds", 0, "--out", tmp_path / "out")
+    assert code == 0, err
+    assert "the decisions are harmful" in out
+    assert json.loads((tmp_path / "out" / "ablation.json").read_text())["kinds"] == ["migrate"]
+    with pytest.raises(SystemExit):
+        pdlab("ablate", path, "--veto", "park")

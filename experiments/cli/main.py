@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from experiments.cli.ablate import add_parser as add_ablate
 from experiments.cli.calibrate import add_parser as add_calibrate
 from experiments.cli.capacity import add_parser as add_capacity
 from experiments.cli.harm import add_parser as add_harm
@@ -142,6 +143,7 @@ def parser() -> argparse.ArgumentParser:
 
     add_calibrate(commands)
     add_harm(commands)
+    add_ablate(commands)
     add_sweep(commands)
     add_capacity(commands)
     add_model(commands)
