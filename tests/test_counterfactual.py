@@ -78,7 +78,7 @@ def test_forked_counterfactuals_reach_their_decisions_and_score_the_same_request
     config = busy("andes")
     run, sim = simulate_with(config)
     decisions = sorted(run.events.loc[run.events["decision"] >= 0, "decision"].unique())[:6]
-    points = fork_points(run, sim.control.decided_at, decisions)
+    points = fork_points(run, sim.control.decided_at, decisions, horizon="request")
     assert [p.watch for p in points] == [(p.request_id,) for p in points]
     branches = run_branches(config, points)
     table = compare(run, points, branches, *run_slos(run.meta))

@@ -80,9 +80,9 @@ def add_parser(commands) -> None:
     harm.add_argument("run", help="a run folder")
     harm.add_argument("--forks", "--replays", type=_count, default=20, dest="forks",
                       help="decisions to fork and veto (simulated runs), sampled among the router's")
-    harm.add_argument("--horizon", choices=HORIZONS, default="request",
-                      help="a fork runs until the decided-on request ended (request) or every request present "
-                           "at the decision did (present), in both branches")
+    harm.add_argument("--horizon", choices=HORIZONS, default="move",
+                      help="a fork runs until the move is over (move: its stall ended in the run), the decided-on "
+                           "request ended (request) or every request present at the decision did (present)")
     harm.add_argument("--cap-s", type=_positive, default=60.0, help="a fork's horizon at most this long")
     harm.add_argument("--jobs", type=_count, default=1, help="processes for the forks")
     harm.add_argument("--seed", type=int, default=0, help="seed of the sampling")

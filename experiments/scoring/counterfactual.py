@@ -26,7 +26,7 @@ from router.slo import SLO, benefit
 from router.timelines import Timelines, idle_latency
 
 
-HORIZONS = ("request", "present")
+HORIZONS = ("move", "request", "present")
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,9 @@ class ForkPoint:
     """When the decision was made."""
     watch: tuple[int, ...]
     """The branch runs until these have ended: the decided-on request (horizon `request`),
-    or every request present at the decision (`present`)."""
+    or every request present at the decision (`present`); none for `move`."""
     factual_end_s: float
-    """When the last of them ended in the factual run."""
+    """When the last of them ended in the factual run (`move`: when the move's stall ended)."""
 
 
 @dataclass(frozen=True)
@@ -58,21 +58,29 @@ def ends(run: Run) -> pd.Series:
     return final.groupby("request_id")["time_s"].max().reindex(run.requests["request_id"]).fillna(run_end(run))
 
 
-def fork_points(run: Run, decided_at: list[float], decisions, horizon: str = "request") -> list[ForkPoint]:
-    """Where to fork for each of `decisions` (numbers of the run's decisions, made at `decided_at`)."""
+def fork_points(run: Run, decided_at: list[float], decisions, horizon: str = "move",
+                move_ends: dict[int, float] | None = None) -> list[ForkPoint]:
+    """Where to fork for each of `decisions` (numbers of the run's decisions, made at
+    `decided_at`) and how far to go: for `move`, until the move's stall ended in the run
+    (`move_ends`, by decision; a decision without one goes until its request ended)."""
     if horizon not in HORIZONS:
         raise ValueError(f"horizon: expected one of {', '.join(HORIZONS)}, got {horizon!r}")
     numbered = run.events[run.events["decision"] >= 0]
     request_of = numbered.drop_duplicates("decision").set_index("decision")["request_id"]
     ended = ends(run)
     arrival = run.requests.set_index("request_id")["arrival_s"]
+    move_ends = move_ends or {}
     points = []
     for decision in decisions:
         t, request = float(decided_at[decision]), int(request_of[decision])
-        if horizon == "request":
-            watch = (request,)
-        else:
+        end = move_ends.get(int(decision), np.nan)
+        if horizon == "move" and np.isfinite(end):
+            points.append(ForkPoint(int(decision), request, t, (), max(float(end), t)))
+            continue
+        if horizon == "present":
             watch = tuple(int(i) for i in ended.index[(arrival <= t).to_numpy() & (ended > t).to_numpy()])
+        else:
+            watch = (request,)
         points.append(ForkPoint(int(decision), request, t, watch, float(ended.loc[list(watch)].max())))
     return points
 
@@ -122,28 +130,52 @@ def run_branches(config: ExperimentConfig, points: list[ForkPoint], cap_s: float
     return [branch for part in parts for branch in part]
 
 
+class Scorer:
+    """Benefits of a run's requests as of any time (`at`), its tables indexed once."""
+
+    def __init__(self, requests: pd.DataFrame, tokens: pd.DataFrame, slo: SLO, tenant_slos: dict[str, SLO]) -> None:
+        order = np.argsort(pd.Categorical(tokens["request_id"], categories=requests["request_id"]).codes,
+                           kind="stable")
+        self.times = tokens["time_s"].to_numpy(dtype=np.float64)[order]
+        self.counts = tokens["request_id"].value_counts().reindex(requests["request_id"], fill_value=0).to_numpy()
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.position = pd.Series(np.arange(len(requests)), index=requests["request_id"].to_numpy())
+        self.arrival = requests["arrival_s"].to_numpy(dtype=np.float64)
+        self.finished = (requests["status"] == FINISHED).to_numpy() & (
+            self.counts == requests["output_tokens"].to_numpy())
+        tenants = requests["tenant"].astype(str).to_numpy() if "tenant" in requests else np.full(len(requests), "")
+        self.groups = [(tenant_slos.get(t, slo), tenants == t) for t in np.unique(tenants)]
+
+    def at(self, ids: np.ndarray, end_s: float) -> pd.Series:
+        """Each of `ids`' benefit as of `end_s`: tokens after it unseen, a request not
+        finished by then waiting until then (metrics.md, unfinished requests), and a
+        reader credited only with the tokens it had read by then."""
+        k = self.position.reindex(ids).to_numpy()
+        first, counts = self.offsets[k], self.counts[k]
+        within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        times = self.times[np.repeat(first, counts) + within]
+        owner = np.repeat(np.arange(len(k)), counts)
+        keep = times <= end_s
+        counts = np.bincount(owner[keep], minlength=len(k))
+        times = times[keep] - np.repeat(self.arrival[k], counts)
+        tl = Timelines(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), times)
+        finished = self.finished[k] & (counts == self.counts[k])
+        waited = end_s - self.arrival[k]
+        values = np.zeros(len(k))
+        for own, members in self.groups:
+            mask = members[k]
+            if mask.any():
+                part = tl.subset(mask)
+                idle = idle_latency(part, own.v, finished[mask], waited[mask])
+                seen = np.where(finished[mask], part.counts, _read_by(part, own.v, waited[mask]))
+                values[mask] = benefit(seen, idle, finished[mask], own)
+        return pd.Series(values, index=np.asarray(ids))
+
+
 def benefits_at(requests: pd.DataFrame, tokens: pd.DataFrame, end_s: float, slo: SLO,
                 tenant_slos: dict[str, SLO]) -> pd.Series:
-    """Each request's benefit as of `end_s`: tokens after it unseen, a request that had
-    not finished by then waiting until then (metrics.md, unfinished requests)."""
-    tokens = tokens[tokens["time_s"] <= end_s]
-    counts = tokens.groupby("request_id").size().reindex(requests["request_id"], fill_value=0).to_numpy()
-    order = np.argsort(pd.Categorical(tokens["request_id"], categories=requests["request_id"]).codes, kind="stable")
-    arrival = requests["arrival_s"].to_numpy(dtype=np.float64)
-    times = tokens["time_s"].to_numpy()[order] - np.repeat(arrival, counts)
-    tl = Timelines(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), times)
-    finished = ((requests["status"] == FINISHED).to_numpy() & (counts == requests["output_tokens"].to_numpy()))
-    waited = end_s - arrival
-    values = np.empty(len(requests))
-    tenants = requests["tenant"].to_numpy() if "tenant" in requests else np.full(len(requests), "")
-    for tenant in np.unique(tenants):
-        own = tenant_slos.get(str(tenant), slo)
-        mask = tenants == tenant
-        part = tl.subset(mask)
-        idle = idle_latency(part, own.v, finished[mask], waited[mask])
-        seen = np.where(finished[mask], part.counts, _read_by(part, own.v, waited[mask]))
-        values[mask] = benefit(seen, idle, finished[mask], own)
-    return pd.Series(values, index=requests["request_id"].to_numpy())
+    """`Scorer.at` for every request of the tables."""
+    return Scorer(requests, tokens, slo, tenant_slos).at(requests["request_id"].to_numpy(), end_s)
 
 
 def _read_by(tl: Timelines, v: float, elapsed: np.ndarray) -> np.ndarray:
@@ -172,13 +204,12 @@ def compare(factual: Run, points: list[ForkPoint], branches: list[Branch], slo: 
     """One row per fork: horizon, requests scored, the change of their benefit (factual
     minus vetoed), the moved request's own part of it and the rest's."""
     by = {p.decision: p for p in points}
+    factual_scores = Scorer(factual.requests, factual.tokens, slo, tenant_slos)
     rows = []
     for branch in branches:
         point = by[branch.decision]
-        ids = branch.requests["request_id"]
-        requests = factual.requests[factual.requests["request_id"].isin(ids)]
-        tokens = factual.tokens[factual.tokens["request_id"].isin(ids)]
-        had = benefits_at(requests, tokens, branch.horizon_s, slo, tenant_slos)
+        ids = branch.requests["request_id"].to_numpy()
+        had = factual_scores.at(ids, branch.horizon_s)
         got = benefits_at(branch.requests, branch.tokens, branch.horizon_s, slo, tenant_slos).reindex(had.index)
         change = had - got
         own = float(change.get(point.request_id, 0.0))

@@ -29,7 +29,7 @@ class HarmOptions:
     forks: int = 20
     """Decisions to fork, sampled among the router's (simulated runs only)."""
     seed: int = 0
-    horizon: str = "request"
+    horizon: str = "move"
     cap_s: float = 60.0
     jobs: int = 1
     tolerance: float = TOLERANCE
@@ -130,14 +130,16 @@ def analyse(run: Run, slo: SLO, tenant_slos: dict[str, SLO], options: HarmOption
     decided = table["decision"][table["decision"] >= 0].unique()
     if options.forks and len(decided) and run.meta.get("runtime") == "sim" and config is not None:
         check_replayable(run, config)
-        forked = fork(run, config, decided, slo, tenant_slos, options, console or Console(quiet=True))
+        stalled = table.dropna(subset=["stall_start_s"])
+        move_ends = dict(zip(stalled["decision"], stalled["stall_start_s"] + stalled["stall_s"]))
+        forked = fork(run, config, decided, move_ends, slo, tenant_slos, options, console or Console(quiet=True))
         table = table.drop(columns=forked.columns.drop("decision"), errors="ignore").merge(forked, on="decision", how="left")
     table["verdict"] = verdicts(table["fork_change"], options.tolerance)
     return table
 
 
-def fork(run: Run, config: ExperimentConfig, decided: np.ndarray, slo: SLO, tenant_slos: dict[str, SLO],
-         options: HarmOptions, console: Console) -> pd.DataFrame:
+def fork(run: Run, config: ExperimentConfig, decided: np.ndarray, move_ends: dict[int, float], slo: SLO,
+         tenant_slos: dict[str, SLO], options: HarmOptions, console: Console) -> pd.DataFrame:
     from experiments.runs.runner import simulate_with
     from experiments.scoring.counterfactual import compare, fork_points, run_branches
 
@@ -147,7 +149,7 @@ def fork(run: Run, config: ExperimentConfig, decided: np.ndarray, slo: SLO, tena
                       "forks compare against the replay[/yellow]")
     rng = np.random.default_rng(options.seed)
     chosen = sorted(int(d) for d in rng.choice(decided, min(options.forks, len(decided)), replace=False))
-    points = fork_points(factual, sim.control.decided_at, chosen, options.horizon)
+    points = fork_points(factual, sim.control.decided_at, chosen, options.horizon, move_ends)
     with console.status(f"forking {len(points)} decisions"):
         branches = run_branches(config, points, options.cap_s, options.jobs)
     return compare(factual, points, branches, slo, tenant_slos)
