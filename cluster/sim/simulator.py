@@ -233,7 +233,8 @@ class Simulator(Runtime):
     # ---- what a policy sees -------------------------------------------------------------
     def fresh(self, requests) -> None:
         for request in requests:
-            self._feed(request)
+            if request.fed[0] < len(request.pieces):
+                self._feed(request)
             if request.state == DECODING:
                 instance, slot = self.instances[request.instance], request.slot
                 start = request.join_step + int(self.control.views.slo.n[slot]) - request.join_generated

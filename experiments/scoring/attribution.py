@@ -62,6 +62,7 @@ class Attribution:
         self.index = {int(r): k for k, r in enumerate(requests["request_id"])}
         self.arrival = requests["arrival_s"].to_numpy(dtype=np.float64)
         self.times = tokens["time_s"].to_numpy(dtype=np.float64)
+        self.counts = counts
         self.finished = (requests["status"] == "finished").to_numpy()
         self.prompt = requests["prompt_tokens"].to_numpy(dtype=np.int64)
         tenants = requests["tenant"].astype(str).to_numpy() if "tenant" in requests else np.full(len(requests), "")
@@ -69,6 +70,13 @@ class Attribution:
         self.slos = [slos.get(t, default) for t in names]
         self.slo_index = np.searchsorted(np.array(names), tenants)
         self.v = np.array([slo.v for slo in self.slos])[self.slo_index]
+        index = np.arange(len(self.times)) - np.repeat(self.offsets[:-1], counts) + 1
+        self.late = self.times - np.repeat(self.arrival, counts) - np.repeat(self.v, counts) * index
+        self.prefix, self.suffix = _running_max(self.late, counts), _running_max(self.late[::-1], counts[::-1])[::-1]
+        self.span = float(self.times.max()) + 1.0 if len(self.times) else 1.0
+        self.keys = np.repeat(np.arange(len(counts)) * self.span, counts) + self.times
+        self.worst = np.array([self.prefix[self.offsets[k + 1] - 1] if counts[k] else -np.inf
+                               for k in range(len(counts))])
         self.end_s = end_s
         stays = residencies(events)
         self.stays = {int(i): (part["start_s"].to_numpy(), part["end_s"].to_numpy(), part["request_id"].to_numpy())
@@ -76,46 +84,52 @@ class Attribution:
         self.own = {int(r): part for r, part in stays.groupby("request_id")}
         handoffs = events[events["kind"] == "transfer_start"]
         prefilled = events[events["kind"] == "prefill_end"].groupby("request_id")["time_s"].min()
-        self.handoffs = handoffs.assign(waited=handoffs["time_s"].to_numpy()
-                                        - prefilled.reindex(handoffs["request_id"]).to_numpy())
-        self.frees = events[events["kind"].isin(["finish", "preempt", "migrate_end"])]
+        waited = handoffs["time_s"].to_numpy() - prefilled.reindex(handoffs["request_id"]).to_numpy()
+        handoffs = handoffs[waited > 0]
+        self.handoffs = {int(i): (part["time_s"].to_numpy(), np.array([self.index[int(r)] for r in part["request_id"]],
+                                                                       dtype=np.int64))
+                         for i, part in handoffs.groupby("peer")}
+        frees = events[events["kind"].isin(["finish", "preempt", "migrate_end"])]
+        self.frees = {int(i): (part["time_s"].to_numpy(), part["request_id"].to_numpy())
+                      for i, part in frees.groupby("instance")}
 
     def tokens_of(self, k: int) -> np.ndarray:
         return self.times[self.offsets[k]:self.offsets[k + 1]]
 
-    def gather(self, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The requests' token times end to end, each token's owner (position in `ks`) and
-        its index within its request (from 1)."""
-        first, counts = self.offsets[ks], self.offsets[ks + 1] - self.offsets[ks]
-        owner = np.repeat(np.arange(len(ks)), counts)
-        within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        return self.times[np.repeat(first, counts) + within], owner, within + 1
+    def _cut(self, ks: np.ndarray, at: float) -> np.ndarray:
+        """For each request of `ks`, the position (in the run's tokens) of its first token at or after `at`."""
+        return np.searchsorted(self.keys, ks * self.span + at)
 
-    def changes(self, ks: np.ndarray, shift: np.ndarray) -> tuple[float, float]:
-        """Total benefit and idle of requests `ks` as run, minus those with their tokens
-        (as `gather` lays them out) at `times + shift`."""
-        times, owner, index = self.gather(ks)
-        if not len(times):
+    def _before(self, ks: np.ndarray, cut: np.ndarray) -> np.ndarray:
+        """The largest lateness `t_i - a - v*i` of each request's tokens before `cut`."""
+        return np.where(cut > self.offsets[ks], self.prefix[np.maximum(cut - 1, 0)], -np.inf)
+
+    def _from(self, ks: np.ndarray, cut: np.ndarray) -> np.ndarray:
+        """The largest lateness of each request's tokens from `cut` on."""
+        last = len(self.late) - 1
+        return np.where(cut < self.offsets[ks + 1], self.suffix[np.minimum(cut, max(last, 0))], -np.inf)
+
+    def _changes(self, ks: np.ndarray, moved: np.ndarray) -> tuple[float, float]:
+        """Total benefit and idle of requests `ks` as run, minus those had their largest
+        lateness been `moved` (the count of their tokens is the same)."""
+        if not len(ks):
             return 0.0, 0.0
-        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-        present, mine = ks[owner[starts]], ks[owner]
-        base, v = self.arrival[mine], self.v[mine]
-        counts = np.diff(np.r_[starts, len(times)])
-        finished, waited = self.finished[present], self.end_s - self.arrival[present]
-        result = []
-        for moved in (times, times + shift):
-            late = np.maximum.reduceat(moved - base - v * index, starts)
-            idle = np.maximum(late, 0.0)
-            idle = np.where(finished, idle, np.maximum(idle, waited - self.v[present] * (counts + 1)))
-            result.append((idle, self._benefits(present, counts, idle, finished)))
-        return float(np.sum(result[0][1] - result[1][1])), float(np.sum(result[0][0] - result[1][0]))
+        actual = self._idle(ks, self.worst[ks])
+        other = self._idle(ks, moved)
+        gain = self._benefits(ks, actual) - self._benefits(ks, other)
+        return float(gain.sum()), float(np.sum(actual - other))
 
-    def _benefits(self, ks: np.ndarray, n: np.ndarray, idle: np.ndarray, finished: np.ndarray) -> np.ndarray:
+    def _idle(self, ks: np.ndarray, late: np.ndarray) -> np.ndarray:
+        idle = np.maximum(late, 0.0)
+        wait = self.end_s - self.arrival[ks] - self.v[ks] * (self.counts[ks] + 1)
+        return np.where(self.finished[ks], idle, np.maximum(idle, wait))
+
+    def _benefits(self, ks: np.ndarray, idle: np.ndarray) -> np.ndarray:
         out = np.empty(len(ks))
         groups = self.slo_index[ks]
         for g in np.unique(groups):
             mask = groups == g
-            out[mask] = benefit(n[mask], idle[mask], finished[mask], self.slos[g])
+            out[mask] = benefit(self.counts[ks][mask], idle[mask], self.finished[ks][mask], self.slos[g])
         return out
 
     def neighbours(self, instance: int, start: float, end: float, leave_out: int) -> np.ndarray:
@@ -130,34 +144,42 @@ class Attribution:
     def step_delay(self, request: int, instance: int, start: float, end: float, per_step: float,
                    sign: float) -> tuple[float, float]:
         """The change on `instance`'s other requests of steps longer by `per_step` (sign +1)
-        or shorter (sign -1, they would have been that much later) between `start` and `end`."""
+        or shorter (sign -1, they would have been that much later) between `start` and `end`:
+        a token in the window moves by `per_step` for each of its request's tokens in the
+        window up to it, a later token by the window's whole count."""
         ks = self.neighbours(instance, start, end, request)
-        times, owner, _ = self.gather(ks)
-        inside = ((times >= start) & (times < end)).astype(np.float64)
-        total = np.cumsum(inside)
-        firsts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]) if len(owner) else np.zeros(0, dtype=np.int64)
-        before = np.repeat(total[firsts] - inside[firsts], np.diff(np.r_[firsts, len(owner)]))
-        return self.changes(ks, -sign * per_step * (total - before))
+        if not len(ks):
+            return 0.0, 0.0
+        a, b = self._cut(ks, start), self._cut(ks, end)
+        counts = b - a
+        step = -sign * per_step
+        moved = np.maximum(self._before(ks, a), self._from(ks, b) + step * counts)
+        inside = counts > 0
+        if inside.any():
+            first, n = a[inside], counts[inside]
+            within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+            late = self.late[np.repeat(first, n) + within] + step * (within + 1)
+            heads = np.cumsum(n) - n
+            moved[inside] = np.maximum(moved[inside], np.maximum.reduceat(late, heads))
+        return self._changes(ks, moved)
 
     def stall(self, request: int, instance: int, at: float, seconds: float) -> tuple[float, float]:
         """The change on `instance`'s other requests of a stall of `seconds` at `at`."""
         ks = self.neighbours(instance, at, at + 1e-9, request)
-        times, _, _ = self.gather(ks)
-        return self.changes(ks, -seconds * (times > at))
+        cut = self._cut(ks, np.nextafter(at, np.inf))
+        return self._changes(ks, np.maximum(self._before(ks, cut), self._from(ks, cut) - seconds))
 
     def freed(self, request: int, instance: int, at: float, tokens: int) -> tuple[float, float]:
         """The change on hand-offs that started to `instance` in the KV freed at `at`."""
-        frees = self.frees[(self.frees["instance"].to_numpy() == instance) & (self.frees["time_s"].to_numpy() > at)
-                           & (self.frees["request_id"].to_numpy() != request)]
-        natural = float(frees["time_s"].min()) if len(frees) else self.end_s
-        h = self.handoffs
-        took = h[(h["peer"].to_numpy() == instance) & (h["time_s"].to_numpy() >= at)
-                 & (h["time_s"].to_numpy() < natural) & (h["waited"].to_numpy() > 0)]
-        ks = np.array([self.index[int(j)] for j in took["request_id"]], dtype=np.int64)
+        times, ids = self.frees.get(instance, (np.zeros(0), np.zeros(0)))
+        later = times[(times > at) & (ids != request)]
+        natural = float(later.min()) if len(later) else self.end_s
+        starts, ks = self.handoffs.get(instance, (np.zeros(0), np.zeros(0, dtype=np.int64)))
+        took = (starts >= at) & (starts < natural)
+        ks, starts = ks[took], starts[took]
         fits = np.cumsum(self.prompt[ks]) <= tokens
-        ks, sooner = ks[fits], natural - took["time_s"].to_numpy()[fits]
-        counts = self.offsets[ks + 1] - self.offsets[ks]
-        return self.changes(ks, np.repeat(sooner, counts))
+        ks, later = ks[fits], natural - starts[fits]
+        return self._changes(ks, self.worst[ks] + later)
 
     def move(self, request: int, source: int, start: float, stall_start: float, mode: str, done: bool) -> dict:
         """The collateral of one move, by part, in benefit and in seconds of idle."""
@@ -189,6 +211,16 @@ class Attribution:
     def _per_step(self, instance: int, context: int) -> float:
         _, b, c = self.costs.decode[instance]
         return float(b + c * context)
+
+
+def _running_max(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The running maximum of `values` within each segment of `counts` values."""
+    out, offset = values.copy(), 0
+    for count in counts:
+        if count:
+            np.maximum.accumulate(out[offset:offset + count], out=out[offset:offset + count])
+        offset += count
+    return out
 
 
 def attribute(ledger: pd.DataFrame, attribution: Attribution, tolerance: float) -> pd.DataFrame:

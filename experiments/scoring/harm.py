@@ -156,11 +156,22 @@ def fork(run: Run, config: ExperimentConfig, decided: np.ndarray, move_ends: dic
 
 
 def harm_counts(run: Run, slo: SLO, tenant_slos: dict[str, SLO], forks: int) -> dict:
-    """A run's moves, those that added visible idle, the attributed verdicts and those of `forks` forks."""
+    """A run's moves, those that added visible idle, the harmful ones by attribution (per
+    1,000 requests and as a share of the moves, with 95% Wilson intervals), and the
+    verdicts of `forks` forked counterfactuals."""
+    from experiments.scoring.harmreport import wilson
+
     table = analyse(run, slo, tenant_slos, HarmOptions(forks=forks))
     moves = table[table["kind"] != "rejection"]
+    harmful, requests = int((moves["attributed_verdict"] == "harmful").sum()), len(run.requests)
+    per_k, share = wilson(min(harmful, requests), requests), wilson(harmful, len(moves))
     counts = {"moves": int(len(moves)), "visible_harm": int((moves["visible_idle_s"] > 0).sum()),
-              "attributed_harmful": int((moves["attributed_verdict"] == "harmful").sum())}
+              "attributed_harmful": harmful,
+              "attributed_harmful_per_1k": 1000.0 * harmful / requests if requests else np.nan,
+              "attributed_harmful_per_1k_low": 1000.0 * per_k[0] if per_k[0] is not None else np.nan,
+              "attributed_harmful_per_1k_high": 1000.0 * per_k[1] if per_k[1] is not None else np.nan,
+              "attributed_harmful_share_low": share[0] if share[0] is not None else np.nan,
+              "attributed_harmful_share_high": share[1] if share[1] is not None else np.nan}
     if forks:
         counts.update({verdict: int((table["verdict"] == verdict).sum()) for verdict in ("harmful", "neutral", "helpful")})
     return counts

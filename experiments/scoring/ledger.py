@@ -15,14 +15,14 @@ COLUMNS = ("decision", "request_id", "kind", "mode", "source", "destination", "b
            "stall_start_s", "stall_s", "slack_s", "visible_idle_s", "benefit_change_est", "outcome")
 
 
-def _move(events: pd.DataFrame, position: int) -> tuple[float, str, float]:
-    """For the move recorded at `position` of the (time-ordered) events: when the request
-    stopped emitting, how the move ended, and the bytes it moved."""
+def _move(events: pd.DataFrame, position: int, mine: np.ndarray) -> tuple[float, str, float]:
+    """For the move recorded at `position` of the (time-ordered) events, whose request's
+    events are at positions `mine`: when the request stopped emitting, how the move
+    ended, and the bytes it moved."""
     row = events.iloc[position]
     if row.kind == "preempt":
         return row.time_s, "done", float(row.bytes)
-    after = events.iloc[position + 1:]
-    own = after[after["request_id"] == row.request_id]
+    own = events.iloc[mine[mine > position]]
     ends = own[own["kind"].isin(["migrate_end", "migrate_abort"])]
     stages = own[own["kind"] == "migrate_stage"]
     if not len(ends):
@@ -56,14 +56,16 @@ def build_ledger(requests: pd.DataFrame, tokens: pd.DataFrame, events: pd.DataFr
     events = events.reset_index(drop=True)
     positions = np.flatnonzero(((events["kind"] == "migrate_start") | (events["kind"] == "preempt")).to_numpy())
     info = requests.set_index("request_id")
+    by_request = events.groupby("request_id").indices
+    token_rows, token_times = tokens.groupby("request_id").indices, tokens["time_s"].to_numpy()
     rows = []
     for position in positions:
         row = events.iloc[position]
         request = info.loc[row.request_id]
         slo = slos.get(str(request.get("tenant", "")), default)
         arrival = float(request["arrival_s"])
-        times = tokens.loc[tokens["request_id"] == row.request_id, "time_s"].to_numpy() - arrival
-        stall_start, outcome, moved = _move(events, position)
+        times = token_times[token_rows.get(row.request_id, np.zeros(0, dtype=np.int64))] - arrival
+        stall_start, outcome, moved = _move(events, position, by_request[row.request_id])
         kind = "preemption" if row.kind == "preempt" else "migration"
         entry = {"decision": int(row.decision), "request_id": row.request_id, "kind": kind, "mode": row.detail,
                  "source": int(row.instance), "destination": int(row.peer), "start_s": float(row.time_s),

@@ -22,7 +22,7 @@ RATE_PLOTS = {
     "tbt_p99": ("p99 TBT", [("tbt_p99_s", "p99 TBT (s)")]),
 }
 COUNTS = (("migrations_started", "migrations"), ("preemptions", "preemptions"), ("visible_harm", "with visible idle"),
-          ("harmful", "harmful (replayed)"))
+          ("attributed_harmful", "harmful (attributed)"), ("harmful", "harmful (forked)"))
 SHOWN = {  # column -> (header, format)
     "cluster": ("cluster", "{}"), "policy": ("policy", "{}"), "rate": ("rate", "{:g}"), "seed": ("seed", "{:d}"),
     "throughput_tokens_per_s": ("throughput tok/s", "{:.1f}"), "ttft_tbt_token_goodput": ("classic goodput tok/s", "{:.1f}"),
