@@ -92,11 +92,27 @@ def test_a_fork_to_the_end_of_the_run_is_the_whole_run_replayed_with_the_veto():
     decision = int(run.events.loc[run.events["decision"] >= 0, "decision"].iloc[3])
     point = fork_points(run, sim.control.decided_at, [decision], horizon="present")[0]
     everyone = ForkPoint(point.decision, point.request_id, point.time_s, tuple(run.requests["request_id"]),
-                         float(run.meta["end_s"]))
+                         float(run.meta["end_s"]), point.events_before)
     table = compare(run, [everyone], run_branches(config, [everyone], cap_s=1e9), *run_slos(run.meta))
     slo, tenants = run_slos(run.meta)
     vetoed = simulate(config, Veto(frozenset({decision})))
     assert (run.requests["status"] == "finished").all() and (vetoed.requests["status"] == "finished").all()
-    total = lambda r: score(r, slo, tenant_slos=tenants)[0]["benefit"].sum()
+
+    def total(run):
+        return score(run, slo, tenant_slos=tenants)[0]["benefit"].sum()
     assert table["fork_change"].iloc[0] == pytest.approx(total(run) - total(vetoed), abs=1e-6)
     assert table["fork_change"].iloc[0] != 0
+
+
+def test_a_run_without_its_decision_times_is_replayed_for_them():
+    from experiments.runs.runformat import Run
+    from experiments.scoring.harm import HarmOptions, analyse
+
+    run = simulate(busy("andes"))
+    assert len(run.meta["decided_at_s"]) == int(run.events["decision"].max()) + 1
+    older = Run(run.requests, run.tokens, run.events, {k: v for k, v in run.meta.items() if k != "decided_at_s"})
+    slo, tenants = run_slos(run.meta)
+    with_times = analyse(run, slo, tenants, HarmOptions(forks=4))
+    replayed = analyse(older, slo, tenants, HarmOptions(forks=4))
+    pd.testing.assert_series_equal(with_times["fork_change"], replayed["fork_change"])
+    assert with_times["fork_change"].notna().sum() == 4

@@ -12,11 +12,11 @@ from cluster.core.setup import Veto
 from experiments.config.experiment import ExperimentConfig
 from experiments.runs.runformat import Run, validate
 from experiments.runs.runner import simulate
-from experiments.scoring.metrics import run_slos
 from experiments.scoring.attribution import verdicts
 from experiments.scoring.harm import HarmOptions, analyse
 from experiments.scoring.harmreport import features, summary, wilson
 from experiments.scoring.ledger import build_ledger
+from experiments.scoring.metrics import run_slos
 from router.slo import SLO
 from tests.test_moves import MigrateOnce  # noqa: F401  (registers the test policy)
 

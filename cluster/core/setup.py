@@ -13,7 +13,6 @@ from router.policy import Policy
 from router.slo import SLO
 from router.snapshot import InstanceTable
 
-
 VETO_KINDS = ("migrate", "migrate:live", "migrate:recompute", "preempt", "preempt:recompute", "preempt:swap",
               "reject")
 

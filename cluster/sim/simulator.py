@@ -97,10 +97,15 @@ class Simulator(Runtime):
         self.record.close(self.clock, self.requests.values() if only is None else only, self.instances)
         return self.record
 
-    def fork(self, veto: Veto) -> Simulator:
-        """A copy of this paused simulator that vetoes `veto` from now on; both go on alike
-        but for it (the simulator draws no random number, and the policy's generator is copied)."""
-        branch = pickle.loads(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+    def freeze(self) -> bytes:
+        """This paused simulator's whole state, for `fork`."""
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def fork(self, veto: Veto, frozen: bytes | None = None) -> Simulator:
+        """A copy of this paused simulator (of its state `frozen`, if given) that vetoes
+        `veto` from now on; both go on alike but for it (the simulator draws no random
+        number, and the policy's generator is copied)."""
+        branch = pickle.loads(frozen if frozen is not None else self.freeze())
         branch.setup.veto = veto
         return branch
 

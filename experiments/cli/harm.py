@@ -11,7 +11,8 @@ from pathlib import Path
 def _share(block: dict) -> str:
     if not block["judged"]:
         return "-"
-    return "/".join(f"{100 * block[v]['share']:.0f}" for v in ("harmful", "neutral", "helpful")) + f"% of {block['judged']}"
+    shares = "/".join(f"{100 * block[v]['share']:.0f}" for v in ("harmful", "neutral", "helpful"))
+    return f"{shares}% of {block['judged']}"
 
 
 def _print(report: dict, console) -> None:

@@ -87,6 +87,7 @@ def _simulate(config: ExperimentConfig, veto: Veto = Veto()) -> tuple[Recorder, 
     record = simulator.run()
     meta = _meta(config, simulator.setup, record.end_s, "sim")
     meta["iterations"] = int(sum(i.iterations for i in simulator.instances))
+    meta["decided_at_s"] = simulator.control.decided_at
     return record, meta, simulator
 
 

@@ -25,7 +25,6 @@ from experiments.scoring.metrics import run_end
 from router.slo import SLO, benefit
 from router.timelines import Timelines, idle_latency
 
-
 HORIZONS = ("move", "request", "present")
 
 
@@ -40,6 +39,8 @@ class ForkPoint:
     or every request present at the decision (`present`); none for `move`."""
     factual_end_s: float
     """When the last of them ended in the factual run (`move`: when the move's stall ended)."""
+    events_before: int
+    """The run's events before the decision: a replay that has another count is another run."""
 
 
 @dataclass(frozen=True)
@@ -70,18 +71,19 @@ def fork_points(run: Run, decided_at: list[float], decisions, horizon: str = "mo
     ended = ends(run)
     arrival = run.requests.set_index("request_id")["arrival_s"]
     move_ends = move_ends or {}
+    times = run.events["time_s"].to_numpy()
     points = []
     for decision in decisions:
         t, request = float(decided_at[decision]), int(request_of[decision])
-        end = move_ends.get(int(decision), np.nan)
+        end, before = move_ends.get(int(decision), np.nan), int(np.searchsorted(times, t, side="left"))
         if horizon == "move" and np.isfinite(end):
-            points.append(ForkPoint(int(decision), request, t, (), max(float(end), t)))
+            points.append(ForkPoint(int(decision), request, t, (), max(float(end), t), before))
             continue
         if horizon == "present":
             watch = tuple(int(i) for i in ended.index[(arrival <= t).to_numpy() & (ended > t).to_numpy()])
         else:
             watch = (request,)
-        points.append(ForkPoint(int(decision), request, t, watch, float(ended.loc[list(watch)].max())))
+        points.append(ForkPoint(int(decision), request, t, watch, float(ended.loc[list(watch)].max()), before))
     return points
 
 
@@ -92,17 +94,21 @@ def _branches(config: ExperimentConfig, points: list[ForkPoint], cap_s: float) -
 
     sim = Simulator(build_setup(config, generate(config.workload, config.seed)))
     sim.start()
-    out = []
+    out, frozen, at = [], None, None
     for point in sorted(points, key=lambda p: (p.time_s, p.decision)):
-        sim.advance(before=point.time_s)
-        out.append(_branch(sim, point, cap_s))
+        if point.time_s != at:
+            sim.advance(before=point.time_s)
+            frozen, at = sim.freeze(), point.time_s
+        out.append(_branch(sim, frozen, point, cap_s))
     return out
 
 
-def _branch(sim, point: ForkPoint, cap_s: float) -> Branch:
-    """Fork `sim` (paused just before the decision), veto the decision, run to the horizon."""
+def _branch(sim, frozen: bytes, point: ForkPoint, cap_s: float) -> Branch:
+    """Fork `sim` (paused just before the decision, its state `frozen`), veto the decision,
+    run to the horizon."""
     present = {r.id for r in sim.requests.values() if r.arrival <= point.time_s and not r.final}
-    branch = sim.fork(Veto(frozenset({point.decision})))
+    same = len(sim.record.time) == point.events_before
+    branch = sim.fork(Veto(frozenset({point.decision})), frozen)
     branch.watch = {i for i in point.watch if not branch.requests[i].final}
     limit = point.time_s + cap_s
     over = branch.advance(before=limit, done=lambda: not branch.watch) if branch.watch else False
@@ -112,9 +118,10 @@ def _branch(sim, point: ForkPoint, cap_s: float) -> Branch:
     branch.stop_at(max(horizon, branch.clock))
     scored = [r for r in branch.requests.values() if r.id in present or point.time_s < r.arrival <= horizon]
     record = branch.close(scored)
-    events = record.events()
-    vetoed = events[(events["kind"] == "vetoed") & (events["decision"] == point.decision)]
-    reached = bool(len(vetoed)) and int(vetoed["request_id"].iloc[0]) == point.request_id
+    decisions = np.frombuffer(record.decision, dtype=np.int64)
+    vetoed = np.flatnonzero((decisions == point.decision)
+                            & (np.frombuffer(record.kind, dtype=np.int8) == record.codes["vetoed"]))
+    reached = same and len(vetoed) > 0 and record.request[int(vetoed[0])] == point.request_id
     return Branch(point.decision, max(horizon, branch.clock), reached, record.requests, record.tokens)
 
 

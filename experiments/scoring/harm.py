@@ -133,7 +133,8 @@ def analyse(run: Run, slo: SLO, tenant_slos: dict[str, SLO], options: HarmOption
         stalled = table.dropna(subset=["stall_start_s"])
         move_ends = dict(zip(stalled["decision"], stalled["stall_start_s"] + stalled["stall_s"]))
         forked = fork(run, config, decided, move_ends, slo, tenant_slos, options, console or Console(quiet=True))
-        table = table.drop(columns=forked.columns.drop("decision"), errors="ignore").merge(forked, on="decision", how="left")
+        table = table.drop(columns=forked.columns.drop("decision"), errors="ignore")
+        table = table.merge(forked, on="decision", how="left")
     table["verdict"] = verdicts(table["fork_change"], options.tolerance)
     return table
 
@@ -143,15 +144,23 @@ def fork(run: Run, config: ExperimentConfig, decided: np.ndarray, move_ends: dic
     from experiments.runs.runner import simulate_with
     from experiments.scoring.counterfactual import compare, fork_points, run_branches
 
-    factual, sim = simulate_with(config)
-    if len(factual.tokens) != len(run.tokens) or not np.allclose(factual.tokens["time_s"], run.tokens["time_s"]):
-        console.print("[yellow]note: the replay differs from the run (another pdlab version?); "
-                      "forks compare against the replay[/yellow]")
+    decided_at = run.meta.get("decided_at_s")
+    factual = run
+    if decided_at is None or len(decided_at) <= int(np.max(decided)):
+        factual, sim = simulate_with(config)
+        decided_at = sim.control.decided_at
+        if len(factual.tokens) != len(run.tokens) or not np.allclose(factual.tokens["time_s"], run.tokens["time_s"]):
+            console.print("[yellow]note: the replay differs from the run (another pdlab version?); "
+                          "forks compare against the replay[/yellow]")
     rng = np.random.default_rng(options.seed)
     chosen = sorted(int(d) for d in rng.choice(decided, min(options.forks, len(decided)), replace=False))
-    points = fork_points(factual, sim.control.decided_at, chosen, options.horizon, move_ends)
+    points = fork_points(factual, decided_at, chosen, options.horizon, move_ends)
     with console.status(f"forking {len(points)} decisions"):
         branches = run_branches(config, points, options.cap_s, options.jobs)
+    missed = sum(not branch.reached for branch in branches)
+    if missed:
+        console.print(f"[yellow]note: {missed} of {len(branches)} forks did not meet their decision in the replay "
+                      "(a run of another pdlab version?); they are left unjudged[/yellow]")
     return compare(factual, points, branches, slo, tenant_slos)
 
 
@@ -173,5 +182,5 @@ def harm_counts(run: Run, slo: SLO, tenant_slos: dict[str, SLO], forks: int) -> 
               "attributed_harmful_share_low": share[0] if share[0] is not None else np.nan,
               "attributed_harmful_share_high": share[1] if share[1] is not None else np.nan}
     if forks:
-        counts.update({verdict: int((table["verdict"] == verdict).sum()) for verdict in ("harmful", "neutral", "helpful")})
+        counts.update({v: int((table["verdict"] == v).sum()) for v in ("harmful", "neutral", "helpful")})
     return counts
