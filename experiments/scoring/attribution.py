@@ -72,7 +72,7 @@ class Attribution:
         self.v = np.array([slo.v for slo in self.slos])[self.slo_index]
         index = np.arange(len(self.times)) - np.repeat(self.offsets[:-1], counts) + 1
         self.late = self.times - np.repeat(self.arrival, counts) - np.repeat(self.v, counts) * index
-        self.prefix, self.suffix = _running_max(self.late, counts), _running_max(self.late[::-1], counts[::-1])[::-1]
+        self.prefix, self.suffix = running_max(self.late, counts), running_max(self.late[::-1], counts[::-1])[::-1]
         self.span = float(self.times.max()) + 1.0 if len(self.times) else 1.0
         self.keys = np.repeat(np.arange(len(counts)) * self.span, counts) + self.times
         self.worst = np.array([self.prefix[self.offsets[k + 1] - 1] if counts[k] else -np.inf
@@ -213,7 +213,7 @@ class Attribution:
         return float(b + c * context)
 
 
-def _running_max(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def running_max(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """The running maximum of `values` within each segment of `counts` values."""
     out, offset = values.copy(), 0
     for count in counts:

@@ -21,6 +21,7 @@ from cluster.core.setup import Veto
 from cluster.core.tables import FINISHED
 from experiments.config.experiment import ExperimentConfig
 from experiments.runs.runformat import Run
+from experiments.scoring.attribution import running_max
 from experiments.scoring.metrics import run_end
 from router.slo import SLO, benefit
 from router.timelines import Timelines, idle_latency
@@ -189,21 +190,10 @@ def _read_by(tl: Timelines, v: float, elapsed: np.ndarray) -> np.ndarray:
     """Tokens each reader has seen `elapsed` seconds after arrival: token `i` shows at
     `u_i = max(t_i, u_(i-1) + v)`, so a token that came early is not counted early."""
     index = tl.token_index()
-    shown = _segment_cummax(tl.times - v * index, tl.counts) + v * index
+    shown = running_max(tl.times - v * index, tl.counts) + v * index
     owner = np.repeat(np.arange(len(tl.counts)), tl.counts)
     seen = shown <= np.repeat(elapsed, tl.counts)
     return np.bincount(owner, weights=seen, minlength=len(tl.counts)).astype(np.int64)
-
-
-def _segment_cummax(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The running maximum of `values` within each segment of `counts` values."""
-    out = values.copy()
-    offset = 0
-    for count in counts:
-        if count:
-            np.maximum.accumulate(out[offset:offset + count], out=out[offset:offset + count])
-        offset += count
-    return out
 
 
 def compare(factual: Run, points: list[ForkPoint], branches: list[Branch], slo: SLO,
