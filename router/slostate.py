@@ -10,6 +10,10 @@ import numpy as np
 from router.slo import SLO, TOLERANCE_S
 
 
+ROW_FILLS = {"arrival": 0.0, "slo_index": 0, "v": 1.0, "ttft": 0.0, "tbt": 0.0, "n": 0, "first": np.nan,
+             "last": np.nan, "display": 0.0, "lateness": 0.0, "max_gap": 0.0}
+
+
 class SLOState:
     def __init__(self, arrivals: np.ndarray, slos: list[SLO], slo_index: np.ndarray) -> None:
         """`slos[slo_index[k]]` is the SLO of the request in slot k."""
@@ -24,6 +28,22 @@ class SLOState:
         self.display = np.zeros(size)
         self.lateness = np.zeros(size)
         self.max_gap = np.zeros(size)
+        self.size = size
+
+    def add(self, arrival: float, slo_index: int) -> int:
+        """A row for a request that arrives while the run goes on (an open workload, a
+        server): its slot. Rows grow by doubling; slots past `size` are unused."""
+        slot = self.size
+        if slot == len(self.arrival):
+            grow = max(slot, 16)
+            for name, fill in ROW_FILLS.items():
+                old = getattr(self, name)
+                setattr(self, name, np.concatenate([old, np.full(grow, fill, dtype=old.dtype)]))
+        slo = self.slos[slo_index]
+        self.arrival[slot], self.slo_index[slot] = arrival, slo_index
+        self.v[slot], self.ttft[slot], self.tbt[slot] = slo.v, slo.ttft, slo.tbt
+        self.size = slot + 1
+        return slot
 
     def add_token(self, slot: int, time: float) -> None:
         """One token of request `slot` received at absolute `time`."""

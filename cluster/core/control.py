@@ -56,6 +56,18 @@ class ControlPlane:
         self.decided_at: list[float] = []
 
     # ---- what the runtime reports ------------------------------------------------------
+    def add(self, request: Request) -> None:
+        """A request the run did not know of at its start (a server's): it arrives now."""
+        if request.id in self.requests:
+            raise ValueError(f"request {request.id}: already in the run")
+        if request.tenant not in self.views.tenant_index:
+            raise ValueError(f"request {request.id}: tenant {request.tenant!r} has no SLO; "
+                             f"expected one of {list(self.views.tenants)}")
+        self.requests[request.id] = request
+        self.views.add(request)
+        self.unfinished += 1
+        self.arrive(request)
+
     def arrive(self, request: Request) -> None:
         self.record.event(self.rt.now(), "arrive", request.id)
         self.to_dispatch[request.id] = request
@@ -99,6 +111,19 @@ class ControlPlane:
             self.rt.cancel(request, transfer.target, transfer.blocks)
         self.moves.forget(request.id)
         self._close(request, state, reason, request.instance if instance is None else instance, decision)
+
+    def abort(self, request: Request, reason: str) -> None:
+        """The request's client gave it up: every instance that holds any of it drops it
+        (its KV, its place in a queue, its parked copy), and it ends aborted."""
+        if request.final:
+            return
+        holders = {request.instance, self.moves.parked_at.get(request.id, -1)} - {-1}
+        for instance in holders:
+            if self.table.alive[instance]:
+                self.rt.drop(request, instance)
+        self.end(request, ABORTED, reason)
+        self.rt.changed(*holders)
+        self.decide(events.FINISHED)
 
     def _close(self, request: Request, state: str, reason: str, instance: int, decision: int = -1) -> None:
         self.rt.place(request, state, instance)

@@ -1,7 +1,8 @@
 """A request's state inside a runtime, with its delivered tokens kept compactly as
 pieces in the order they came: `(PREFILL_PIECE, time, 1)` for the token a prefill
 produced, `(instance, first step, count)` for a run of an instance's decode steps.
-A real engine keeps the token ids it generated in `output` (a recompute starts from them)."""
+A real engine keeps the token ids it generated in `output` (a recompute starts from them);
+`prompt_ids` are the prompt's own when a client sent text (else an engine makes them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class Request:
     fed: tuple[int, int] = (0, 0)
     reason: str = ""
     output: list[int] = field(default_factory=list)
+    prompt_ids: list[int] | None = None
 
     @property
     def to_prefill(self) -> int:

@@ -47,7 +47,7 @@ class Views:
     def __init__(self, requests: list[Request], slos: dict[str, SLO], runtime: Runtime) -> None:
         self.rt = runtime
         self.tenants = tuple(slos)
-        index = {tenant: k for k, tenant in enumerate(self.tenants)}
+        self.tenant_index = index = {tenant: k for k, tenant in enumerate(self.tenants)}
         for slot, request in enumerate(requests):
             request.slot = slot
         count = len(requests)
@@ -57,6 +57,16 @@ class Views:
         self.slo = SLOState(np.fromiter((r.arrival for r in requests), np.float64, count),
                             [slos[tenant] for tenant in self.tenants],
                             np.fromiter((index[r.tenant] for r in requests), np.int64, count))
+
+    def add(self, request: Request) -> None:
+        """A request that arrives while the run goes on gets the next slot."""
+        request.slot = self.slo.add(request.arrival, self.tenant_index[request.tenant])
+        if request.slot >= len(self.ids):
+            grow = len(self.slo.arrival) - len(self.ids)
+            self.ids, self.prompts, self.max_tokens = (np.concatenate([column, np.zeros(grow, dtype=np.int64)])
+                                                       for column in (self.ids, self.prompts, self.max_tokens))
+        self.ids[request.slot], self.prompts[request.slot] = request.id, request.prompt
+        self.max_tokens[request.slot] = request.max_tokens
 
     def table(self, requests) -> RequestTable:
         """Requests waiting for a decision, as they are now."""

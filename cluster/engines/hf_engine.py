@@ -16,7 +16,7 @@ from cluster.engines.cpu import use_threads
 from cluster.engines.model import ModelEngine
 from cluster.engines.paged_llama import Chunk, PagedLlama
 from cluster.engines.port import StepResult
-from cluster.engines.prompts import check_token_ids, prompt_ids
+from cluster.engines.prompts import check_token_ids, request_prompt
 from migration.transport import Packet, describe
 
 
@@ -36,7 +36,7 @@ class HFEngine(ModelEngine):
 
     def ids(self, request: Request) -> list[int]:
         if request.id not in self.prompts:
-            self.prompts[request.id] = prompt_ids(request.id, request.prompt, self.llama.vocab_size, self.seed)
+            self.prompts[request.id] = request_prompt(request, self.llama.vocab_size, self.seed)
         return self.prompts[request.id] + request.output
 
     def add(self, request: Request) -> None:

@@ -11,6 +11,13 @@ def prompt_ids(request_id: int, length: int, vocab_size: int, seed: int = 0) -> 
     return rng.integers(1, vocab_size, length).tolist()
 
 
+def request_prompt(request, vocab_size: int, seed: int = 0) -> list[int]:
+    """The request's prompt ids: those its client sent, else drawn as `prompt_ids`."""
+    if request.prompt_ids is not None:
+        return list(request.prompt_ids)
+    return prompt_ids(request.id, request.prompt, vocab_size, seed)
+
+
 def check_token_ids(request) -> None:
     """A request sent to a real engine carries the ids of the tokens it has (it is
     recomputed from them): one per token generated."""

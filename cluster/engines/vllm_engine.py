@@ -28,7 +28,7 @@ from cluster.core.request import Request
 from cluster.core.scheduling import InstanceSpec
 from cluster.engines.cpu import use_threads
 from cluster.engines.port import KVNotReady, StepResult, StepShape
-from cluster.engines.prompts import check_token_ids, prompt_ids
+from cluster.engines.prompts import check_token_ids, request_prompt
 from migration.transport import Packet, describe
 from router.snapshot import COLOCATED, PREFILL
 
@@ -205,7 +205,7 @@ class VLLMEngine:
         self.llm.add_request(self.vllm_ids[request.id], TokensPrompt(prompt_token_ids=ids), params)
 
     def _ids(self, request: Request) -> list[int]:
-        return prompt_ids(request.id, request.prompt, self.vocab_size, self.seed) + request.output
+        return request_prompt(request, self.vocab_size, self.seed) + request.output
 
     def _recompute(self, request: Request) -> None:
         left = request.max_tokens - request.generated

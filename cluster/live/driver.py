@@ -83,6 +83,7 @@ class LiveRuntime(Runtime):
         self.origin = time.monotonic()
         self.last_progress = self.origin
         self.nodes, self.skew = [""] * len(actors), [0.0] * len(actors)
+        self.arrivals = deque(sorted(setup.requests, key=lambda r: (r.arrival, r.id)))
 
     @property
     def record(self) -> Recorder:
@@ -119,25 +120,20 @@ class LiveRuntime(Runtime):
         import ray
 
         setup, control = self.setup, self.control
-        arrivals = sorted(setup.requests, key=lambda r: (r.arrival, r.id))
-        upcoming, tick = 0, setup.tick_s
+        tick = setup.tick_s
         self.nodes, self.skew = zip(*(self._skew(actor) for actor in self.actors))
         for index, actor in enumerate(self.actors):
             self.polls[actor.poll.remote(POLL_S, self.options.report_batch_s)] = index
         self.origin = self.last_progress = time.monotonic()
-        while control.unfinished > 0:
+        while self.serving():
             now = self.now()
             if now >= setup.horizon_s:
                 break
-            while upcoming < len(arrivals) and arrivals[upcoming].arrival <= now:
-                self.times[arrivals[upcoming].id] = array("d")
-                control.arrive(arrivals[upcoming])
-                upcoming += 1
+            self.arrive(now)
             if tick and now >= tick:
                 tick = now + setup.tick_s
                 control.decide(events.TICK)
-            wake = min(arrivals[upcoming].arrival if upcoming < len(arrivals) else np.inf, tick or np.inf,
-                       setup.horizon_s)
+            wake = min(self.next_arrival_s(), tick or np.inf, setup.horizon_s)
             timeout = min(max(0.0, (wake - self.now()) / self.options.speedup), 0.25)
             ready, _ = ray.wait([*self.polls, *self.pending], num_returns=1, timeout=timeout)
             if ready:
@@ -148,6 +144,24 @@ class LiveRuntime(Runtime):
             self._watch()
         self.record.close_live(self.now(), self.requests.values(), self.times)
         return self.record
+
+    # ---- where requests come from (a server's come as its clients send them) ----------
+    def serving(self) -> bool:
+        return self.control.unfinished > 0
+
+    def arrive(self, now: float) -> None:
+        """Hand the control plane the requests that have arrived by `now`."""
+        arrivals = self.arrivals
+        while arrivals and arrivals[0].arrival <= now:
+            request = arrivals.popleft()
+            self.times[request.id] = array("d")
+            self.control.arrive(request)
+
+    def next_arrival_s(self) -> float:
+        return self.arrivals[0].arrival if self.arrivals else np.inf
+
+    def delivered(self, request_ids: list[int]) -> None:
+        """These requests were each given a token (the last of `times`, `output`)."""
 
     @staticmethod
     def _skew(actor) -> tuple[str, float]:
@@ -241,6 +255,8 @@ class LiveRuntime(Runtime):
             slo.add_token(request.slot, now)
             if request.state in (WAITING, PREFILLING):
                 self.place(request, DECODING, index)
+        if step.tokens:
+            self.delivered(step.tokens)
         for request_id in step.preempted:
             self.place(self.requests[request_id], WAITING, index)
             control.engine_preempted(self.requests[request_id], index, "recompute")
@@ -292,7 +308,8 @@ class LiveRuntime(Runtime):
 
     def enqueue(self, request: Request, instance: int) -> None:
         spec = Request(request.id, request.tenant, request.arrival, request.prompt, request.max_tokens,
-                       generated=len(self.times[request.id]), output=list(request.output))
+                       generated=len(self.times[request.id]), output=list(request.output),
+                       prompt_ids=request.prompt_ids)
         self.actors[instance].submit.remote(spec)
         self.submits[instance] += 1
         self.unseen[instance].append(spec.to_prefill)

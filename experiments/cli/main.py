@@ -14,7 +14,9 @@ from experiments.cli.capacity import add_parser as add_capacity
 from experiments.cli.harm import add_parser as add_harm
 from experiments.cli.install import add_parser as add_install
 from experiments.cli.model import add_parser as add_model
+from experiments.cli.serve import add_parser as add_serve
 from experiments.cli.sweep import add_parser as add_sweep
+from experiments.cli.vllmshim import add_parser as add_vllm
 from router.slo import SLO
 
 SLO_FLAGS = {  # flag -> (SLO field, help)
@@ -148,6 +150,8 @@ def parser() -> argparse.ArgumentParser:
     add_capacity(commands)
     add_model(commands)
     add_install(commands)
+    add_serve(commands)
+    add_vllm(commands)
 
     quick = commands.add_parser("quickstart", help="the quickstart: classic vs smooth goodput routers on a live "
                                                    "local Ray cluster (2 prefill + 2 decode emulated A100s)")

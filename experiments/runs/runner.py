@@ -38,7 +38,9 @@ def host_blocks(section, model, hardware, tp: int) -> int:
     return int(usable // (model.kv_bytes_per_token * section.scheduler.block_size))
 
 
-def build_setup(config: ExperimentConfig, workload: pd.DataFrame, veto: Veto = Veto()) -> RunSetup:
+def build_setup(config: ExperimentConfig, workload: pd.DataFrame, veto: Veto = Veto(),
+                tenants: list[str] | None = None) -> RunSetup:
+    """`tenants`: those given SLOs (else those of the workload's requests)."""
     section = config.cluster
     model, hardware = load_model(section.model), load_hardware(section.hardware)
     groups = [(ROLES[g.role], g.tp, g.node) for g in section.instances for _ in range(g.count)]
@@ -57,7 +59,8 @@ def build_setup(config: ExperimentConfig, workload: pd.DataFrame, veto: Veto = V
                           [i.kv_bytes_per_token / i.swap_bandwidth for i in instances])
     links, path = link_pool(placements, hardware)
     overrides = tenant_slos(config.workload)
-    slos = {tenant: SLO(**{**config.slo, **overrides.get(tenant, {})}) for tenant in workload["tenant"].unique()}
+    names = workload["tenant"].unique() if tenants is None else tenants
+    slos = {tenant: SLO(**{**config.slo, **overrides.get(tenant, {})}) for tenant in names}
     requests = [Request(int(i), str(t), float(a), int(p), int(o)) for i, t, a, p, o in
                 zip(workload["request_id"], workload["tenant"], workload["arrival_s"], workload["prompt_tokens"],
                     workload["output_tokens"])]
@@ -76,7 +79,7 @@ def versions() -> dict:
     return found
 
 
-def _meta(config: ExperimentConfig, setup: RunSetup, end_s: float, runtime: str) -> dict:
+def meta(config: ExperimentConfig, setup: RunSetup, end_s: float, runtime: str) -> dict:
     return {"end_s": end_s, "runtime": runtime, "seed": config.seed, "config": config.model_dump(mode="json"),
             "versions": versions(), "slo": config.slo, "tenant_slo": {t: s.as_dict() for t, s in setup.slos.items()}}
 
@@ -85,7 +88,7 @@ def _simulate(config: ExperimentConfig, veto: Veto = Veto()) -> tuple[Recorder, 
     workload = generate(config.workload, config.seed)
     simulator = Simulator(build_setup(config, workload, veto))
     record = simulator.run()
-    meta = _meta(config, simulator.setup, record.end_s, "sim")
+    meta = meta(config, simulator.setup, record.end_s, "sim")
     meta["iterations"] = int(sum(i.iterations for i in simulator.instances))
     meta["decided_at_s"] = simulator.control.decided_at
     return record, meta, simulator
@@ -124,7 +127,7 @@ def _run_live(config: ExperimentConfig, progress: Callable[[int, int], None] | N
         record = runtime.run()
     finally:
         stop(actors, groups)
-    meta = _meta(config, setup, record.end_s, "ray")
+    meta = meta(config, setup, record.end_s, "ray")
     lag = np.frombuffer(runtime.lag) if len(runtime.lag) else np.zeros(1)
     meta["report_lag_s"] = {"p50": float(np.percentile(lag, 50)), "p99": float(np.percentile(lag, 99))}
     return record, meta
