@@ -44,14 +44,16 @@ class ServingRuntime(LiveRuntime):
         self.streams: dict[int, Stream] = {}
         self.lock = threading.Lock()
         self.next_id = 0
+        self.client_ids: dict[int, str] = {}
         self.closing = threading.Event()
         self.closed = False
 
     # ---- from any thread ------------------------------------------------------------
-    def submit(self, tenant: str, prompt_ids: list[int], max_tokens: int, stream: Stream) -> int:
-        """Serve a request arriving now; its id."""
+    def submit(self, tenant: str, prompt_ids: list[int], max_tokens: int, stream: Stream, client_id: str = "") -> int:
+        """Serve a request arriving now; its id. `client_id`: the client's own name for it."""
         with self.lock:
             request_id, self.next_id = self.next_id, self.next_id + 1
+            self.client_ids[request_id] = client_id
         request = Request(request_id, tenant, self.now(), len(prompt_ids), max_tokens, prompt_ids=list(prompt_ids))
         self.inbox.put((request, stream))
         return request_id

@@ -10,7 +10,8 @@ step when the last one is done and ends when its compute does.
 Commands that change the batch (new requests, admissions, preemptions, detaching a
 migrating request) run at the next step boundary, as in a real engine; their results
 ride on the next report as notes. Blocks reserved for incoming KV expire at a
-deadline unless committed (the migration watchdog). A step that did nothing the driver
+deadline unless committed (the migration watchdog). An idle engine whose state another
+thread changed (a release, an abort) reports its load at once. A step that did nothing the driver
 must hear of (a real engine waiting on KV in flight) is reported at most every `QUIET_S`.
 A real engine's step run right after another counts from the end of that one: the
 worker's own work between steps is part of what each step costs.
@@ -61,6 +62,7 @@ class Worker:
         self.origin = time.monotonic()
         self.last_end: float | None = None
         self.flushed = 0.0
+        self.touched = False
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def start(self) -> None:
@@ -81,9 +83,11 @@ class Worker:
         try:
             with self.lock:
                 yield
+                self.touched = True
         finally:
             with self.waiting_lock:
                 self.waiting -= 1
+            self.wake.set()
 
     def at_boundary(self, command: Callable[[], None]) -> None:
         with self.held():
@@ -168,6 +172,9 @@ class Worker:
                 on_schedule = paced and behind is not None and behind < CATCH_UP_S * self.speedup
                 end = self.engine.begin(previous_end if on_schedule else now)
                 self.last_end = end
+                if end is None and self.touched:
+                    self._flush(None)
+                self.touched = False
             if end is None:
                 self.wake.wait(0.05 if self.reservations else None)
                 self.wake.clear()

@@ -60,6 +60,8 @@ def _metrics(args: argparse.Namespace) -> int:
     window = Window(args.warmup, args.cooldown)
     table, summary = score(run, slo, window, tenants)
     summaries = {"run": summary}
+    if args.compare:
+        summaries = _compared(run, read_any(args.compare), slo, window, tenants)
     if args.delay_output is not None:
         summaries["output delayed"] = score(validate(delay_output(run, args.delay_output)), slo, window, tenants)[1]
     if args.per_request:
@@ -71,6 +73,27 @@ def _metrics(args: argparse.Namespace) -> int:
     else:
         print_summaries(summaries)
     return 0
+
+
+def _compared(run, other, slo, window, tenants) -> dict:
+    """Both runs scored alike, and the latency the path from server to client added."""
+    from experiments.scoring.compare import added_latency, label
+    from experiments.scoring.metrics import score
+
+    names = [label(run), label(other)]
+    if names[0] == names[1]:
+        names = [f"{names[0]} (first)", f"{names[1]} (second)"]
+    summaries = {name: score(r, slo, window, tenants)[1] for name, r in zip(names, (run, other))}
+    server, client = (run, other) if label(run) == "server" else (other, run)
+    added = added_latency(client, server)
+    if added["matched"]:
+        ttft, e2e = added["ttft_s"], added["e2e_s"]
+        print(f"matched {added['matched']} requests by the client's request ids; client minus server: "
+              f"TTFT {ttft['p50'] * 1e3:+.1f} ms p50, {ttft['p99'] * 1e3:+.1f} ms p99; "
+              f"E2E {e2e['p50'] * 1e3:+.1f} ms p50, {e2e['p99'] * 1e3:+.1f} ms p99")
+    else:
+        print("matched 0 requests (the server kept no client request ids): the runs are compared as wholes")
+    return summaries
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -124,6 +147,9 @@ def parser() -> argparse.ArgumentParser:
     metrics.add_argument("--cooldown", type=_seconds, default=0.0, help="leave out requests arriving in the last SECONDS")
     metrics.add_argument("--delay-output", type=_seconds, metavar="TBT",
                          help="also score the run with the output-delay trick at one token per TBT seconds")
+    metrics.add_argument("--compare", metavar="OTHER",
+                         help="score OTHER alike and show both (a client's result against the `pdlab serve` run "
+                              "folder it drove: requests matched by the client's request ids)")
     metrics.add_argument("--json", action="store_true", help="print the summary as JSON")
     metrics.add_argument("--per-request", metavar="FILE.csv", help="write the per-request table")
     metrics.set_defaults(handler=_metrics)

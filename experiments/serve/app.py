@@ -20,8 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from cluster.core.request import FINISHED
 from cluster.live.serving import ServingRuntime
 from experiments.serve.tokenizer import TextCodec
+from router.snapshot import ROLES
 
 DEFAULT_MAX_TOKENS = 16
+ROLE_NAMES = {value: name for name, value in ROLES.items()}
 
 
 class StreamOptions(BaseModel):
@@ -88,6 +90,7 @@ class FrontDoor:
         app.add_exception_handler(RequestValidationError, lambda request, exc: _field_error(exc))
         app.get("/health")(self.health)
         app.get("/v1/models")(self.models)
+        app.get("/pdlab/instances")(self.instances)
         app.post("/v1/completions")(self.completions)
         app.post("/v1/chat/completions")(self.chat)
         return app
@@ -98,6 +101,15 @@ class FrontDoor:
     async def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.model, "object": "model", "created": self.created,
                                             "owned_by": "pdlab", "root": self.model}]}
+
+    async def instances(self) -> dict:
+        """The router's view of each instance now: its KV and queue, as its worker last said."""
+        table = self.runtime.setup.table
+        columns = ("alive", "total_blocks", "free_blocks", "queued", "running", "host_free_blocks")
+        return {"instances": [{"id": index, "role": ROLE_NAMES[int(table.role[index])],
+                               **{column: getattr(table, column)[index].item() for column in columns}}
+                              for index in range(len(table.role))],
+                "unfinished": self.runtime.control.unfinished}
 
     async def completions(self, body: CompletionBody, request: Request):
         prompt = body.prompt
@@ -124,7 +136,8 @@ class FrontDoor:
             return error(400, "prompt: expected at least one token, got an empty prompt", "prompt")
         tenant = body.user if body.user in self.tenants else self.tenants[0]
         stream = QueueStream(asyncio.get_running_loop(), asyncio.Queue())
-        request_id = self.runtime.submit(tenant, ids, max_tokens or DEFAULT_MAX_TOKENS, stream)
+        request_id = self.runtime.submit(tenant, ids, max_tokens or DEFAULT_MAX_TOKENS, stream,
+                                         request.headers.get("x-request-id", ""))
         reply = Reply(self, kind, request_id, len(ids), body)
         if body.stream:
             return StreamingResponse(reply.events(stream.queue), media_type="text/event-stream")
@@ -137,7 +150,7 @@ class Reply:
     def __init__(self, door: FrontDoor, kind: str, request_id: int, prompt_tokens: int, body: Sampling) -> None:
         self.door, self.kind, self.request_id, self.prompt_tokens = door, kind, request_id, prompt_tokens
         self.usage = body.stream_options is not None and body.stream_options.include_usage
-        self.id = f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex}"
+        self.id = f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{request_id}-{uuid.uuid4().hex[:8]}"
         self.created = int(time.time())
         self.generated = 0
 

@@ -90,6 +90,7 @@ def serve(config: ExperimentConfig, options: ServeOptions, ready: Callable[[str]
     if "error" in outcome:
         raise outcome["error"]
     record = outcome["record"]
+    record.requests["client_request_id"] = [runtime.client_ids.get(i, "") for i in record.requests["request_id"]]
     info = meta(config, setup, record.end_s, "ray") | {"served": {"host": options.host, "port": options.port,
                                                                   "model": model}}
     return write_run(validate(Run(record.requests, record.tokens, record.events(), info, record.steps())),

@@ -1,0 +1,188 @@
+"""`pdlab serve` driven by real clients: the `openai` package (completions, chat,
+streamed and whole), `vllm bench serve` (through the project's `pdlab vllm` shim), and
+a client that leaves mid-stream; then the server is stopped with SIGINT and its run
+folder is compared with what the clients measured."""
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments.runs.imports import read_any
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "Llama-3.1-8B"
+BENCH_REQUESTS = 24
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_up(url: str, server: subprocess.Popen, timeout_s: float = 120.0) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if server.poll() is not None:
+            raise AssertionError(f"pdlab serve exited {server.returncode}: {server.stderr.read()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("pdlab serve did not answer /health in time")
+
+
+def _instances(url: str) -> list[dict]:
+    return httpx.get(f"{url}/pdlab/instances", timeout=5.0).json()["instances"]
+
+
+def _leave_mid_stream(url: str) -> dict:
+    """Read three tokens of a long stream and hang up; then watch the decode KV come back."""
+    body = {"model": MODEL, "prompt": "ba be bi " * 50, "max_tokens": 2000, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30.0) as response:
+        seen = 0
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                seen += 1
+            if seen == 3:
+                during = _instances(url)
+                break
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        after = _instances(url)
+        if all(i["free_blocks"] == i["total_blocks"] for i in after):
+            break
+        time.sleep(0.1)
+    return {"during": during, "after": after}
+
+
+def _openai_clients(url: str) -> dict:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+    whole = client.completions.create(model=MODEL, prompt="ba be bi bo bu", max_tokens=12)
+    streamed = list(client.completions.create(model=MODEL, prompt="da de di", max_tokens=9, stream=True,
+                                              stream_options={"include_usage": True}))
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "ga ge gi"}],
+                                          max_tokens=7)
+    chat_stream = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "ha"}],
+                                                      max_tokens=5, stream=True))
+    models = client.models.list()
+    bad = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": -3})
+    return {"whole": whole, "streamed": streamed, "chat": chat, "chat_stream": chat_stream, "models": models,
+            "bad": bad}
+
+
+def _vllm_bench(url: str, tokenizer: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.cli.main", "vllm", "bench", "serve", "--backend", "openai",
+         "--base-url", url, "--model", MODEL, "--tokenizer", str(tokenizer), "--dataset-name", "random",
+         "--random-input-len", "64", "--random-output-len", "24", "--num-prompts", str(BENCH_REQUESTS),
+         "--request-rate", "8", "--seed", "0", "--ignore-eos", "--request-id-prefix", "bench-",
+         "--save-result", "--save-detailed", "--result-dir", str(out), "--result-filename", "bench.json",
+         "--disable-tqdm", "--ready-check-timeout-sec", "60"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """One server session: every client above against it, then SIGINT."""
+    folder = tmp_path_factory.mktemp("serve")
+    port, out = _free_port(), folder / "run"
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "experiments.cli.main", "serve", "configs/serve.yaml",
+                               "--port", str(port), "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        started_s = _wait_up(url, server)
+        found = {"started_s": started_s, "openai": _openai_clients(url), "left": _leave_mid_stream(url)}
+        found["bench"] = _vllm_bench(url, out / "tokenizer", folder)
+    finally:
+        server.send_signal(signal.SIGINT)
+        stdout, stderr = server.communicate(timeout=120)
+    found.update(code=server.returncode, stdout=stdout, stderr=stderr, run=out, bench_file=folder / "bench.json")
+    return found
+
+
+def test_the_server_starts_in_seconds_and_stops_cleanly_on_sigint(served):
+    assert served["started_s"] < 60
+    assert served["code"] == 0, served["stderr"][-2000:]
+    assert "Traceback" not in served["stderr"]
+    assert "wrote run" in served["stdout"]
+
+
+def test_openai_client_completions_and_chat(served):
+    found = served["openai"]
+    whole = found["whole"]
+    assert whole.choices[0].finish_reason == "length"
+    assert whole.usage.completion_tokens == 12 and whole.usage.prompt_tokens == 5
+    assert len(whole.choices[0].text.split()) == 12
+    texts = [chunk.choices[0].text for chunk in found["streamed"] if chunk.choices]
+    assert len([t for t in texts if t]) == 9
+    assert found["streamed"][-1].usage.completion_tokens == 9
+    assert found["chat"].choices[0].message.role == "assistant"
+    assert len(found["chat"].choices[0].message.content.split()) == 7
+    pieces = [c.choices[0].delta.content for c in found["chat_stream"] if c.choices and c.choices[0].delta.content]
+    assert len(pieces) == 5
+    assert [m.id for m in found["models"].data] == [MODEL]
+    bad = found["bad"]
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_kv(served):
+    during, after = served["left"]["during"], served["left"]["after"]
+    assert any(i["free_blocks"] < i["total_blocks"] for i in during)
+    assert all(i["free_blocks"] == i["total_blocks"] for i in after)
+    run = read_any(served["run"])
+    aborted = run.requests[run.requests["status"] == "aborted"]
+    assert len(aborted) == 1 and aborted["prompt_tokens"].iloc[0] == 150
+    reasons = run.events[(run.events["kind"] == "abort")]["detail"].tolist()
+    assert reasons == ["client disconnected"]
+
+
+def test_vllm_bench_serve_completes_against_the_server(served):
+    bench = served["bench"]
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    result = json.loads(served["bench_file"].read_text())
+    assert result["completed"] == BENCH_REQUESTS and result["failed"] == 0
+    assert result["output_lens"] == [24] * BENCH_REQUESTS
+
+
+def test_client_and_server_agree_within_the_loopback_latency(served):
+    server = read_any(served["run"])
+    client = read_any(served["bench_file"])
+    ids = server.requests["client_request_id"]
+    matched = server.requests[ids.str.startswith("bench-")].copy()
+    assert len(matched) == BENCH_REQUESTS
+    matched["index"] = matched["client_request_id"].str.removeprefix("bench-").astype(int)
+    first = server.tokens[server.tokens["index"] == 1].set_index("request_id")["time_s"]
+    last = server.tokens.groupby("request_id")["time_s"].max()
+    server_ttft = (first[matched["request_id"]].to_numpy() - matched["arrival_s"].to_numpy())
+    server_e2e = (last[matched["request_id"]].to_numpy() - matched["arrival_s"].to_numpy())
+    result = json.loads(served["bench_file"].read_text())
+    order = matched["index"].to_numpy()
+    client_ttft = np.asarray(result["ttfts"])[order]
+    client_e2e = client_ttft + np.array([sum(gaps) for gaps in result["itls"]])[order]
+    added_ttft, added_e2e = client_ttft - server_ttft, client_e2e - server_e2e
+    assert np.all(added_ttft > -0.005), added_ttft
+    assert np.percentile(added_ttft, 50) < 0.05 and np.percentile(added_e2e, 50) < 0.05, (added_ttft, added_e2e)
+    assert len(client.requests) == BENCH_REQUESTS
+
+
+def test_metrics_compare_prints_both_sides(served, pdlab):
+    code, out, err = pdlab("metrics", served["bench_file"], "--compare", served["run"])
+    assert code == 0, err
+    assert "TTFT p50" in out and "client" in out and "server" in out
+    assert "matched 24 requests" in out
