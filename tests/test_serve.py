@@ -92,7 +92,7 @@ def _vllm_bench(url: str, tokenizer: Path, out: Path) -> subprocess.CompletedPro
          "--random-input-len", "64", "--random-output-len", "24", "--num-prompts", str(BENCH_REQUESTS),
          "--request-rate", "8", "--seed", "0", "--ignore-eos", "--request-id-prefix", "bench-",
          "--save-result", "--save-detailed", "--result-dir", str(out), "--result-filename", "bench.json",
-         "--disable-tqdm", "--ready-check-timeout-sec", "60"],
+         "--disable-tqdm", "--ready-check-timeout-sec", "60", "--goodput", "ttft:30", "tpot:19"],
         capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
@@ -179,6 +179,15 @@ def test_client_and_server_agree_within_the_loopback_latency(served):
     assert np.all(added_ttft > -0.005), added_ttft
     assert np.percentile(added_ttft, 50) < 0.05 and np.percentile(added_e2e, 50) < 0.05, (added_ttft, added_e2e)
     assert len(client.requests) == BENCH_REQUESTS
+
+
+def test_vllm_goodput_syntax_and_duration_give_vllms_own_figures(served, pdlab_json):
+    result = json.loads(served["bench_file"].read_text())
+    ours = pdlab_json(served["bench_file"], "--goodput", "ttft:30", "tpot:19", "--interval", "bench")
+    assert ours["vllm_goodput"]["request_goodput"] == pytest.approx(result["request_goodput"], rel=1e-12)
+    assert ours["request_throughput_per_s"] == pytest.approx(result["request_throughput"], rel=1e-12)
+    assert ours["parameters"]["ttft"] == 0.03 and ours["parameters"]["tpot"] == 0.019
+    assert 0 < ours["vllm_goodput"]["good_requests"] < BENCH_REQUESTS or result["request_goodput"] > 0
 
 
 def test_metrics_compare_prints_both_sides(served, pdlab):

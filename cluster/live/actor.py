@@ -160,7 +160,7 @@ class WorkerActor:
         shared-memory `inbox` (name, size, transfer) of a worker on this node when they fit."""
         deadline = time.monotonic() + EXPORT_WAIT_S
         while True:
-            with self.worker.held():
+            with self.worker.held(change=False):
                 request, context = self.engine.requests[request_id], self.engine.context_of(request_id)
                 if tokens is None:
                     tokens = context - first
@@ -260,7 +260,7 @@ class WorkerActor:
         return Pulled(False, reason)
 
     def stats(self) -> dict:
-        with self.worker.held():
+        with self.worker.held(change=False):
             return self.engine.stats()
 
     def stop(self) -> None:

@@ -74,20 +74,20 @@ class Worker:
         return (time.monotonic() - self.origin) * self.speedup
 
     @contextmanager
-    def held(self):
+    def held(self, change: bool = True):
         """The engine's lock, for a thread other than the worker's: the worker yields it
         at its next boundary (a real engine's steps follow each other with no pause,
-        and an unfair lock would let the worker take it back every time)."""
+        and an unfair lock would let the worker take it back every time). With `change`,
+        the caller changes the engine's state: an idle worker then reports its load."""
         with self.waiting_lock:
             self.waiting += 1
         try:
             with self.lock:
                 yield
-                self.touched = True
+                self.touched = self.touched or change
         finally:
             with self.waiting_lock:
                 self.waiting -= 1
-            self.wake.set()
 
     def at_boundary(self, command: Callable[[], None]) -> None:
         with self.held():

@@ -54,11 +54,15 @@ def _metrics(args: argparse.Namespace) -> int:
     from experiments.runs.runformat import validate
     from experiments.scoring.delay import delay_output
     from experiments.scoring.metrics import Window, run_slos, score
+    from experiments.scoring.vllmgoodput import parse_goodput, slo_of, vllm_goodput
 
+    limits = parse_goodput(args.goodput) if args.goodput else {}
     run = read_any(args.run)
-    slo, tenants = run_slos(run.meta, slo_overrides(args))
+    slo, tenants = run_slos(run.meta, {**slo_of(limits), **slo_overrides(args)})
     window = Window(args.warmup, args.cooldown)
-    table, summary = score(run, slo, window, tenants)
+    table, summary = score(run, slo, window, tenants, args.interval)
+    if limits:
+        summary["vllm_goodput"] = vllm_goodput(table, limits, summary["serving_time_s"])
     summaries = {"run": summary}
     if args.compare:
         summaries = _compared(run, read_any(args.compare), slo, window, tenants)
@@ -72,6 +76,11 @@ def _metrics(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         print_summaries(summaries)
+        if limits:
+            found = summary["vllm_goodput"]
+            print(f"vLLM goodput ({' '.join(f'{k}:{v:g}' for k, v in limits.items())} ms, vllm bench serve's rule): "
+                  f"{found['good_requests']} good requests, {found['request_goodput']:.3f} req/s; the table's "
+                  f"ttft_tpot{' and e2e' if 'e2el' in limits else ''} scheme uses the same limits")
     return 0
 
 
@@ -147,6 +156,12 @@ def parser() -> argparse.ArgumentParser:
     metrics.add_argument("--cooldown", type=_seconds, default=0.0, help="leave out requests arriving in the last SECONDS")
     metrics.add_argument("--delay-output", type=_seconds, metavar="TBT",
                          help="also score the run with the output-delay trick at one token per TBT seconds")
+    metrics.add_argument("--goodput", nargs="+", metavar="KEY:MS",
+                         help="vLLM's goodput limits as `vllm bench serve --goodput` takes them, in milliseconds "
+                              "(ttft, tpot, e2el), e.g. --goodput ttft:50 tpot:6; also sets the SLO's ttft/tpot/e2e")
+    metrics.add_argument("--interval", choices=["tokens", "bench"], default="tokens",
+                         help="what rates divide by: first arrival to last token (default), or the benchmark's own "
+                              "duration (bench: vllm bench serve's `duration`, as vLLM divides)")
     metrics.add_argument("--compare", metavar="OTHER",
                          help="score OTHER alike and show both (a client's result against the `pdlab serve` run "
                               "folder it drove: requests matched by the client's request ids)")

@@ -47,7 +47,9 @@ def parameters_line(summary: dict) -> str:
     return (f"SLO: ttft_tbt TTFT {p['ttft']} s / TBT {p['tbt']} s; ttft_tpot TPOT {p['tpot']} s; e2e {p['e2e']} s; "
             f"smooth V {p['v']} s/token, L {p['l']} s; benefit n - {p['alpha']}*f, f={p['f']} (l_max {p['l_max']} s). "
             f"End of run {p['end_s']:.3f} s from {p['end_from']}; warm-up {p['warmup_s']} s, cool-down {p['cooldown_s']} s "
-            f"({p['excluded_by_window']} requests left out); percentiles: {p['percentiles']}.")
+            f"({p['excluded_by_window']} requests left out); percentiles: {p['percentiles']}. Rates per second of "
+            f"{p.get('interval', 'the run')}; the JSON's top-level slo_attainment and request_goodput are the "
+            f"{p.get('headline_scheme', 'ttft_tbt')} scheme's.")
 
 
 def print_summaries(summaries: dict[str, dict], console: Console | None = None) -> None:

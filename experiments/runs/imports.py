@@ -82,11 +82,22 @@ def _load_single_json(path: Path) -> dict:
 def _chunk_times(ttft: float, itls: list, tokens: int) -> list[float]:
     """Times of `tokens` tokens from the first chunk's TTFT and the inter-chunk gaps.
     More chunks than tokens: the first ones carried none (the chat role message).
-    Fewer: chunks carried several tokens each, split as evenly as possible."""
+    Fewer: chunks carried several tokens each, as vLLM streams them (`--stream-interval
+    N`: the first token alone, then N a chunk, the last chunk the rest); counts that no
+    interval explains are split as evenly as possible."""
     chunks = ttft + np.concatenate([[0.0], np.cumsum(np.asarray(itls, dtype=np.float64))])
     if tokens <= len(chunks):
         return list(chunks[len(chunks) - tokens:])
-    return list(chunks[(np.arange(tokens) * len(chunks)) // tokens])
+    return list(np.repeat(chunks, chunk_sizes(tokens, len(chunks))))
+
+
+def chunk_sizes(tokens: int, chunks: int) -> np.ndarray:
+    """How many of `tokens` each of `chunks` carried (more tokens than chunks)."""
+    if chunks > 1:
+        every = -(-(tokens - 1) // (chunks - 1))
+        if -(-(tokens - 1) // every) == chunks - 1:
+            return np.array([1] + [every] * (chunks - 2) + [tokens - 1 - every * (chunks - 2)])
+    return np.bincount((np.arange(tokens) * chunks) // tokens, minlength=chunks)
 
 
 def read_vllm_bench(path: str | Path) -> Run:
@@ -122,6 +133,8 @@ def read_vllm_bench(path: str | Path) -> Run:
                      "vllm_bench": {k: result.get(k) for k in ("date", "backend", "model_id", "num_prompts",
                                                                 "request_rate", "burstiness", "max_concurrency",
                                                                 "duration")}})
+    if _is_number(result.get("duration")):
+        run.meta["bench_duration_s"] = float(result["duration"])
     if not starts and isinstance(result.get("duration"), (int, float)):
         run.meta["end_s"] = max(float(result["duration"]), float(run.tokens["time_s"].max()) if len(run.tokens) else 0.0)
     return run

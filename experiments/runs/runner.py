@@ -79,7 +79,7 @@ def versions() -> dict:
     return found
 
 
-def meta(config: ExperimentConfig, setup: RunSetup, end_s: float, runtime: str) -> dict:
+def run_meta(config: ExperimentConfig, setup: RunSetup, end_s: float, runtime: str) -> dict:
     return {"end_s": end_s, "runtime": runtime, "seed": config.seed, "config": config.model_dump(mode="json"),
             "versions": versions(), "slo": config.slo, "tenant_slo": {t: s.as_dict() for t, s in setup.slos.items()}}
 
@@ -88,7 +88,7 @@ def _simulate(config: ExperimentConfig, veto: Veto = Veto()) -> tuple[Recorder, 
     workload = generate(config.workload, config.seed)
     simulator = Simulator(build_setup(config, workload, veto))
     record = simulator.run()
-    meta = meta(config, simulator.setup, record.end_s, "sim")
+    meta = run_meta(config, simulator.setup, record.end_s, "sim")
     meta["iterations"] = int(sum(i.iterations for i in simulator.instances))
     meta["decided_at_s"] = simulator.control.decided_at
     return record, meta, simulator
@@ -127,7 +127,7 @@ def _run_live(config: ExperimentConfig, progress: Callable[[int, int], None] | N
         record = runtime.run()
     finally:
         stop(actors, groups)
-    meta = meta(config, setup, record.end_s, "ray")
+    meta = run_meta(config, setup, record.end_s, "ray")
     lag = np.frombuffer(runtime.lag) if len(runtime.lag) else np.zeros(1)
     meta["report_lag_s"] = {"p50": float(np.percentile(lag, 50)), "p99": float(np.percentile(lag, 99))}
     return record, meta

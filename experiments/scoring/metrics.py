@@ -176,9 +176,15 @@ def summarize(table: pd.DataFrame, tl: Timelines, start_s: float, end_s: float) 
     }
 
 
+INTERVALS = {"tokens": "first arrival to the last token (or run.json's end_s)",
+             "bench": "the benchmark tool's own duration (vllm bench serve's `duration`)"}
+HEADLINE_SCHEME = "ttft_tbt"
+
+
 def score(run: Run, slo: SLO = SLO(), window: Window = Window(),
-          tenant_slos: dict[str, SLO] | None = None) -> tuple[pd.DataFrame, dict]:
-    """The per-request table and the summary of a validated run."""
+          tenant_slos: dict[str, SLO] | None = None, interval: str = "tokens") -> tuple[pd.DataFrame, dict]:
+    """The per-request table and the summary of a validated run. Rates divide by the
+    `interval` (`INTERVALS`)."""
     end_s = run_end(run)
     requests, tokens = _windowed(run, window)
     tl = timelines(requests, tokens)
@@ -186,12 +192,21 @@ def score(run: Run, slo: SLO = SLO(), window: Window = Window(),
     start_s = float(requests["arrival_s"].min()) if len(requests) else 0.0
     serving_end = end_s if run.end_s is not None else (float(tokens["time_s"].max()) if len(tokens) else start_s)
     serving_end -= window.cooldown_s
+    if interval == "bench":
+        duration = run.meta.get("bench_duration_s")
+        if duration is None:
+            raise ValueError("--interval bench: this run carries no benchmark duration (a vllm bench serve "
+                             "result does); use --interval tokens")
+        start_s, serving_end = 0.0, float(duration) - window.cooldown_s
+    elif interval != "tokens":
+        raise ValueError(f"--interval: expected one of {list(INTERVALS)}, got {interval!r}")
     summary = summarize(table, tl, start_s, serving_end)
     summary["parameters"] = {
         **slo.as_dict(), **asdict(window),
         **({"tenant_slo": {t: s.as_dict() for t, s in tenant_slos.items()}} if tenant_slos else {}),
         "end_s": end_s, "end_from": "run.json" if run.end_s is not None else "last token",
-        "percentiles": "numpy linear interpolation",
+        "percentiles": "numpy linear interpolation", "interval": INTERVALS[interval],
+        "headline_scheme": HEADLINE_SCHEME,
         "excluded_by_window": int(len(run.requests) - len(requests)),
     }
     return table, summary

@@ -138,7 +138,7 @@ class FrontDoor:
         stream = QueueStream(asyncio.get_running_loop(), asyncio.Queue())
         request_id = self.runtime.submit(tenant, ids, max_tokens or DEFAULT_MAX_TOKENS, stream,
                                          request.headers.get("x-request-id", ""))
-        reply = Reply(self, kind, request_id, len(ids), body)
+        reply = Reply(self, kind, request_id, len(ids), body, max_tokens or DEFAULT_MAX_TOKENS)
         if body.stream:
             return StreamingResponse(reply.events(stream.queue), media_type="text/event-stream")
         return await reply.whole(stream.queue, request)
@@ -147,8 +147,10 @@ class FrontDoor:
 class Reply:
     """One request's answer, as events or whole."""
 
-    def __init__(self, door: FrontDoor, kind: str, request_id: int, prompt_tokens: int, body: Sampling) -> None:
+    def __init__(self, door: FrontDoor, kind: str, request_id: int, prompt_tokens: int, body: Sampling,
+                 max_tokens: int) -> None:
         self.door, self.kind, self.request_id, self.prompt_tokens = door, kind, request_id, prompt_tokens
+        self.max_tokens = max_tokens
         self.usage = body.stream_options is not None and body.stream_options.include_usage
         self.id = f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{request_id}-{uuid.uuid4().hex[:8]}"
         self.created = int(time.time())
@@ -178,11 +180,13 @@ class Reply:
                     for token in item[1]:
                         self.generated += 1
                         text = self.door.codec.piece(token, self.generated == 1)
-                        yield f"data: {json.dumps(self._body([self._choice(text, None)]))}\n\n"
+                        last = "length" if self.generated == self.max_tokens else None
+                        yield f"data: {json.dumps(self._body([self._choice(text, last)]))}\n\n"
                     continue
                 ended = True
-                finish = "length" if item[1] == FINISHED else "abort"
-                yield f"data: {json.dumps(self._body([self._choice('', finish)]))}\n\n"
+                if self.generated < self.max_tokens or item[1] != FINISHED:
+                    finish = "stop" if item[1] == FINISHED else "abort"
+                    yield f"data: {json.dumps(self._body([self._choice('', finish)]))}\n\n"
                 if self.usage:
                     yield f"data: {json.dumps(self._body([]) | {'usage': self._counts()})}\n\n"
                 yield "data: [DONE]\n\n"
@@ -207,7 +211,7 @@ class Reply:
             self.generated = len(tokens)
             if item[1] != FINISHED and not tokens:
                 return error(503, f"request {self.request_id} was {item[1]}: {item[2]}", kind="ServiceUnavailable")
-            finish = "length" if item[1] == FINISHED else "abort"
+            finish = ("length" if self.generated == self.max_tokens else "stop") if item[1] == FINISHED else "abort"
             text = self.door.codec.decode(tokens)
             return JSONResponse(self._body([self._choice(text, finish, whole=True)], whole=True)
                                 | {"usage": self._counts()})

@@ -14,7 +14,7 @@ import pandas as pd
 
 from experiments.config.experiment import ExperimentConfig
 from experiments.runs.runformat import Run, validate, write_run
-from experiments.runs.runner import build_setup, live_options, meta
+from experiments.runs.runner import build_setup, live_options, run_meta
 from experiments.serve.tokenizer import TextCodec, make_tokenizer
 from experiments.workloads.workload import COLUMNS
 
@@ -91,7 +91,7 @@ def serve(config: ExperimentConfig, options: ServeOptions, ready: Callable[[str]
         raise outcome["error"]
     record = outcome["record"]
     record.requests["client_request_id"] = [runtime.client_ids.get(i, "") for i in record.requests["request_id"]]
-    info = meta(config, setup, record.end_s, "ray") | {"served": {"host": options.host, "port": options.port,
+    info = run_meta(config, setup, record.end_s, "ray") | {"served": {"host": options.host, "port": options.port,
                                                                   "model": model}}
     return write_run(validate(Run(record.requests, record.tokens, record.events(), info, record.steps())),
                      options.out)
