@@ -5,12 +5,7 @@ folder is compared with what the clients measured."""
 from __future__ import annotations
 
 import json
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,30 +13,12 @@ import pandas as pd
 import pytest
 
 from experiments.runs.imports import read_any
+from experiments.scoring.compare import added_latency
+from experiments.serve import drive
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "Llama-3.1-8B"
 BENCH_REQUESTS = 24
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_up(url: str, server: subprocess.Popen, timeout_s: float = 120.0) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        if server.poll() is not None:
-            raise AssertionError(f"pdlab serve exited {server.returncode}: {server.stderr.read()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                return time.monotonic() - start
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("pdlab serve did not answer /health in time")
+LOAD_REQUESTS, LOAD_RATE = 150, 25.0
 
 
 def _instances(url: str) -> list[dict]:
@@ -85,34 +62,22 @@ def _openai_clients(url: str) -> dict:
             "bad": bad}
 
 
-def _vllm_bench(url: str, tokenizer: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.cli.main", "vllm", "bench", "serve", "--backend", "openai",
-         "--base-url", url, "--model", MODEL, "--tokenizer", str(tokenizer), "--dataset-name", "random",
-         "--random-input-len", "64", "--random-output-len", "24", "--num-prompts", str(BENCH_REQUESTS),
-         "--request-rate", "8", "--seed", "0", "--ignore-eos", "--request-id-prefix", "bench-",
-         "--save-result", "--save-detailed", "--result-dir", str(out), "--result-filename", "bench.json",
-         "--disable-tqdm", "--ready-check-timeout-sec", "60", "--goodput", "ttft:30", "tpot:19"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT)
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """One server session: every client above against it, then SIGINT."""
     folder = tmp_path_factory.mktemp("serve")
-    port, out = _free_port(), folder / "run"
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "experiments.cli.main", "serve", "configs/serve.yaml",
-                               "--port", str(port), "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    server = drive.start("configs/serve.yaml", folder / "run")
     try:
-        started_s = _wait_up(url, server)
-        found = {"started_s": started_s, "openai": _openai_clients(url), "left": _leave_mid_stream(url)}
-        found["bench"] = _vllm_bench(url, out / "tokenizer", folder)
+        found = {"started_s": server.started_s, "openai": _openai_clients(server.url),
+                 "left": _leave_mid_stream(server.url),
+                 "bench": drive.vllm_bench(server, folder / "bench.json", BENCH_REQUESTS, 8.0,
+                                           extra=("--goodput", "ttft:30", "tpot:19")),
+                 "load": drive.vllm_bench(server, folder / "load.json", LOAD_REQUESTS, LOAD_RATE, input_len=128,
+                                          output_len=32, prefix="load-")}
     finally:
-        server.send_signal(signal.SIGINT)
-        stdout, stderr = server.communicate(timeout=120)
-    found.update(code=server.returncode, stdout=stdout, stderr=stderr, run=out, bench_file=folder / "bench.json")
+        code, stdout, stderr = server.stop()
+    found.update(code=code, stdout=stdout, stderr=stderr, run=folder / "run", bench_file=folder / "bench.json",
+                 load_file=folder / "load.json")
     return found
 
 
@@ -188,6 +153,20 @@ def test_vllm_goodput_syntax_and_duration_give_vllms_own_figures(served, pdlab_j
     assert ours["request_throughput_per_s"] == pytest.approx(result["request_throughput"], rel=1e-12)
     assert ours["parameters"]["ttft"] == 0.03 and ours["parameters"]["tpot"] == 0.019
     assert 0 < ours["vllm_goodput"]["good_requests"] < BENCH_REQUESTS or result["request_goodput"] > 0
+
+
+def test_a_load_test_on_loopback_holds_the_rate_and_adds_little_latency(served):
+    """A bounded load (150 requests at 25/s, 128-token prompts): every request completes,
+    the client's request rate keeps up with what it offered, and the front door adds
+    little to the TTFT the workers gave (client minus server, per request)."""
+    load = served["load"]
+    assert load.returncode == 0, load.stderr[-3000:]
+    result = json.loads(served["load_file"].read_text())
+    assert result["completed"] == LOAD_REQUESTS and result["failed"] == 0
+    assert result["request_throughput"] > 0.75 * LOAD_RATE
+    added = added_latency(read_any(served["load_file"]), read_any(served["run"]))
+    assert added["matched"] == LOAD_REQUESTS
+    assert added["ttft_s"]["p50"] < 0.05 and added["ttft_s"]["p99"] < 0.25, added
 
 
 def test_metrics_compare_prints_both_sides(served, pdlab):
