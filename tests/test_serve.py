@@ -174,3 +174,37 @@ def test_metrics_compare_prints_both_sides(served, pdlab):
     assert code == 0, err
     assert "TTFT p50" in out and "client" in out and "server" in out
     assert "matched 24 requests" in out
+
+
+def test_hf_workers_serve_the_models_own_greedy_tokens(tmp_path, tiny_model):
+    """Real engines behind the front door: a prompt of token ids comes back as the text
+    of transformers' own greedy continuation, written by the served tokenizer."""
+    import torch
+    from openai import OpenAI
+    from transformers import LlamaForCausalLM
+
+    from experiments.serve.tokenizer import TextCodec
+
+    server = drive.start("configs/serve.yaml", tmp_path / "run", "--set", "cluster.model=tiny-llama",
+                         "--set", "ray.engine=hf", "--set", f"ray.model_path={tiny_model}",
+                         "--set", "cluster.kv_blocks=256", "--set", "cluster.scheduler.block_size=16",
+                         "--model", "tiny")
+    prompt = [5, 17, 300, 42, 999, 7, 64, 128]
+    try:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+        whole = client.completions.create(model="tiny", prompt=prompt, max_tokens=12)
+        streamed = "".join(c.choices[0].text for c in client.completions.create(
+            model="tiny", prompt=prompt, max_tokens=12, stream=True) if c.choices)
+    finally:
+        code, _, stderr = server.stop()
+    assert code == 0, stderr[-2000:]
+    model = LlamaForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
+                             do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    expected = TextCodec(tmp_path / "run" / "tokenizer").decode(out)
+    assert whole.choices[0].text == expected
+    assert streamed.split() == expected.split() and len(expected.split()) == len([t for t in out if t >= 3])
+    tokens = read_any(tmp_path / "run").tokens
+    assert tokens.groupby("request_id")["token_id"].apply(list).tolist() == [out, out]

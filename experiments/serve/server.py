@@ -3,7 +3,9 @@ OpenAI-compatible front door, until it is stopped (Ctrl-C, SIGTERM); then the ru
 folder is written as for `pdlab run`, its requests those the clients sent."""
 from __future__ import annotations
 
+import shutil
 import signal
+import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -93,8 +95,20 @@ def serve(config: ExperimentConfig, options: ServeOptions, ready: Callable[[str]
     record.requests["client_request_id"] = [runtime.client_ids.get(i, "") for i in record.requests["request_id"]]
     info = run_meta(config, setup, record.end_s, "ray") | {"served": {"host": options.host, "port": options.port,
                                                                   "model": model}}
-    return write_run(validate(Run(record.requests, record.tokens, record.events(), info, record.steps())),
-                     options.out)
+    return _keep_tokenizer(options.out, lambda: write_run(
+        validate(Run(record.requests, record.tokens, record.events(), info, record.steps())), options.out))
+
+
+def _keep_tokenizer(out: Path, write: Callable[[], Path]) -> Path:
+    """Write the run folder (which replaces the folder) keeping the tokenizer made in it."""
+    made = out / "tokenizer"
+    if not made.is_dir():
+        return write()
+    with tempfile.TemporaryDirectory() as kept:
+        shutil.copytree(made, Path(kept) / "tokenizer")
+        path = write()
+        shutil.copytree(Path(kept) / "tokenizer", made)
+    return path
 
 
 def _quiet_server():
