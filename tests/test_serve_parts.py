@@ -83,3 +83,60 @@ def test_vllm_goodput_syntax_and_rule():
                           "e2e_s": [1.0, 0.01, 1.0, np.nan]})
     found = vllm_goodput(table, {"ttft": 50.0, "tpot": 6.0}, 2.0)
     assert found["good_requests"] == 2 and found["request_goodput"] == 1.0
+
+
+class Collected:
+    def __init__(self) -> None:
+        import threading
+
+        self.ids, self.end, self.done = [], None, threading.Event()
+
+    def tokens(self, ids):
+        self.ids += ids
+
+    def ended(self, state, reason):
+        self.end = (state, reason)
+        self.done.set()
+
+
+def test_a_server_idle_longer_than_the_stall_timeout_still_serves(local_ray):
+    """The serving loop in-process: requests submitted from another thread, an idle
+    spell past the stall watchdog, an unknown tenant refused, a cancelled request."""
+    import threading
+    import time
+
+    import pandas as pd
+
+    from cluster.live.raycluster import start_workers, stop
+    from cluster.live.serving import ServingRuntime
+    from experiments.config.experiment import load_config
+    from experiments.runs.runner import build_setup, live_options
+    from experiments.workloads.workload import COLUMNS
+
+    config = load_config("configs/serve.yaml")
+    setup = build_setup(config, pd.DataFrame({c: [] for c in COLUMNS}), tenants=["default"])
+    workers, options = live_options(config)
+    options.stall_timeout_s = 0.5
+    actors, groups = start_workers(setup.instances, [int(n) for n in setup.table.node], workers)
+    runtime = ServingRuntime(setup, actors, options, vocab_size=1024)
+    found = {}
+    thread = threading.Thread(target=lambda: found.setdefault("record", runtime.run()))
+    thread.start()
+    try:
+        time.sleep(1.5)
+        first, stranger, cancelled = Collected(), Collected(), Collected()
+        runtime.submit("default", list(range(3, 40)), 20, first)
+        runtime.submit("nobody", [5, 6], 4, stranger)
+        gone = runtime.submit("default", list(range(3, 40)), 5000, cancelled)
+        time.sleep(0.3)
+        runtime.cancel(gone)
+        assert first.done.wait(30) and stranger.done.wait(5) and cancelled.done.wait(10)
+    finally:
+        runtime.close()
+        thread.join(30)
+        stop(actors, groups)
+    assert first.end == ("finished", "") and len(first.ids) == 20 and all(3 <= i < 1024 for i in first.ids)
+    assert stranger.end[0] == "aborted" and "tenant 'nobody'" in stranger.end[1]
+    assert cancelled.end == ("aborted", "client disconnected") and 0 < len(cancelled.ids) < 5000
+    requests = found["record"].requests
+    assert requests["status"].tolist() == ["finished", "aborted"]

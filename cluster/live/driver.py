@@ -206,7 +206,9 @@ class LiveRuntime(Runtime):
             if deadline < wall:
                 del self.pending[ref]
                 callback(TimeoutError("no answer before the deadline"))
-        if wall - self.last_progress > self.options.stall_timeout_s:
+        if not self.control.unfinished:
+            self.last_progress = wall
+        elif wall - self.last_progress > self.options.stall_timeout_s:
             for request in self.requests.values():
                 if request.arrival <= self.now():
                     self.control.end(request, ABORTED, "stalled")
