@@ -176,9 +176,16 @@ def test_metrics_compare_prints_both_sides(served, pdlab):
     assert "matched 24 requests" in out
 
 
-def test_hf_workers_serve_the_models_own_greedy_tokens(tmp_path, tiny_model):
-    """Real engines behind the front door: a prompt of token ids comes back as the text
-    of transformers' own greedy continuation, written by the served tokenizer."""
+REAL_ENGINES = {"hf": ["--set", "cluster.kv_blocks=256", "--set", "cluster.scheduler.block_size=16"],
+                "vllm": ["--set", "cluster.kv_blocks=96", "--set", "cluster.scheduler.block_size=32",
+                         "--set", "ray.worker_cpus=0.1", "--set", "ray.start_timeout_s=200"]}
+
+
+@pytest.mark.parametrize("engine", sorted(REAL_ENGINES))
+def test_real_workers_serve_the_models_own_greedy_tokens(tmp_path, tiny_model, engine):
+    """Real engines behind the front door (transformers over pdlab's paged KV, vLLM's
+    CPU build with NIXL hand-offs): a prompt of token ids comes back as the text of
+    transformers' own greedy continuation, written by the served tokenizer."""
     import torch
     from openai import OpenAI
     from transformers import LlamaForCausalLM
@@ -186,9 +193,8 @@ def test_hf_workers_serve_the_models_own_greedy_tokens(tmp_path, tiny_model):
     from experiments.serve.tokenizer import TextCodec
 
     server = drive.start("configs/serve.yaml", tmp_path / "run", "--set", "cluster.model=tiny-llama",
-                         "--set", "ray.engine=hf", "--set", f"ray.model_path={tiny_model}",
-                         "--set", "cluster.kv_blocks=256", "--set", "cluster.scheduler.block_size=16",
-                         "--model", "tiny")
+                         "--set", f"ray.engine={engine}", "--set", f"ray.model_path={tiny_model}",
+                         *REAL_ENGINES[engine], "--model", "tiny", timeout_s=300)
     prompt = [5, 17, 300, 42, 999, 7, 64, 128]
     try:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
