@@ -54,7 +54,10 @@ def local_ray():
     """One in-process Ray for every test that needs actors (2 CPUs, as CI has)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from cluster.live.raycluster import LOCAL_RAY
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _system_config=LOCAL_RAY)
     yield ray
     ray.shutdown()
 

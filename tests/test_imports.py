@@ -29,7 +29,10 @@ def test_vllm_bench_result_becomes_a_run():
 
 
 def test_chunks_carrying_several_tokens_share_the_chunk_time():
-    assert _chunk_times(1.0, [0.5, 0.5], 6) == [1.0, 1.0, 1.5, 1.5, 2.0, 2.0]
+    # vLLM's --stream-interval 3: the first token alone, then three a chunk, the last the rest
+    assert _chunk_times(1.0, [0.5, 0.5], 6) == [1.0, 1.5, 1.5, 1.5, 2.0, 2.0]
+    # no interval gives 10 tokens in 5 chunks: split evenly
+    assert _chunk_times(1.0, [0.5] * 4, 10) == [1.0, 1.0, 1.5, 1.5, 2.0, 2.0, 2.5, 2.5, 3.0, 3.0]
     # chat backends send an empty role message first: more chunks than tokens
     assert _chunk_times(0.01, [0.5, 0.1, 0.1], 3) == pytest.approx([0.51, 0.61, 0.71])
 

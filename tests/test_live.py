@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from cluster.live.driver import LiveOptions, LiveRuntime
-from cluster.live.raycluster import WorkerOptions, start_workers, stop
+from cluster.live.raycluster import WorkerOptions, _warn_if_niced, start_workers, stop
 from experiments.config.experiment import ExperimentConfig
 from experiments.runs.runformat import Run, validate
 from experiments.runs.runner import build_setup, live_options, run_config
@@ -194,3 +194,16 @@ def test_a_migration_that_cannot_complete_is_aborted_and_the_request_carries_on(
     after = events[(events["request_id"] == moved) & (events["kind"] == "finish")]
     assert list(after["instance"]) == [0]
     assert stats["free_blocks"] == stats["total_blocks"]
+
+
+def test_worker_engines_run_at_niceness_0(local_ray, caplog):
+    # Ray starts workers at niceness 15: steps started late on a busy node (TBT p99 off by half)
+    plan = build_setup(config(), generate(config().workload, 1))
+    workers, _ = live_options(config())
+    actors, groups = start_workers(plan.instances, [0] * len(plan.instances), workers)
+    try:
+        assert ray.get([actor.niceness.remote() for actor in actors]) == [0, 0]
+    finally:
+        stop(actors, groups)
+    _warn_if_niced([0, 15])
+    assert "RAY_worker_niceness=0" in caplog.text

@@ -5,7 +5,9 @@ the workers joined a group), check them, wait out the modelled transfer time, an
 the last stage admit the request to decode here."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -43,6 +45,14 @@ class Pulled:
     real_s: float = 0.0
 
 
+def _unniced() -> int:
+    """Lower this thread's niceness to 0 where the process may (Ray starts workers at
+    15, and threads started from here inherit it); the niceness it runs at."""
+    with contextlib.suppress(PermissionError):
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
 class WorkerActor:
     """Use as `ray.remote(WorkerActor)` with `max_concurrency` > 1: `poll` blocks while
     commands and pulls come in. The engine is made in the actor (`make_engine`), so a
@@ -51,6 +61,7 @@ class WorkerActor:
     def __init__(self, index: int, make_engine: Callable[[], Engine], speedup: float, inbox: str = "",
                  inbox_bytes: int = 0) -> None:
         self.index, self.speedup = index, speedup
+        self.nice = _unniced()
         engine = make_engine()
         self.inbox = SharedMemoryInbox(inbox, inbox_bytes) if inbox else None
         self.writer = InboxWriter()
@@ -69,6 +80,10 @@ class WorkerActor:
 
     def ready(self) -> int:
         return self.index
+
+    def niceness(self) -> int:
+        """The niceness the engine's thread runs at."""
+        return self.nice
 
     def address(self) -> str:
         """A free TCP address on this worker's node, for a process group's rendezvous."""

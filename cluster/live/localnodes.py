@@ -63,7 +63,7 @@ class LocalNodes:
                         "--ray-client-server-port", str(free_port())]
         else:
             command += ["--address", self.address]
-        process = subprocess.Popen(command, env=client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, env={**client_env(), "RAY_worker_niceness": "0"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, start_new_session=True)
         started, output = threading.Event(), []
 

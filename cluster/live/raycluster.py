@@ -14,6 +14,7 @@ from cluster.engines.backends import EngineSpec
 from cluster.live.actor import WorkerActor
 
 MAX_CONCURRENCY = 16
+LOCAL_RAY = {"worker_niceness": 0}
 
 
 class ClusterError(RuntimeError):
@@ -46,7 +47,8 @@ def connect(address: str | None, timeout_s: float = 5.0, field: str = "ray.addre
                                f"not {address}")
         return
     if not address:
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING,
+                 _system_config=LOCAL_RAY)
         return
     if address != "auto":
         host, _, port = address.rpartition(":")
@@ -133,9 +135,20 @@ def start_workers(instances: list[InstanceSpec], nodes: list[int], options: Work
         stop(actors, groups)
         raise ClusterError(f"ray: the worker actors did not start within {options.start_timeout_s:g} s: "
                            f"{type(exc).__name__}: {_cause(exc)}") from None
+    _warn_if_niced(ray.get([a.niceness.remote() for a in actors]))
     if options.transport in ("gloo", "nccl"):
         _join_group(actors, groups, options)
     return actors, groups
+
+
+def _warn_if_niced(niceness: list[int]) -> None:
+    """Ray starts workers at niceness 15; an emulated engine that wakes late under load
+    starts its step late (TBT p99 off by half on two cores). A worker lowers its own
+    niceness where it may; where it may not, say so."""
+    if max(niceness) > 0:
+        logging.getLogger("pdlab").warning(
+            "ray: worker actors run at niceness %d (Ray's default); their steps start late when the node is "
+            "busy. Start Ray with RAY_worker_niceness=0 (`RAY_worker_niceness=0 ray start ...`)", max(niceness))
 
 
 HINTS = {"CPU": "set ray.worker_cpus lower or add nodes", "GPU": "set ray.worker_gpus lower or add GPU nodes"}
