@@ -10,7 +10,6 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -200,7 +199,7 @@ class Reply:
         while True:
             try:
                 item = await asyncio.wait_for(queue.get(), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if await request.is_disconnected():
                     self.door.runtime.cancel(self.request_id)
                     return error(499, "client disconnected")
