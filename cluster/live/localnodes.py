@@ -13,6 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
+from cluster.live.raycluster import LOCAL_RAY
+
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 60.0
 STARTED = "Ray runtime started"
@@ -63,8 +65,9 @@ class LocalNodes:
                         "--ray-client-server-port", str(free_port())]
         else:
             command += ["--address", self.address]
-        process = subprocess.Popen(command, env={**client_env(), "RAY_worker_niceness": "0"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, start_new_session=True)
+        settings = {f"RAY_{key}": str(value) for key, value in LOCAL_RAY.items()}
+        process = subprocess.Popen(command, env={**client_env(), **settings}, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
         started, output = threading.Event(), []
 
         def follow() -> None:
