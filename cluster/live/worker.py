@@ -5,7 +5,8 @@ Engine time runs at `speedup` times the wall clock, so an `emulated` worker (the
 engine) waits out each modelled step. Back-to-back steps keep to the model's schedule
 (the next starts where the last ended, the worker's own bookkeeping absorbed as a
 real engine's is in its fitted step times) unless the worker falls behind by more
-than `CATCH_UP_S`; then it starts late and the lag shows. A real engine (`paced = False`) starts each
+than `CATCH_UP_S` (a thread descheduled for a few milliseconds on a busy node does not
+move the modelled GPU's schedule); then it starts late and the lag shows. A real engine (`paced = False`) starts each
 step when the last one is done and ends when its compute does.
 Commands that change the batch (new requests, admissions, preemptions, detaching a
 migrating request) run at the next step boundary, as in a real engine; their results
@@ -28,7 +29,7 @@ from typing import Callable
 from cluster.core.request import Request
 from cluster.engines.port import Engine, StepResult
 
-CATCH_UP_S = 0.005
+CATCH_UP_S = 0.02
 QUIET_S = 0.05
 YIELD_S = 0.0002
 
