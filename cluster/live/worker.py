@@ -6,8 +6,8 @@ engine) waits out each modelled step. Back-to-back steps keep to the model's sch
 (the next starts where the last ended, the worker's own bookkeeping absorbed as a
 real engine's is in its fitted step times) unless the worker falls behind by more
 than `CATCH_UP_S` (a thread descheduled for a few milliseconds on a busy node does not
-move the modelled GPU's schedule); then it starts late and the lag shows. A real engine (`paced = False`) starts each
-step when the last one is done and ends when its compute does.
+move the modelled GPU's schedule); then it starts late and the lag shows. A real engine
+(`paced = False`) starts each step when the last one is done and ends when its compute does.
 Commands that change the batch (new requests, admissions, preemptions, detaching a
 migrating request) run at the next step boundary, as in a real engine; their results
 ride on the next report as notes. Blocks reserved for incoming KV expire at a
