@@ -55,10 +55,14 @@ def _openai_clients(url: str) -> dict:
                                           max_tokens=7)
     chat_stream = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "ha"}],
                                                       max_tokens=5, stream=True))
+    parts = client.chat.completions.create(model=MODEL, max_tokens=3, messages=[
+        {"role": "user", "content": [{"type": "text", "text": "ga "}, {"type": "text", "text": "ge"}]}])
+    image = httpx.post(f"{url}/v1/chat/completions", json={"model": MODEL, "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]})
     models = client.models.list()
     bad = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": -3})
     return {"whole": whole, "streamed": streamed, "chat": chat, "chat_stream": chat_stream, "models": models,
-            "bad": bad}
+            "bad": bad, "parts": parts, "image": image}
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +107,10 @@ def test_openai_client_completions_and_chat(served):
     assert [m.id for m in found["models"].data] == [MODEL]
     bad = found["bad"]
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
+    assert found["parts"].usage.prompt_tokens == found["chat"].usage.prompt_tokens - 1
+    image = found["image"]
+    assert image.status_code == 400 and image.json()["error"]["param"] == "messages.0.content"
+    assert "image_url" in image.json()["error"]["message"]
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_kv(served):

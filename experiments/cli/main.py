@@ -57,31 +57,48 @@ def _metrics(args: argparse.Namespace) -> int:
     from experiments.scoring.vllmgoodput import parse_goodput, slo_of, vllm_goodput
 
     limits = parse_goodput(args.goodput) if args.goodput else {}
-    run = read_any(args.run)
+    run = read_any(args.run, args.benchmark)
     slo, tenants = run_slos(run.meta, {**slo_of(limits), **slo_overrides(args)})
     window = Window(args.warmup, args.cooldown)
     table, summary = score(run, slo, window, tenants, args.interval)
     if limits:
         summary["vllm_goodput"] = vllm_goodput(table, limits, summary["serving_time_s"])
     summaries = {"run": summary}
+    if run.meta.get("token_times_known"):
+        summaries = _spread_bounds(run, summary, slo, window, tenants, args.interval)
     if args.compare:
-        summaries = _compared(run, read_any(args.compare), slo, window, tenants)
+        summaries = _compared(run, read_any(args.compare, args.benchmark), slo, window, tenants)
     if args.delay_output is not None:
         summaries["output delayed"] = score(validate(delay_output(run, args.delay_output)), slo, window, tenants)[1]
     if args.per_request:
         Path(args.per_request).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.per_request, index=False)
     if args.json:
-        out = summary if len(summaries) == 1 else summaries
+        out = summary if len(summaries) == 1 or not args.compare else summaries
         print(json.dumps(out, indent=2))
     else:
         print_summaries(summaries)
+        if "bounds" in summary:
+            print(f"{run.meta['token_times_known']} known: TTFT, TPOT, E2E, throughput and the ttft_tpot and e2e "
+                  "schemes are exact; TBT, idle latency, smooth goodput and the ttft_tbt and smooth schemes depend "
+                  "on when the tokens in between came, shown spread evenly and at the two ends the file allows "
+                  "(all at the first token, all at the last): bounds, not measurements")
         if limits:
             found = summary["vllm_goodput"]
             print(f"vLLM goodput ({' '.join(f'{k}:{v:g}' for k, v in limits.items())} ms, vllm bench serve's rule): "
                   f"{found['good_requests']} good requests, {found['request_goodput']:.3f} req/s; the table's "
                   f"ttft_tpot{' and e2e' if 'e2el' in limits else ''} scheme uses the same limits")
     return 0
+
+
+def _spread_bounds(run, summary, slo, window, tenants, interval) -> dict:
+    """The run scored with its unknown token times at both ends; the bounds go in the summary too."""
+    from experiments.runs.guidellm import spread
+    from experiments.scoring.metrics import score
+
+    ends = {how: score(spread(run, how), slo, window, tenants, interval)[1] for how in ("earliest", "latest")}
+    summary["bounds"] = ends
+    return {"tokens even": summary, **{f"tokens {how}": found for how, found in ends.items()}}
 
 
 def _compared(run, other, slo, window, tenants) -> dict:
@@ -97,7 +114,7 @@ def _compared(run, other, slo, window, tenants) -> dict:
     added = added_latency(client, server)
     if added["matched"]:
         ttft, e2e = added["ttft_s"], added["e2e_s"]
-        print(f"matched {added['matched']} requests by the client's request ids; client minus server: "
+        print(f"matched {added['matched']} requests by {added['by']}; client minus server: "
               f"TTFT {ttft['p50'] * 1e3:+.1f} ms p50, {ttft['p99'] * 1e3:+.1f} ms p99; "
               f"E2E {e2e['p50'] * 1e3:+.1f} ms p50, {e2e['p99'] * 1e3:+.1f} ms p99")
     else:
@@ -109,7 +126,7 @@ def _import(args: argparse.Namespace) -> int:
     from experiments.runs.imports import read_any
     from experiments.runs.runformat import write_run
 
-    run = read_any(args.source)
+    run = read_any(args.source, args.benchmark)
     path = write_run(run, args.out)
     print(f"wrote run {path} ({len(run.requests)} requests, {len(run.tokens)} tokens)")
     return 0
@@ -148,7 +165,8 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
 
     metrics = commands.add_parser("metrics", help="score a run: classic SLOs, smooth goodput, peer metrics")
-    metrics.add_argument("run", help="a run folder, a .jsonl of token timelines or a `vllm bench serve` .json result")
+    metrics.add_argument("run", help="a run folder, a .jsonl of token timelines, a `vllm bench serve` .json result "
+                                          "or a GuideLLM benchmarks .json")
     for flag, (field, text) in SLO_FLAGS.items():
         kind = str if field == "f" else _seconds
         metrics.add_argument(flag, type=kind, default=None, help=f"{text} (default {getattr(SLO(), field)})")
@@ -165,13 +183,17 @@ def parser() -> argparse.ArgumentParser:
     metrics.add_argument("--compare", metavar="OTHER",
                          help="score OTHER alike and show both (a client's result against the `pdlab serve` run "
                               "folder it drove: requests matched by the client's request ids)")
+    metrics.add_argument("--benchmark", type=int, metavar="K",
+                         help="which benchmark of a GuideLLM file that holds several (0 the first)")
     metrics.add_argument("--json", action="store_true", help="print the summary as JSON")
     metrics.add_argument("--per-request", metavar="FILE.csv", help="write the per-request table")
     metrics.set_defaults(handler=_metrics)
 
-    imports = commands.add_parser("import", help="turn a .jsonl of timelines or a vllm bench result into a run folder")
-    imports.add_argument("source")
+    imports = commands.add_parser("import", help="turn another tool's result (.jsonl, vllm bench, GuideLLM) "
+                                                 "into a run folder")
+    imports.add_argument("source", help="a .jsonl of timelines, a vllm bench result or a GuideLLM benchmarks .json")
     imports.add_argument("out")
+    imports.add_argument("--benchmark", type=int, metavar="K", help="which benchmark of a GuideLLM file (0 the first)")
     imports.set_defaults(handler=_import)
 
     run = commands.add_parser("run", help="run an experiment config")

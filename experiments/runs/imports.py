@@ -1,33 +1,18 @@
 """Runs of other tools, turned into pdlab runs so smooth goodput can score them:
-a plain JSONL of token timelines, and `vllm bench serve --save-detailed` results.
+a plain JSONL of token timelines, `vllm bench serve --save-detailed` results and
+GuideLLM's benchmark JSON; `read_any` tells them apart.
 """
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from cluster.core.tables import ABORTED, FINISHED, STATUSES
-from experiments.runs.runformat import Run, RunFormatError, read_run, validate
-
-
-def _tables(rows: list[dict], source: str) -> Run:
-    """`rows`: dicts with request_id, arrival_s, prompt_tokens, status and token_times
-    (absolute s); any other key becomes a column of the requests table."""
-    counts = [len(r["token_times"]) for r in rows]
-    columns = ["request_id", "arrival_s", "prompt_tokens", "status"]
-    columns += [k for k in (rows[0] if rows else {}) if k not in columns and k != "token_times"]
-    requests = pd.DataFrame({c: [r[c] for r in rows] for c in columns})
-    requests.insert(3, "output_tokens", counts)
-    tokens = pd.DataFrame({
-        "request_id": np.repeat(requests["request_id"].to_numpy(), counts),
-        "index": np.concatenate([np.arange(1, c + 1) for c in counts]) if rows else np.empty(0, np.int64),
-        "time_s": np.concatenate([np.asarray(r["token_times"], dtype=np.float64) for r in rows]) if rows else np.empty(0),
-    })
-    return validate(Run(requests, tokens, meta={"imported_from": source}))
+from experiments.runs.guidellm import guidellm_run
+from experiments.runs.importbase import is_number, load_single_json, run_from_rows
+from experiments.runs.runformat import Run, RunFormatError, read_run
 
 
 def read_jsonl(path: str | Path) -> Run:
@@ -49,34 +34,16 @@ def read_jsonl(path: str | Path) -> Run:
             if key not in item:
                 raise RunFormatError(f"{where}, key {key!r}: missing")
         times = item["token_times"]
-        if not isinstance(times, list) or not all(_is_number(t) for t in times):
+        if not isinstance(times, list) or not all(is_number(t) for t in times):
             raise RunFormatError(f"{where}, key 'token_times': expected a list of numbers (seconds)")
-        if not _is_number(item["arrival_s"]):
+        if not is_number(item["arrival_s"]):
             raise RunFormatError(f"{where}, key 'arrival_s': expected a number of seconds, got {item['arrival_s']!r}")
         status = item.get("status", FINISHED)
         if status not in STATUSES:
             raise RunFormatError(f"{where}, key 'status': expected one of {list(STATUSES)}, got {status!r}")
         rows.append({"request_id": item["request_id"], "arrival_s": item["arrival_s"], "token_times": times,
                      "prompt_tokens": item.get("prompt_tokens", 0), "status": status})
-    return _tables(rows, f"jsonl:{path.name}")
-
-
-def _load_single_json(path: Path) -> dict:
-    text, decoder, results, at = path.read_text(), json.JSONDecoder(), [], 0
-    while True:
-        while at < len(text) and text[at].isspace():
-            at += 1
-        if at >= len(text):
-            break
-        try:
-            item, at = decoder.raw_decode(text, at)
-        except json.JSONDecodeError as exc:
-            raise RunFormatError(f"{path}: not valid JSON: {exc}") from None
-        results.append(item)
-    if len(results) != 1 or not isinstance(results[0], dict):
-        raise RunFormatError(f"{path}: expected one JSON object, found {len(results)} results "
-                             "(written with --append-result?); keep one result per file")
-    return results[0]
+    return run_from_rows(rows, f"jsonl:{path.name}")
 
 
 def _chunk_times(ttft: float, itls: list, tokens: int) -> list[float]:
@@ -106,7 +73,10 @@ def read_vllm_bench(path: str | Path) -> Run:
     older results have no send times and every request is placed at 0. A request
     with an error is `aborted` with no tokens."""
     path = Path(path)
-    result = _load_single_json(path)
+    return vllm_bench_run(load_single_json(path), path)
+
+
+def vllm_bench_run(result: dict, path: Path) -> Run:
     needed = ("ttfts", "itls", "output_lens", "input_lens", "errors")
     missing = [k for k in needed if k not in result]
     if missing:
@@ -128,12 +98,12 @@ def read_vllm_bench(path: str | Path) -> Run:
         rows.append({"request_id": i, "arrival_s": arrival, "prompt_tokens": int(result["input_lens"][i]),
                      "status": ABORTED if failed else FINISHED, "token_times": times,
                      "error": str(result["errors"][i])})
-    run = _tables(rows, f"vllm-bench:{path.name}")
+    run = run_from_rows(rows, f"vllm-bench:{path.name}")
     run.meta.update({"arrivals": "start_times" if starts else "unknown (vLLM < 0.16): every request at 0",
                      "vllm_bench": {k: result.get(k) for k in ("date", "backend", "model_id", "num_prompts",
                                                                 "request_rate", "burstiness", "max_concurrency",
                                                                 "duration")}})
-    if _is_number(result.get("duration")):
+    if is_number(result.get("duration")):
         run.meta["bench_duration_s"] = float(result["duration"])
     if not starts and isinstance(result.get("duration"), (int, float)):
         run.meta["end_s"] = max(float(result["duration"]), float(run.tokens["time_s"].max()) if len(run.tokens) else 0.0)
@@ -147,25 +117,28 @@ def _check_request(path: Path, result: dict, i: int, starts: list | None) -> Non
 
     for key in ("input_lens", "output_lens"):
         value = result[key][i]
-        if not (_is_number(value) and value >= 0 and float(value).is_integer()):
+        if not (is_number(value) and value >= 0 and float(value).is_integer()):
             raise bad(key, "a whole number of tokens >= 0", result[key][i])
-    if starts is not None and not _is_number(starts[i]):
+    if starts is not None and not is_number(starts[i]):
         raise bad("start_times", "a number of seconds", starts[i])
     if result["errors"][i] or not result["output_lens"][i]:
         return
-    if not (_is_number(result["ttfts"][i]) and result["ttfts"][i] >= 0):
+    if not (is_number(result["ttfts"][i]) and result["ttfts"][i] >= 0):
         raise bad("ttfts", "a number of seconds >= 0", result["ttfts"][i])
     itls = result["itls"][i]
-    if not isinstance(itls, list) or not all(_is_number(v) and v >= 0 for v in itls):
+    if not isinstance(itls, list) or not all(is_number(v) and v >= 0 for v in itls):
         raise bad("itls", "a list of numbers of seconds >= 0", itls)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+FORMATS = ("a run folder (written by pdlab run, pdlab serve or pdlab import)",
+           "a .jsonl of token timelines (one request a line: request_id, arrival_s, token_times)",
+           "a `vllm bench serve --save-result --save-detailed` .json",
+           "a GuideLLM benchmarks .json (`guidellm benchmark run ... --outputs json`, GuideLLM 0.8)")
 
 
-def read_any(path: str | Path) -> Run:
-    """A run folder, a JSONL of timelines, or a vLLM bench result, by what `path` is."""
+def read_any(path: str | Path, benchmark: int | None = None) -> Run:
+    """Any of the `FORMATS`, by what `path` is and holds; `benchmark`: which of a
+    GuideLLM file's benchmarks (needed when it holds several)."""
     path = Path(path)
     if path.is_dir():
         return read_run(path)
@@ -174,5 +147,9 @@ def read_any(path: str | Path) -> Run:
     if path.suffix == ".jsonl":
         return read_jsonl(path)
     if path.suffix == ".json":
-        return read_vllm_bench(path)
-    raise RunFormatError(f"{path}: expected a run folder, a .jsonl of timelines or a vllm bench .json result")
+        result = load_single_json(path)
+        if "benchmarks" in result:
+            return guidellm_run(result, path, benchmark)
+        if "ttfts" in result or "mean_ttft_ms" in result:
+            return vllm_bench_run(result, path)
+    raise RunFormatError(f"{path}: not a format pdlab reads; it reads " + "; ".join(FORMATS))

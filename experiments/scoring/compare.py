@@ -1,8 +1,9 @@
 """Two measurements of one set of requests side by side: what a client measured (a
-`vllm bench serve` result, a JSONL of timelines) and what the server recorded (a
-`pdlab serve` run folder), matched request by request where the server kept the
-client's request ids (`client_request_id`, from the `x-request-id` header, whose
-trailing number is the client's request index, as `vllm bench serve` sends it)."""
+`vllm bench serve` result, a GuideLLM benchmark, a JSONL of timelines) and what the
+server recorded (a `pdlab serve` run folder), matched request by request where one
+kept the other's ids: the server keeps the client's (`client_request_id`, from the
+`x-request-id` header, whose trailing number is the client's request index, as `vllm
+bench serve` sends it), GuideLLM keeps the server's response id, which names it."""
 from __future__ import annotations
 
 import numpy as np
@@ -26,7 +27,14 @@ def latencies(run: Run) -> pd.DataFrame:
 
 
 def match(client: Run, server: Run) -> pd.DataFrame:
-    """Pairs (client_id, server_id) of the same request; empty when the server kept no ids."""
+    """Pairs (client_id, server_id) of the same request: by the server's id the client
+    kept (GuideLLM keeps the response id), else by the client's id the server kept (the
+    `x-request-id` header); empty when neither kept the other's."""
+    if "server_request_id" in client.requests:
+        kept = client.requests[client.requests["server_request_id"] >= 0]
+        pairs = pd.DataFrame({"client_id": kept["request_id"].to_numpy(),
+                              "server_id": kept["server_request_id"].to_numpy()})
+        return pairs[pairs["server_id"].isin(server.requests["request_id"])].drop_duplicates("server_id")
     if "client_request_id" not in server.requests:
         return pd.DataFrame({"client_id": [], "server_id": []}, dtype="int64")
     index = server.requests["client_request_id"].astype(str).str.extract(r"(\d+)$")[0]
@@ -42,7 +50,8 @@ def added_latency(client: Run, server: Run) -> dict:
     pairs = match(client, server)
     ours, theirs = latencies(client), latencies(server)
     pairs = pairs[pairs["client_id"].isin(ours.index) & pairs["server_id"].isin(theirs.index)]
-    found = {"matched": int(len(pairs))}
+    found = {"matched": int(len(pairs)), "by": ("the server's ids the client kept" if "server_request_id" in
+                                               client.requests else "the client's ids the server kept")}
     for column in ("ttft_s", "e2e_s"):
         gap = ours[column].loc[pairs["client_id"]].to_numpy() - theirs[column].loc[pairs["server_id"]].to_numpy()
         found[column] = ({stat: float(f(gap)) for stat, f in (("mean", np.mean), ("p50", np.median),

@@ -45,9 +45,18 @@ class CompletionBody(Sampling):
 
 
 class Message(BaseModel):
+    """A chat message; content as a string or as OpenAI's content parts (text only)."""
     model_config = ConfigDict(extra="allow")
     role: str
-    content: str
+    content: str | list[dict]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        kinds = [part.get("type") for part in self.content if part.get("type") != "text" or "text" not in part]
+        if kinds:
+            raise ValueError(f"expected text parts ({{'type': 'text', 'text': ...}}), got a part of type {kinds[0]!r}")
+        return "".join(str(part["text"]) for part in self.content)
 
 
 class ChatBody(Sampling):
@@ -123,7 +132,13 @@ class FrontDoor:
         return await self._serve(body, ids, body.max_tokens, request, "text_completion")
 
     async def chat(self, body: ChatBody, request: Request):
-        text = self.codec.chat([message.model_dump() for message in body.messages])
+        messages = []
+        for number, message in enumerate(body.messages):
+            try:
+                messages.append({"role": message.role, "content": message.text()})
+            except ValueError as exc:
+                return error(400, f"messages.{number}.content: {exc}", f"messages.{number}.content")
+        text = self.codec.chat(messages)
         return await self._serve(body, self.codec.encode(text), body.max_completion_tokens or body.max_tokens,
                                  request, "chat.completion")
 
