@@ -18,6 +18,7 @@ from cluster.core.blocks import Blocks
 from cluster.core.hostlink import HostLink
 from cluster.core.request import FINISHED, HANDOFF, PREFILL_PIECE, PREFILLING, SWAPPED, WAITING, Request
 from cluster.core.scheduling import HOST_FULL, InstanceSpec, Outcome, Segment, blocks_for
+from cluster.hardware.noise import NoiseDraws
 from router.snapshot import PREFILL
 
 
@@ -42,6 +43,8 @@ class Instance:
         self.iterations = 0
         self.waiting_tokens = 0
         self.choose_victim = None
+        noise = getattr(spec.perf, "noise", None)
+        self.noise = NoiseDraws(noise, spec.noise_seed, spec.id) if noise is not None else None
 
     def _join(self, request: Request) -> None:
         self.blocks.give(self.batch.join(request, self.step))
@@ -273,7 +276,7 @@ class Instance:
     def _start(self, now: float, steps: int, chunks: list[tuple[Request, int]]) -> float:
         """Time a segment: `steps` decode iterations (0: one prefill-only iteration), with
         prefill `chunks` riding on its first iteration."""
-        model, batch = self.perf, len(self.running)
+        model, batch, noise = self.perf, len(self.running), self.noise
         self.batch.sync(self.step)
         context = self.batch.context_base
         tokens = sum(size for _, size in chunks)
@@ -281,18 +284,21 @@ class Instance:
         t = max(now, self.busy_until)
         ends = []
         if steps == 0:
-            t += model.prefill_time(tokens, squares)
+            step = model.prefill_time(tokens, squares)
+            t += step if noise is None else noise.time("prefill", step)
             ends.append(t)
         else:
             copy = self.host.next_done()
             copy = float("inf") if copy is None else copy
-            t += model.step_time(tokens, squares, batch, context)
+            step = model.step_time(tokens, squares, batch, context)
+            t += step if noise is None else noise.time("mixed" if tokens else "decode", step)
             ends.append(t)
             for m in range(1, steps):
                 if t >= copy:
                     steps = m
                     break
-                t += model.decode_time(batch, context + m * batch)
+                step = model.decode_time(batch, context + m * batch)
+                t += step if noise is None else noise.time("decode", step)
                 ends.append(t)
         self.blocks.take(self.batch.crossings(self.step, self.step + steps))
         self.segment = Segment(self.step, steps, ends, chunks)

@@ -36,17 +36,18 @@ class Recorder:
         self.detail.append(detail)
         self.decision.append(decision)
 
-    def step(self, instance: int, end_s: float, seconds: float, shape) -> None:
+    def step(self, instance: int, end_s: float, seconds: float, shape, late_s: float = 0.0) -> None:
         """One engine iteration of a live run: where, when it ended (client clock), how
-        long it took by the engine's clock, and what it computed (a `StepShape`)."""
+        long it took by the engine's clock, what it computed (a `StepShape`), and how
+        late it started after the step before (`StepResult.late_s`)."""
         self.step_rows.append((instance, end_s, seconds, shape.prefill_tokens, shape.prefill_tokens_sq,
-                               shape.decode_batch, shape.decode_context))
+                               shape.decode_batch, shape.decode_context, late_s))
 
     def steps(self) -> pd.DataFrame | None:
         """The `steps` table (live runs), None when no step was recorded."""
         if not self.step_rows:
             return None
-        return pd.DataFrame(self.step_rows, columns=list(STEP_COLUMNS))
+        return pd.DataFrame(self.step_rows, columns=[*STEP_COLUMNS, "late_s"])
 
     def kinds(self) -> list[str]:
         return [EVENT_KINDS[code] for code in self.kind]

@@ -42,6 +42,8 @@ class InstanceSpec:
     swap_bandwidth: float
     host_blocks: int | None = None
     """KV blocks of host memory a request can be swapped out to (None: no limit)."""
+    noise_seed: int = 0
+    """Seeds the draws of `perf.noise`, where the model has one (with the instance's id)."""
 
     @property
     def watermark_blocks(self) -> int:

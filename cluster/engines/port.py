@@ -43,6 +43,9 @@ class StepResult:
     shape: StepShape | None = None
     stored: int = 0
     """GPU blocks freed by parked requests' copies to host memory finishing."""
+    late_s: float = 0.0
+    """How long after the step before this one started, when a paced engine fell behind
+    its schedule by more than the worker's catch-up (0 on schedule or after idling)."""
 
 
 class Engine(Protocol):

@@ -15,6 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, NonNegativeFloat, PositiveInt
 
+from cluster.hardware.noise import NoiseSection, StepNoise, noise_as_mapping
 from cluster.hardware.specs import CONFIGS, HardwareSpec, ModelSpec
 from cluster.hardware.yamlfile import ConfigError, Strict, read_yaml
 
@@ -41,6 +42,8 @@ class IterationModel:
     decode: Coefficients
     source: str = ""
     min_step: float = 0.0
+    noise: StepNoise | None = None
+    """How measured steps spread around these times (None: every step takes them)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefill", _coefficients("prefill", self.prefill))
@@ -131,6 +134,7 @@ class PerfFile(Strict):
     decode: tuple[NonNegativeFloat, NonNegativeFloat, NonNegativeFloat]
     min_step: NonNegativeFloat = 0.0
     source: str = Field(min_length=1)
+    noise: NoiseSection | None = None
 
 
 def _read_perf(path: Path) -> PerfFile:
@@ -141,7 +145,7 @@ def load_iteration_model(path: str | os.PathLike) -> IterationModel:
     spec = _read_perf(Path(path))
     scale = UNITS[spec.unit]
     return IterationModel(tuple(v * scale for v in spec.prefill), tuple(v * scale for v in spec.decode),
-                          spec.source, spec.min_step * scale)
+                          spec.source, spec.min_step * scale, spec.noise.noise() if spec.noise else None)
 
 
 def write_iteration_model(path: str | os.PathLike, model: IterationModel, *, model_name: str | None = None,
@@ -149,7 +153,7 @@ def write_iteration_model(path: str | os.PathLike, model: IterationModel, *, mod
     """Write `model` as a perf YAML (unit s); with model, hardware and tp set, `iteration_model` can pick it up."""
     data = {"model": model_name, "hardware": hardware, "tp": tp, "unit": "s",
             "prefill": list(model.prefill), "decode": list(model.decode), "min_step": model.min_step,
-            "source": model.source}
+            "source": model.source, "noise": noise_as_mapping(model.noise) if model.noise else None}
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(yaml.safe_dump({k: v for k, v in data.items() if v is not None}, sort_keys=False,

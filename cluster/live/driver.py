@@ -247,7 +247,7 @@ class LiveRuntime(Runtime):
     def _step(self, index: int, step, now: float) -> set[str]:
         control, happened = self.control, set()
         if step.shape is not None and step.start_s is not None:
-            self.record.step(index, now, step.end_s - step.start_s, step.shape)
+            self.record.step(index, now, step.end_s - step.start_s, step.shape, step.late_s)
         for request_id, token in zip(step.tokens, step.token_ids):
             self.requests[request_id].output.append(token)
         slo = control.views.slo

@@ -171,6 +171,7 @@ class Worker:
                 now, previous_end, paced = self.now(), self.last_end, getattr(self.engine, "paced", True)
                 behind = now - previous_end if previous_end is not None else None
                 on_schedule = paced and behind is not None and behind < CATCH_UP_S * self.speedup
+                late = behind if paced and behind is not None and not on_schedule else 0.0
                 end = self.engine.begin(previous_end if on_schedule else now)
                 self.last_end = end
                 if end is None and self.touched:
@@ -187,6 +188,7 @@ class Worker:
                 step = self.engine.finish()
                 if not paced and previous_end is not None and step.start_s is not None:
                     step.start_s = previous_end
+                step.late_s = late
                 if step.tokens or step.prefilled or step.finished or step.preempted or step.stored or self.notes \
                         or time.monotonic() - self.flushed > QUIET_S:
                     self._flush(step)

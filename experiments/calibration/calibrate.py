@@ -1,6 +1,7 @@
 """`pdlab calibrate PROFILE.csv`: fit the iteration-time model to measured iterations
 (`pdlab calibrate --engine vllm --model-path DIR` measures them first on a real engine;
-`pdlab calibrate RUN` takes those a live run's engines took, from its steps table).
+`pdlab calibrate RUN` takes those a live run's engines took, from its steps table,
+and fits their spread around the model too: `experiments/calibration/noise.py`).
 
 One CSV row per iteration: prefill_tokens, prefill_tokens_sq (optional, default
 prefill_tokens^2), decode_batch, decode_context, time_s. Prefill coefficients come
@@ -9,7 +10,7 @@ non-negative least squares on relative error; mixed rows are only checked.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from itertools import combinations
 from pathlib import Path
@@ -19,6 +20,7 @@ import pandas as pd
 
 from cluster.core.tables import STEP_SHAPE
 from cluster.hardware.perfmodel import IterationModel
+from experiments.calibration.noise import describe, fit_noise
 from experiments.runs.runformat import RunFormatError, read_run
 
 COUNTS = ("prefill_tokens", "decode_batch", "decode_context")
@@ -187,6 +189,9 @@ def calibrate(path: str | Path) -> Calibration:
     if len(mixed):
         predicted = np.array([perf.step_time(*row) for row in mixed[list(STEP_SHAPE)].to_numpy()])
         errors = _errors(predicted, mixed["time_s"].to_numpy())
+    if run is not None:
+        steps = run.steps[run.steps["time_s"] > 0]
+        perf = replace(perf, noise=fit_noise(steps, perf, f"residuals of {len(steps)} steps of live run {path.name}"))
     return Calibration(perf, prefill, decode, len(mixed), errors, None if run is None else handoff_overhead_s(run))
 
 
@@ -206,4 +211,6 @@ def report(result: Calibration) -> str:
         seconds, count = result.handoff
         lines.append(f"handoff  {seconds * 1e3:.4g} ms beyond a decode step, median of {count} handoffs "
                      f"(the simulator's migration.stage_overhead_s)")
+    if result.perf.noise is not None:
+        lines += describe(result.perf.noise)
     return "\n".join(lines)

@@ -48,6 +48,12 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"expected a whole number of seeds >= 2, got {text!r}")
+    return int(text)
+
+
 def _metrics(args: argparse.Namespace) -> int:
     from experiments.cli.show import print_summaries
     from experiments.runs.imports import read_any
@@ -64,8 +70,8 @@ def _metrics(args: argparse.Namespace) -> int:
     if limits:
         summary["vllm_goodput"] = vllm_goodput(table, limits, summary["serving_time_s"])
     summaries = {"run": summary}
-    if run.meta.get("token_times_known"):
-        summaries = _spread_bounds(run, summary, slo, window, tenants, args.interval)
+    if run.meta.get("token_times_known") and not args.compare:
+        summary["bounds"] = _spread_bounds(run, slo, window, tenants, args.interval)
     if args.compare:
         summaries = _compared(run, read_any(args.compare, args.benchmark), slo, window, tenants)
     if args.delay_output is not None:
@@ -74,10 +80,11 @@ def _metrics(args: argparse.Namespace) -> int:
         Path(args.per_request).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.per_request, index=False)
     if args.json:
-        out = summary if len(summaries) == 1 or not args.compare else summaries
-        print(json.dumps(out, indent=2))
+        print(json.dumps(summary if len(summaries) == 1 else summaries, indent=2))
     else:
-        print_summaries(summaries)
+        print_summaries(summaries if "bounds" not in summary else
+                        {"tokens even": summary, **{f"tokens {how}": s for how, s in summary["bounds"].items()},
+                         **{name: s for name, s in summaries.items() if name != "run"}})
         if "bounds" in summary:
             print(f"{run.meta['token_times_known']} known: TTFT, TPOT, E2E, throughput and the ttft_tpot and e2e "
                   "schemes are exact; TBT, idle latency, smooth goodput and the ttft_tbt and smooth schemes depend "
@@ -91,14 +98,12 @@ def _metrics(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spread_bounds(run, summary, slo, window, tenants, interval) -> dict:
-    """The run scored with its unknown token times at both ends; the bounds go in the summary too."""
+def _spread_bounds(run, slo, window, tenants, interval) -> dict:
+    """The run scored with its unknown token times at both ends the file allows."""
     from experiments.runs.guidellm import spread
     from experiments.scoring.metrics import score
 
-    ends = {how: score(spread(run, how), slo, window, tenants, interval)[1] for how in ("earliest", "latest")}
-    summary["bounds"] = ends
-    return {"tokens even": summary, **{f"tokens {how}": found for how, found in ends.items()}}
+    return {how: score(spread(run, how), slo, window, tenants, interval)[1] for how in ("earliest", "latest")}
 
 
 def _compared(run, other, slo, window, tenants) -> dict:
@@ -143,6 +148,8 @@ def _run(args: argparse.Namespace) -> int:
     overrides += [f"ray.address={args.address}"] if args.address else []
     configs = load_variants(args.config, overrides)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
+    if args.noise_seeds:
+        return _noise_ranges(args, out, overrides)
     summaries = {}
     for variant, config in configs.items():
         path = run_experiment(config, out / variant if len(configs) > 1 else out)
@@ -151,6 +158,36 @@ def _run(args: argparse.Namespace) -> int:
         summaries[variant] = score(run, slo, tenant_slos=tenants)[1]
         print(f"wrote run {path}")
     print_summaries(summaries)
+    return 0
+
+
+def _noise_ranges(args: argparse.Namespace, out: Path, overrides: list[str]) -> int:
+    """Each variant under noise seeds 0..N-1 (the workload fixed): every metric's range."""
+    import pandas as pd
+
+    from experiments.cli.show import print_ranges
+    from experiments.config.experiment import load_variants
+    from experiments.runs.imports import read_any
+    from experiments.runs.runner import run_experiment
+    from experiments.scoring.metrics import run_slos, score
+    from experiments.scoring.ranges import metric_ranges
+
+    ranges = {}
+    for seed in range(args.noise_seeds):
+        configs = load_variants(args.config, [*overrides, f"cluster.noise_seed={seed}"])
+        for variant, config in configs.items():
+            run = read_any(run_experiment(config, out / variant / f"noise-{seed}" if len(configs) > 1
+                                          else out / f"noise-{seed}"))
+            slo, tenants = run_slos(run.meta)
+            ranges.setdefault(variant, []).append(score(run, slo, tenant_slos=tenants)[1])
+    tables = {variant: metric_ranges(found) for variant, found in ranges.items()}
+    path = out / "noise_ranges.csv"
+    pd.concat([table.assign(variant=variant) for variant, table in tables.items()]).to_csv(path, index=False)
+    print_ranges(tables, args.noise_seeds)
+    if all((table["spread"] == 0).all() for table in tables.values()):
+        print("every noise seed gave the same run: the iteration model has no noise (set cluster.noise, or use a "
+              "fit that `pdlab calibrate RUN` made from a live run)")
+    print(f"wrote {path}")
     return 0
 
 
@@ -204,6 +241,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set router.policy=round_robin (repeatable)")
     run.add_argument("--out", help="run folder (default runs/NAME)")
+    run.add_argument("--noise-seeds", type=_count, metavar="N", default=0,
+                     help="run each variant under step-time noise seeds 0..N-1 (cluster.noise_seed; the workload "
+                          "stays) and show every metric's range: which figures are knife-edge")
     run.set_defaults(handler=_run)
 
     add_calibrate(commands)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from cluster.hardware.noise import NoiseSection
 from cluster.hardware.yamlfile import ConfigError, Strict, parse_yaml, read_mapping, validate
 from experiments.workloads.workload import WorkloadConfig
 from router.registry import make_policy
@@ -33,6 +34,8 @@ class ClusterSection(Strict):
     model: str = "Llama-3.1-8B"
     hardware: str = "A100-80GB"
     perf: str | None = None
+    noise: NoiseSection | None = None
+    noise_seed: int | None = Field(None, ge=0)
     gpus_per_node: int = Field(8, ge=1)
     memory_utilization: float = Field(0.9, gt=0, le=1)
     kv_blocks: int | None = Field(None, ge=1)
@@ -40,6 +43,17 @@ class ClusterSection(Strict):
     host_kv_blocks: int | None = Field(None, ge=0)
     instances: list[InstanceGroup] = Field(default_factory=lambda: [InstanceGroup(role="colocated")], min_length=1)
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
+
+    @field_validator("noise", mode="before")
+    @classmethod
+    def _noise_off(cls, value):
+        """`noise: off` (YAML's false) is no noise; nothing given is the fit's own."""
+        if value is False:
+            return {}
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"expected off, a section {{decode: [{{quantiles: {{0: 0.9, 1: 1.2}}}}]}} or nothing "
+                             f"(the fit's own), got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _can_serve(self) -> ClusterSection:

@@ -3,6 +3,7 @@ simulator, and write the run folder (tables plus the resolved config in run.json
 from __future__ import annotations
 
 import platform
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ from cluster.core.recorder import Recorder
 from cluster.core.request import Request
 from cluster.core.scheduling import InstanceSpec, SchedulerConfig
 from cluster.core.setup import RunSetup, Veto
-from cluster.hardware.perfmodel import iteration_model, kv_capacity_tokens, load_iteration_model
+from cluster.hardware.perfmodel import IterationModel, iteration_model, kv_capacity_tokens, load_iteration_model
 from cluster.hardware.specs import load_hardware, load_model
 from cluster.hardware.topology import link_pool, place
 from cluster.sim.simulator import Simulator
@@ -38,6 +39,14 @@ def host_blocks(section, model, hardware, tp: int) -> int:
     return int(usable // (model.kv_bytes_per_token * section.scheduler.block_size))
 
 
+def with_noise(perf: IterationModel, section) -> IterationModel:
+    """`cluster.noise`: the fit's own when not given, else the one given (`off`: none)."""
+    if section is None:
+        return perf
+    noise = section.noise()
+    return replace(perf, noise=noise if noise.bands else None)
+
+
 def build_setup(config: ExperimentConfig, workload: pd.DataFrame, veto: Veto = Veto(),
                 tenants: list[str] | None = None) -> RunSetup:
     """`tenants`: those given SLOs (else those of the workload's requests)."""
@@ -48,10 +57,12 @@ def build_setup(config: ExperimentConfig, workload: pd.DataFrame, veto: Veto = V
     scheduler = SchedulerConfig(**section.scheduler.model_dump())
     instances = []
     for index, p in enumerate(placements):
-        perf = load_iteration_model(section.perf) if section.perf else iteration_model(model, hardware, p.tp)
+        fit = load_iteration_model(section.perf) if section.perf else iteration_model(model, hardware, p.tp)
+        perf = with_noise(fit, section.noise)
         blocks = section.kv_blocks or kv_capacity_tokens(model, hardware, p.tp, section.memory_utilization) // scheduler.block_size
         instances.append(InstanceSpec(index, p.role, perf, scheduler, blocks, model.kv_bytes_per_token,
-                                      hardware.link("pcie").bandwidth, host_blocks(section, model, hardware, p.tp)))
+                                      hardware.link("pcie").bandwidth, host_blocks(section, model, hardware, p.tp),
+                                      config.seed if section.noise_seed is None else section.noise_seed))
     table = InstanceTable([p.role for p in placements], [p.node for p in placements],
                           [i.total_blocks for i in instances], [i.watermark_blocks for i in instances],
                           scheduler.block_size, [i.perf.prefill for i in instances], [i.perf.decode for i in instances],

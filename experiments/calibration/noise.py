@@ -1,0 +1,78 @@
+"""Fitting step-time noise (`cluster.hardware.noise`) to a live run's steps: each
+step's measured time (its `time_s`, plus `late_s` where a paced engine started late)
+over what the iteration-time model gives for its shape, per step kind; split into
+bands of modelled time where the spread differs between short and long steps.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cluster.core.tables import STEP_SHAPE
+from cluster.hardware.noise import Band, StepNoise
+
+PROBABILITIES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)
+MIN_STEPS = 30
+MIN_BAND_STEPS = 300
+BANDS = 3
+SPREAD_DIFFERS = 1.5
+
+
+def step_ratios(steps: pd.DataFrame, perf) -> pd.DataFrame:
+    """kind, modelled_s and ratio (measured over modelled) of every step with a shape."""
+    shapes = steps[list(STEP_SHAPE)].to_numpy(dtype=float)
+    modelled = np.array([perf.step_time(int(p), sq, int(b), int(c)) for p, sq, b, c in shapes])
+    measured = steps["time_s"].to_numpy(dtype=float)
+    if "late_s" in steps:
+        measured = measured + steps["late_s"].to_numpy(dtype=float)
+    kind = np.where(steps["decode_batch"].to_numpy() == 0, "prefill",
+                    np.where(steps["prefill_tokens"].to_numpy() == 0, "decode", "mixed"))
+    keep = (modelled > 0) & (measured > 0)
+    return pd.DataFrame({"kind": kind[keep], "modelled_s": modelled[keep], "ratio": measured[keep] / modelled[keep]})
+
+
+def band_of(ratios: np.ndarray, up_to_s: float = np.inf) -> Band:
+    quantiles = np.maximum.accumulate(np.quantile(ratios, PROBABILITIES))
+    return Band(PROBABILITIES, tuple(float(q) for q in quantiles), float(up_to_s))
+
+
+def _spread(ratios: np.ndarray) -> float:
+    low, high = np.quantile(ratios, [0.1, 0.99])
+    return float(high - low)
+
+
+def fit_bands(modelled: np.ndarray, ratios: np.ndarray) -> tuple[Band, ...]:
+    """One band, or `BANDS` by modelled time when each has enough steps and their
+    spreads (p99 - p10 of the ratio) differ by more than `SPREAD_DIFFERS` times."""
+    if len(ratios) >= BANDS * MIN_BAND_STEPS:
+        edges = np.quantile(modelled, np.linspace(0, 1, BANDS + 1)[1:-1])
+        if np.all(np.diff(edges) > 0):
+            which = np.searchsorted(edges, modelled, side="left")
+            groups = [ratios[which == k] for k in range(BANDS)]
+            spreads = [_spread(g) for g in groups]
+            differ = max(spreads) > SPREAD_DIFFERS * max(min(spreads), 1e-9)
+            if differ and all(len(g) >= MIN_BAND_STEPS for g in groups):
+                return tuple(band_of(g, edges[k] if k < BANDS - 1 else np.inf) for k, g in enumerate(groups))
+    return (band_of(ratios),)
+
+
+def fit_noise(steps: pd.DataFrame, perf, source: str) -> StepNoise | None:
+    """The noise of `steps` around `perf`; None when no kind has `MIN_STEPS` steps."""
+    table = step_ratios(steps, perf)
+    bands = {}
+    for kind, rows in table.groupby("kind"):
+        if len(rows) >= MIN_STEPS:
+            bands[str(kind)] = fit_bands(rows["modelled_s"].to_numpy(), rows["ratio"].to_numpy())
+    return StepNoise(bands, source) if bands else None
+
+
+def describe(noise: StepNoise) -> list[str]:
+    """A line per band: its steps' ratio quantiles."""
+    lines = []
+    for kind, bands in noise.bands.items():
+        for band in bands:
+            where = "" if band.up_to_s == np.inf else f" up to {band.up_to_s * 1e3:.3g} ms"
+            p50, p90, p99 = (band.quantile(p) for p in (0.5, 0.9, 0.99))
+            lines.append(f"noise    {kind}{where}: measured/modelled p50 {p50:.3f}, p90 {p90:.3f}, p99 {p99:.3f}, "
+                         f"max {band.ratios[-1]:.3f}")
+    return lines
