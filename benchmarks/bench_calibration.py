@@ -28,9 +28,8 @@ from experiments.scoring.metrics import score
 from router.slo import SLO
 
 
-def config(engine: str, model_path: str, perf: str, requests: int, rate: float, layout: str,
-           handoff_s: float | None = None) -> ExperimentConfig:
-    """The benchmark's cluster; `handoff_s` sets the simulator's handoff overhead (else its default)."""
+def config(engine: str, model_path: str, perf: str, requests: int, rate: float, layout: str) -> ExperimentConfig:
+    """The benchmark's cluster (a fit from a live run carries its hand-offs' overhead as noise)."""
     instances = [{"role": "colocated"}] if layout == "colocated" else [{"role": "prefill"}, {"role": "decode"}]
     return ExperimentConfig.model_validate({
         "name": "calibration", "seed": 0, "runtime": "ray",
@@ -38,7 +37,6 @@ def config(engine: str, model_path: str, perf: str, requests: int, rate: float, 
                     "scheduler": {"block_size": 32, "max_num_seqs": 64, "max_num_batched_tokens": 4096},
                     "instances": instances},
         "router": {"policy": "round_robin"},
-        "migration": {} if handoff_s is None else {"stage_overhead_s": handoff_s},
         "ray": {"engine": engine, "model_path": model_path, "start_timeout_s": 180},
         "workload": {"requests": requests, "arrival": {"process": "poisson", "rate": rate},
                      "lengths": {"dist": "dataset", "name": "sharegpt", "max_prompt": 1024, "max_output": 256}},
@@ -51,16 +49,15 @@ def figures(summary: dict) -> dict[str, float]:
             "TBT p50 (ms)": summary["tbt_s"]["p50"] * 1e3}
 
 
-def fit_from_run(args, folder: Path) -> tuple[str, float]:
-    """Serve a calibration workload live (another seed) and fit the model to its steps;
-    the fit's perf YAML and the handoff overhead measured."""
+def fit_from_run(args, folder: Path) -> str:
+    """Serve a calibration workload live (another seed) and fit the model, its noise and
+    its hand-offs to the run; the fit's perf YAML."""
     cfg = config(args.engine, args.model_path, args.perf, args.requests, args.calibration_rate or args.rate, args.layout)
     run_experiment(cfg.model_copy(update={"seed": cfg.seed + 1}), folder / "calibration-run")
     result = calibrate(folder / "calibration-run")
     print(f"fitted to the steps of a live calibration run ({args.calibration_rate or args.rate:g} req/s, seed 1):")
     print(report(result))
-    handoff = result.handoff[0] if result.handoff else cfg.migration.stage_overhead_s
-    return str(write_iteration_model(folder / "fit.yaml", result.perf)), handoff
+    return str(write_iteration_model(folder / "fit.yaml", result.perf))
 
 
 def main() -> None:
@@ -78,8 +75,8 @@ def main() -> None:
                         help="1 prefill + 1 decode worker (default), or one colocated worker")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pdlab-calibration-") as folder:
-        perf, handoff = fit_from_run(args, Path(folder)) if args.fit == "run" else (args.perf, None)
-        live_config = config(args.engine, args.model_path, perf, args.requests, args.rate, args.layout, handoff)
+        perf = fit_from_run(args, Path(folder)) if args.fit == "run" else args.perf
+        live_config = config(args.engine, args.model_path, perf, args.requests, args.rate, args.layout)
         slo = SLO(**live_config.slo)
         started = time.perf_counter()
         live = run_config(live_config)

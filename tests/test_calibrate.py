@@ -186,5 +186,8 @@ def test_a_live_runs_steps_give_back_the_model_its_engines_emulated(local_ray, t
     model, fit = build_setup(cfg, generate(cfg.workload, cfg.seed)).instances[0].perf, load_iteration_model(out)
     for side in ("prefill", "decode"):
         assert np.allclose(getattr(fit, side), getattr(model, side), rtol=0.01, atol=1e-7), side
+    assert (steps["late_s"] >= 0).all()
+    assert fit.noise.handoff is not None and fit.noise.handoff.quantile(0.5) > 0     # Ray's calls are not modelled
+    assert "handoff" in text and "beyond the simulator's model" in text
     code, _, err = pdlab_calibrate(tmp_path / "nothing-here")
     assert code == 2

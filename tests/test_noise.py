@@ -108,7 +108,7 @@ def test_a_fit_file_keeps_its_noise_and_a_run_uses_it_unless_off(tmp_path):
 
 @pytest.mark.parametrize("noise, message", [
     ({"decode": [{"quantiles": {0: 1.0, 0.5: 0.9, 1: 1.2}}]},
-     "cluster.noise.decode.0.quantiles: expected ratios > 0 that do not fall"),
+     "cluster.noise.decode.0.quantiles: expected values >= 0 that do not fall"),
     ({"decode": [{"quantiles": {0.2: 1.0, 1: 1.2}}]}, "expected probabilities rising from 0 to 1"),
     ({"decode": [{"up_to_s": 0.01, "quantiles": {0: 1.0, 1: 1.2}}]}, "the last without one"),
     ({"decod": [{"quantiles": {0: 1.0, 1: 1.2}}]}, "cluster.noise.decod: unknown key"),
@@ -143,3 +143,20 @@ def test_run_over_noise_seeds_gives_each_metrics_range(pdlab, tmp_path):
     assert code == 0 and "every noise seed gave the same run" in out
     with pytest.raises(SystemExit):
         pdlab("run", _write_config(tmp_path, False), "--noise-seeds", "1")
+
+
+def test_handoff_noise_adds_its_seconds_to_every_transfer():
+    def transfers(run) -> pd.Series:
+        events = run.events.groupby(["request_id", "kind"])["time_s"].min().unstack()
+        return events["transfer_end"] - events["transfer_start"]
+
+    quiet = transfers(simulate(_config()))
+    slower = transfers(simulate(_config(noise={"handoff": {"quantiles": {0: 0.02, 1: 0.02}}})))
+    assert (slower >= 0.02).all() and np.median(slower - quiet) == pytest.approx(0.02, abs=2e-4)
+
+
+def test_a_floor_shows_as_steps_of_exactly_the_shortest_time():
+    from experiments.calibration.calibrate import floor_s
+
+    assert floor_s(np.array([0.0202, 0.0202, 0.0202, 0.05, 0.3])) == 0.0202
+    assert floor_s(np.array([0.0201, 0.0202, 0.0203, 0.05])) == 0.0

@@ -7,6 +7,7 @@ from typing import Callable
 
 from cluster.core.request import Request
 from cluster.core.scheduling import InstanceSpec
+from cluster.hardware.noise import NoiseDraws
 from migration.cost import TransferCost
 from migration.links import LinkPool
 from router.policy import Policy
@@ -51,3 +52,10 @@ class RunSetup:
     horizon_s: float = float("inf")
     tick_s: float | None = None
     veto: Veto = field(default_factory=Veto)
+    handoff: NoiseDraws | None = None
+    """Draws of what a transfer stage takes beyond its modelled time (`StepNoise.handoff`)."""
+
+    def stage_overhead_s(self) -> float:
+        """The fixed cost of one KV transfer stage: the configured one, plus a draw of
+        the hand-off noise where the fit has one."""
+        return self.cost.stage_overhead_s + (self.handoff.handoff_s() if self.handoff is not None else 0.0)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from pydantic import Field, PositiveFloat, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
 
 from cluster.hardware.yamlfile import Strict
 
@@ -20,37 +20,47 @@ DRAWS = 4096
 
 
 @dataclass(frozen=True)
-class Band:
-    """Ratios measured/modelled of the steps modelled to take up to `up_to_s`, as
-    quantiles: `probabilities` (0 to 1, rising) and their `ratios` (rising)."""
+class Quantiles:
+    """A distribution as quantiles: `probabilities` (0 to 1, rising) and their `values`
+    (not falling), linearly interpolated between."""
     probabilities: tuple[float, ...]
-    ratios: tuple[float, ...]
+    values: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        p, v = np.asarray(self.probabilities, dtype=float), np.asarray(self.values, dtype=float)
+        if len(p) < 2 or len(p) != len(v) or p[0] != 0 or p[-1] != 1 or np.any(np.diff(p) <= 0):
+            raise ValueError(f"quantiles: expected probabilities rising from 0 to 1, one value each, got "
+                             f"{dict(zip(self.probabilities, self.values))}")
+        if not np.all(np.isfinite(v)) or v[0] < 0 or np.any(np.diff(v) < 0):
+            raise ValueError(f"quantiles: expected values >= 0 that do not fall as the probability rises, got "
+                             f"{list(self.values)}")
+
+    def quantile(self, probability: float) -> float:
+        return float(np.interp(probability, self.probabilities, self.values))
+
+
+@dataclass(frozen=True)
+class Band(Quantiles):
+    """Ratios measured/modelled of the steps modelled to take up to `up_to_s`."""
     up_to_s: float = math.inf
 
     def __post_init__(self) -> None:
-        p, r = np.asarray(self.probabilities, dtype=float), np.asarray(self.ratios, dtype=float)
-        if len(p) < 2 or len(p) != len(r) or p[0] != 0 or p[-1] != 1 or np.any(np.diff(p) <= 0):
-            raise ValueError(f"quantiles: expected probabilities rising from 0 to 1, one ratio each, got "
-                             f"{dict(zip(self.probabilities, self.ratios))}")
-        if not np.all(np.isfinite(r)) or r[0] <= 0 or np.any(np.diff(r) < 0):
-            raise ValueError(f"quantiles: expected ratios > 0 that do not fall as the probability rises, got "
-                             f"{list(self.ratios)}")
+        super().__post_init__()
+        if self.values[0] <= 0:
+            raise ValueError(f"quantiles: expected ratios > 0, got {self.values[0]!r}")
         if not self.up_to_s > 0:
             raise ValueError(f"up_to_s: expected seconds > 0, got {self.up_to_s!r}")
-
-    def ratio(self, u: float) -> float:
-        return float(np.interp(u, self.probabilities, self.ratios))
-
-    def quantile(self, probability: float) -> float:
-        return self.ratio(probability)
 
 
 @dataclass(frozen=True)
 class StepNoise:
     """The bands of each step kind, by rising `up_to_s` (the last open-ended). A kind
-    without bands takes decode's (mixed) or none (prefill: no noise)."""
+    without bands takes decode's (mixed) or none (prefill: no noise). `handoff`: the
+    seconds a KV transfer stage takes beyond its modelled time (the control round trip
+    of a live cluster: report, decision, the pull's calls)."""
     bands: dict[str, tuple[Band, ...]] = field(default_factory=dict)
     source: str = ""
+    handoff: Quantiles | None = None
 
     def __post_init__(self) -> None:
         for kind, bands in self.bands.items():
@@ -78,30 +88,44 @@ class NoiseDraws:
         self.rng = np.random.default_rng([seed, instance])
         self.uniforms, self.next = self.rng.random(DRAWS), 0
 
+    def _uniform(self) -> float:
+        if self.next == DRAWS:
+            self.uniforms, self.next = self.rng.random(DRAWS), 0
+        self.next += 1
+        return self.uniforms[self.next - 1]
+
     def time(self, kind: str, modelled_s: float) -> float:
         band = self.noise.band(kind, modelled_s)
         if band is None or modelled_s <= 0:
             return modelled_s
-        if self.next == DRAWS:
-            self.uniforms, self.next = self.rng.random(DRAWS), 0
-        u = self.uniforms[self.next]
-        self.next += 1
-        return modelled_s * band.ratio(u)
+        return modelled_s * band.quantile(self._uniform())
+
+    def handoff_s(self) -> float:
+        """Seconds a transfer stage takes beyond its modelled time (0 without `handoff`)."""
+        return 0.0 if self.noise.handoff is None else self.noise.handoff.quantile(self._uniform())
 
 
-class BandSection(Strict):
-    up_to_s: PositiveFloat | None = None
-    quantiles: dict[float, PositiveFloat] = Field(min_length=2)
+class QuantilesSection(Strict):
+    quantiles: dict[float, NonNegativeFloat] = Field(min_length=2)
 
     @model_validator(mode="after")
-    def _band(self) -> BandSection:
-        self.band()
+    def _check(self) -> QuantilesSection:
+        self.made()
         return self
 
-    def band(self) -> Band:
+    def pairs(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         pairs = sorted(self.quantiles.items())
-        return Band(tuple(p for p, _ in pairs), tuple(r for _, r in pairs),
-                    math.inf if self.up_to_s is None else self.up_to_s)
+        return tuple(p for p, _ in pairs), tuple(v for _, v in pairs)
+
+    def made(self) -> Quantiles:
+        return Quantiles(*self.pairs())
+
+
+class BandSection(QuantilesSection):
+    up_to_s: PositiveFloat | None = None
+
+    def made(self) -> Band:
+        return Band(*self.pairs(), math.inf if self.up_to_s is None else self.up_to_s)
 
 
 class NoiseSection(Strict):
@@ -109,6 +133,7 @@ class NoiseSection(Strict):
     prefill: list[BandSection] | None = None
     decode: list[BandSection] | None = None
     mixed: list[BandSection] | None = None
+    handoff: QuantilesSection | None = None
     source: str = ""
 
     @model_validator(mode="after")
@@ -117,15 +142,20 @@ class NoiseSection(Strict):
         return self
 
     def noise(self) -> StepNoise:
-        return StepNoise({kind: tuple(b.band() for b in getattr(self, kind)) for kind in KINDS
-                          if getattr(self, kind) is not None}, self.source)
+        return StepNoise({kind: tuple(b.made() for b in getattr(self, kind)) for kind in KINDS
+                          if getattr(self, kind) is not None}, self.source,
+                         self.handoff.made() if self.handoff is not None else None)
 
 
 def noise_as_mapping(noise: StepNoise) -> dict:
     """`noise` as a `noise:` section."""
+    def quantiles(q: Quantiles) -> dict:
+        return {float(p): float(v) for p, v in zip(q.probabilities, q.values)}
+
     out: dict = {kind: [{**({} if band.up_to_s == math.inf else {"up_to_s": band.up_to_s}),
-                         "quantiles": {float(p): float(r) for p, r in zip(band.probabilities, band.ratios)}}
-                        for band in bands] for kind, bands in noise.bands.items()}
+                         "quantiles": quantiles(band)} for band in bands] for kind, bands in noise.bands.items()}
+    if noise.handoff is not None:
+        out["handoff"] = {"quantiles": quantiles(noise.handoff)}
     if noise.source:
         out["source"] = noise.source
     return out

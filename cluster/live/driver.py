@@ -94,7 +94,7 @@ class LiveRuntime(Runtime):
             return LinkTime(0.0, 0.0)
         setup = self.setup
         links = [setup.links.links[name] for name in setup.path(source, target)]
-        return LinkTime(sum(link.latency_s for link in links) + setup.cost.stage_overhead_s,
+        return LinkTime(sum(link.latency_s for link in links) + setup.stage_overhead_s(),
                         setup.kv_bytes_per_token / min(link.bandwidth for link in links))
 
     def pull(self, request_id: int, source: int, target: int, first: int, tokens: int | None, reserve: int,

@@ -311,7 +311,7 @@ class Simulator(Runtime):
         self.copies[self.keys] = (request.id, move, "checksum" if corrupted else "")
         setup = self.setup
         setup.links.start(self.keys, tokens * setup.kv_bytes_per_token, setup.path(source, target), self.clock,
-                          setup.cost.stage_overhead_s)
+                          setup.stage_overhead_s())
         self._reschedule_links()
 
     def admit(self, request: Request, instance: int, blocks: int) -> None:

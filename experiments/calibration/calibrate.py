@@ -20,7 +20,7 @@ import pandas as pd
 
 from cluster.core.tables import STEP_SHAPE
 from cluster.hardware.perfmodel import IterationModel
-from experiments.calibration.noise import describe, fit_noise
+from experiments.calibration.noise import describe, fit_noise, handoff_extra_s
 from experiments.runs.runformat import RunFormatError, read_run
 
 COUNTS = ("prefill_tokens", "decode_batch", "decode_context")
@@ -88,19 +88,6 @@ def read_live_run(path: Path):
     return run
 
 
-def handoff_overhead_s(run) -> tuple[float, int] | None:
-    """What a P->D handoff adds beyond a decode step, median over a live run's handed-off
-    requests: from the first token (the prefill's) to the second (the decode worker's),
-    less the run's median decode step; and how many handoffs it is taken over."""
-    handed = run.events.loc[run.events["kind"] == "transfer_end", "request_id"].unique()
-    tokens = run.tokens[run.tokens["request_id"].isin(handed) & run.tokens["index"].isin([1, 2])]
-    times = tokens.pivot(index="request_id", columns="index", values="time_s").dropna()
-    decode = run.steps.loc[run.steps["decode_batch"] > 0, "time_s"]
-    if times.empty or decode.empty:
-        return None
-    return max(0.0, float(np.median(times[2] - times[1]) - decode.median())), len(times)
-
-
 def read_profile(path: str | Path) -> pd.DataFrame:
     """The profile as float columns, checked; prefill_tokens_sq filled with prefill_tokens^2 where absent."""
     path = Path(path)
@@ -131,6 +118,19 @@ def read_profile(path: str | Path) -> pd.DataFrame:
         raise CalibrationError(f"{_where(path, row, 'prefill_tokens')}: an empty iteration "
                                "(prefill_tokens and decode_batch both 0)")
     return profile
+
+
+FLOOR_REPEATS = 3
+
+
+def floor_s(times: np.ndarray) -> float:
+    """The shortest step time when `FLOOR_REPEATS` or more steps took it to within 1e-6
+    (an engine's floor, as an emulated roofline's `min_step`: measured times never
+    repeat so exactly), else 0."""
+    if not len(times):
+        return 0.0
+    shortest = float(times.min())
+    return shortest if int(np.sum(times <= shortest * (1 + 1e-6))) >= FLOOR_REPEATS else 0.0
 
 
 def nonnegative_lstsq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -183,16 +183,19 @@ def calibrate(path: str | Path) -> Calibration:
     prefill, decode = fit_side(path, profile, "prefill", relative), fit_side(path, profile, "decode", relative)
     perf = IterationModel(prefill.coefficients, decode.coefficients,
                           source=f"calibrated from {path.name if run is None else f'the steps of live run {path}'} "
-                                 f"on {date.today().isoformat()}")
+                                 f"on {date.today().isoformat()}", min_step=floor_s(profile["time_s"].to_numpy()))
     mixed = profile[(profile["prefill_tokens"] > 0) & (profile["decode_batch"] > 0)]
     errors = None
     if len(mixed):
         predicted = np.array([perf.step_time(*row) for row in mixed[list(STEP_SHAPE)].to_numpy()])
         errors = _errors(predicted, mixed["time_s"].to_numpy())
+    handoff = None
     if run is not None:
-        steps = run.steps[run.steps["time_s"] > 0]
-        perf = replace(perf, noise=fit_noise(steps, perf, f"residuals of {len(steps)} steps of live run {path.name}"))
-    return Calibration(perf, prefill, decode, len(mixed), errors, None if run is None else handoff_overhead_s(run))
+        steps, extra = run.steps[run.steps["time_s"] > 0], handoff_extra_s(run)
+        source = f"residuals of {len(steps)} steps and {0 if extra is None else len(extra)} hand-offs of live run {path.name}"
+        perf = replace(perf, noise=fit_noise(steps, perf, source, extra))
+        handoff = None if extra is None or not len(extra) else (float(np.median(extra)), len(extra))
+    return Calibration(perf, prefill, decode, len(mixed), errors, handoff)
 
 
 def _line(side: str, fit: SideFit, units: tuple[str, str]) -> str:
@@ -207,10 +210,13 @@ def report(result: Calibration) -> str:
     if result.mixed_errors is not None:
         mean, worst = result.mixed_errors
         lines.append(f"mixed    {result.mixed_rows} rows not fitted; step_time error mean {mean:.2%}, max {worst:.2%}")
+    if result.perf.min_step > 0:
+        lines.append(f"floor    {result.perf.min_step * 1e3:.4g} ms: {FLOOR_REPEATS} or more steps took exactly this "
+                     f"shortest time (min_step)")
     if result.handoff is not None:
         seconds, count = result.handoff
-        lines.append(f"handoff  {seconds * 1e3:.4g} ms beyond a decode step, median of {count} handoffs "
-                     f"(the simulator's migration.stage_overhead_s)")
+        lines.append(f"handoff  {seconds * 1e3:.4g} ms beyond the simulator's model of it, median of {count} "
+                     f"hand-offs (the fit's noise.handoff, drawn per transfer stage)")
     if result.perf.noise is not None:
         lines += describe(result.perf.noise)
     return "\n".join(lines)

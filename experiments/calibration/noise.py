@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cluster.core.tables import STEP_SHAPE
-from cluster.hardware.noise import Band, StepNoise
+from cluster.hardware.noise import Band, Quantiles, StepNoise
 
 PROBABILITIES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)
 MIN_STEPS = 30
@@ -56,14 +56,48 @@ def fit_bands(modelled: np.ndarray, ratios: np.ndarray) -> tuple[Band, ...]:
     return (band_of(ratios),)
 
 
-def fit_noise(steps: pd.DataFrame, perf, source: str) -> StepNoise | None:
-    """The noise of `steps` around `perf`; None when no kind has `MIN_STEPS` steps."""
+def fit_noise(steps: pd.DataFrame, perf, source: str, handoff_s: np.ndarray | None = None) -> StepNoise | None:
+    """The noise of `steps` around `perf`, and of the hand-offs' extra seconds; None
+    when neither has `MIN_STEPS` values."""
     table = step_ratios(steps, perf)
     bands = {}
     for kind, rows in table.groupby("kind"):
         if len(rows) >= MIN_STEPS:
             bands[str(kind)] = fit_bands(rows["modelled_s"].to_numpy(), rows["ratio"].to_numpy())
-    return StepNoise(bands, source) if bands else None
+    handoff = None
+    if handoff_s is not None and len(handoff_s) >= MIN_STEPS:
+        values = np.maximum.accumulate(np.quantile(np.maximum(handoff_s, 0.0), PROBABILITIES))
+        handoff = Quantiles(PROBABILITIES, tuple(float(v) for v in values))
+    return StepNoise(bands, source, handoff) if bands or handoff else None
+
+
+def _first_transfer_after_first_token(run) -> pd.Series:
+    """Per handed-off request: seconds from its first token to its first transfer's end."""
+    ends = run.events[run.events["kind"] == "transfer_end"].groupby("request_id")["time_s"].min()
+    first = run.tokens[run.tokens["index"] == 1].set_index("request_id")["time_s"]
+    return (ends - first.reindex(ends.index)).dropna()
+
+
+def handoff_extra_s(run) -> np.ndarray | None:
+    """What each hand-off of a live run took beyond the simulator's model of it: from
+    the request's first token to its KV's arrival, live, less the same for the run's own
+    config simulated without noise (report, decision and the pull's calls are not
+    modelled). None for a run without its config or without hand-offs."""
+    from cluster.hardware.yamlfile import ConfigError, validate
+    from experiments.config.experiment import ExperimentConfig
+    from experiments.runs.runner import simulate
+
+    data = run.meta.get("config")
+    if not isinstance(data, dict):
+        return None
+    data = {**data, "runtime": "sim", "cluster": {**data.get("cluster", {}), "noise": False}}
+    try:
+        modelled = _first_transfer_after_first_token(simulate(validate(data, ExperimentConfig, "run.json")))
+    except (ConfigError, ValueError):
+        return None
+    live = _first_transfer_after_first_token(run)
+    both = live.index.intersection(modelled.index)
+    return (live[both] - modelled[both]).to_numpy() if len(both) else None
 
 
 def describe(noise: StepNoise) -> list[str]:
@@ -74,5 +108,9 @@ def describe(noise: StepNoise) -> list[str]:
             where = "" if band.up_to_s == np.inf else f" up to {band.up_to_s * 1e3:.3g} ms"
             p50, p90, p99 = (band.quantile(p) for p in (0.5, 0.9, 0.99))
             lines.append(f"noise    {kind}{where}: measured/modelled p50 {p50:.3f}, p90 {p90:.3f}, p99 {p99:.3f}, "
-                         f"max {band.ratios[-1]:.3f}")
+                         f"max {band.values[-1]:.3f}")
+    if noise.handoff is not None:
+        p10, p50, p90 = (noise.handoff.quantile(p) * 1e3 for p in (0.1, 0.5, 0.9))
+        lines.append(f"noise    handoff: beyond the modelled transfer p10 {p10:.3g} ms, p50 {p50:.3g} ms, "
+                     f"p90 {p90:.3g} ms (drawn per transfer stage)")
     return lines

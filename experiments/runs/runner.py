@@ -15,6 +15,7 @@ from cluster.core.recorder import Recorder
 from cluster.core.request import Request
 from cluster.core.scheduling import InstanceSpec, SchedulerConfig
 from cluster.core.setup import RunSetup, Veto
+from cluster.hardware.noise import NoiseDraws
 from cluster.hardware.perfmodel import IterationModel, iteration_model, kv_capacity_tokens, load_iteration_model
 from cluster.hardware.specs import load_hardware, load_model
 from cluster.hardware.topology import link_pool, place
@@ -44,7 +45,7 @@ def with_noise(perf: IterationModel, section) -> IterationModel:
     if section is None:
         return perf
     noise = section.noise()
-    return replace(perf, noise=noise if noise.bands else None)
+    return replace(perf, noise=noise if noise.bands or noise.handoff else None)
 
 
 def build_setup(config: ExperimentConfig, workload: pd.DataFrame, veto: Veto = Veto(),
@@ -75,9 +76,11 @@ def build_setup(config: ExperimentConfig, workload: pd.DataFrame, veto: Veto = V
     requests = [Request(int(i), str(t), float(a), int(p), int(o)) for i, t, a, p, o in
                 zip(workload["request_id"], workload["tenant"], workload["arrival_s"], workload["prompt_tokens"],
                     workload["output_tokens"])]
+    noise = instances[0].perf.noise
+    handoff = NoiseDraws(noise, instances[0].noise_seed, len(instances)) if noise and noise.handoff else None
     return RunSetup(instances, table, make_policy(config.router.policy, config.router.params, config.seed), requests,
                 slos, links, path, TransferCost(**config.migration.model_dump()), float(model.kv_bytes_per_token),
-                config.horizon_s or float("inf"), config.router.tick_s, veto)
+                config.horizon_s or float("inf"), config.router.tick_s, veto, handoff)
 
 
 def versions() -> dict:
