@@ -142,15 +142,16 @@ class ControlPlane:
         self.rt.copy_kv(request, source, target, first, tokens, final, self.copy_count)
         return self.copy_count
 
-    def copied(self, request_id: int, copy: int, reason: str = "") -> None:
-        """Copy number `copy` of the request's KV arrived (`reason` empty) or did not.
-        An answer to a copy whose move has ended meanwhile is ignored."""
+    def copied(self, request_id: int, copy: int, reason: str = "", arrived_s: float | None = None) -> None:
+        """Copy number `copy` of the request's KV arrived (`reason` empty) or did not;
+        `arrived_s`: when it was in, where the runtime knows it better than now. An answer
+        to a copy whose move has ended meanwhile is ignored."""
         if self.copies.pop(copy, None) != request_id:
             return
         request, transfer = self.requests[request_id], self.transfers.get(request_id)
         if transfer is not None and transfer.copy == copy:
             del self.transfers[request_id]
-            self._handed_off(request, transfer, reason)
+            self._handed_off(request, transfer, reason, arrived_s)
         else:
             self.moves.copied(request, copy, reason)
 
@@ -311,13 +312,14 @@ class ControlPlane:
         self.copy_kv(request, source, target, 0, context, True)
         self.record.event(self.rt.now(), "transfer_start", request.id, source, target, nbytes)
 
-    def _handed_off(self, request: Request, transfer: Transfer, reason: str) -> None:
+    def _handed_off(self, request: Request, transfer: Transfer, reason: str, arrived_s: float | None = None) -> None:
         source, target, now = transfer.source, transfer.target, self.rt.now()
         if not reason:
             self.failed_handoffs.pop(request.id, None)
             self.rt.release(request, source)
             self.rt.admit(request, target, transfer.blocks)
-            self.record.event(now, "transfer_end", request.id, source, target, transfer.nbytes)
+            self.record.event(now if arrived_s is None else arrived_s, "transfer_end", request.id, source, target,
+                              transfer.nbytes)
             self.rt.changed(source, target)
             self.decide(events.HANDOFF_DONE)
             return

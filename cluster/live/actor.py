@@ -43,6 +43,8 @@ class Pulled:
     tokens: int = 0
     nbytes: int = 0
     real_s: float = 0.0
+    done_s: float = 0.0
+    """When the KV was in (this worker's monotonic clock), its admission queued."""
 
 
 def _unniced() -> int:
@@ -247,7 +249,7 @@ class WorkerActor:
             if blocks is None:
                 return Pulled(False, "cancelled")
             self.worker.at_boundary(lambda: self.engine.admit(request, blocks))
-        return Pulled(True, "", tokens, int(nbytes), real_s)
+        return Pulled(True, "", tokens, int(nbytes), real_s, time.monotonic())
 
     def _through_inbox(self, request_id: int, exported: list, final: bool, timeout_s: float):
         import ray

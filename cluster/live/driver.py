@@ -348,8 +348,15 @@ class LiveRuntime(Runtime):
                 move: int) -> None:
         ref = self.pull(request.id, source, target, first, None if final else tokens,
                         self.reserving.pop(request.id, 0), final)
-        self.call(ref, lambda result: self.control.copied(request.id, move, _reason(result)),
+        self.call(ref, lambda result: self.control.copied(request.id, move, _reason(result),
+                                                           self._arrived(target, result)),
                   self.options.transfer_timeout_s + ANSWER_MARGIN_S)
+
+    def _arrived(self, target: int, result) -> float | None:
+        """When a pull's KV was in, on the client clock (its answer comes a little later)."""
+        if not isinstance(result, Pulled) or not result.ok or not result.done_s:
+            return None
+        return min(self.now(), (result.done_s - self.skew[target] - self.origin) * self.options.speedup)
 
     def admit(self, request: Request, instance: int, blocks: int) -> None:
         self.tickets.pop(request.id, None)
