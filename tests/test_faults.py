@@ -11,6 +11,7 @@ import pytest
 
 from cluster.sim.simulator import Simulator
 from experiments.config.experiment import ExperimentConfig
+from experiments.runs.runformat import read_run
 from experiments.runs.runner import build_setup, simulate
 from experiments.workloads.workload import generate
 from router.policy import Policy
@@ -119,3 +120,52 @@ def test_harm_refuses_tables_that_its_config_did_not_make():
     shifted = run.requests.assign(arrival_s=run.requests["arrival_s"] + (run.requests["request_id"] == 4) * 0.5)
     with pytest.raises(ValueError, match="request 4 has arrival_s"):
         check_replayable(Run(shifted, run.tokens, run.events, run.meta), config)
+
+
+def test_a_live_run_that_lost_every_worker_exits_non_zero(local_ray, pdlab, tmp_path, monkeypatch):
+    import threading
+
+    import ray
+    import yaml
+
+    from cluster.live import raycluster
+
+    started = raycluster.start_workers
+
+    def start_then_kill(*args, **kwargs):
+        actors, groups = started(*args, **kwargs)
+        threading.Timer(1.0, lambda: [ray.kill(actor) for actor in actors]).start()
+        return actors, groups
+
+    monkeypatch.setattr(raycluster, "start_workers", start_then_kill)
+    config = {"runtime": "ray", "seed": 1, "cluster": {"instances": [{"role": "prefill"}, {"role": "decode"}]},
+              "ray": {"speedup": 2.0, "worker_cpus": 0.1},
+              "workload": {"requests": 40, "arrival": {"process": "poisson", "rate": 10.0},
+                           "lengths": {"dist": "uniform", "prompt": [50, 400], "output": [50, 200]}}}
+    (tmp_path / "doomed.yaml").write_text(yaml.safe_dump(config))
+    code, out, err = pdlab("run", tmp_path / "doomed.yaml", "--out", tmp_path / "run")
+    assert code == 1 and "every worker died (instances [0, 1])" in err
+    run = read_run(tmp_path / "run")
+    assert len(run.requests) == 40 and set(run.requests["status"]) <= {"finished", "aborted", "rejected"}
+
+
+def test_ctrl_c_on_a_live_run_is_one_line_and_exit_130(tmp_path):
+    import signal
+    import time
+
+    import yaml
+
+    config = {"runtime": "ray", "seed": 1, "cluster": {"instances": [{"role": "prefill"}, {"role": "decode"}]},
+              "ray": {"speedup": 1.0, "worker_cpus": 0.1},
+              "workload": {"requests": 400, "arrival": {"process": "poisson", "rate": 2.0},
+                           "lengths": {"dist": "fixed", "prompt": 100, "output": 100}}}
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([sys.executable, "-m", "experiments.cli.main", "run", str(tmp_path / "long.yaml"),
+                                "--out", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    time.sleep(12)                                     # Ray up, the workers serving
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "pdlab run: interrupted (Ctrl-C)" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -230,6 +230,10 @@ def test_csv_files_relative_to_base_dir_and_unsorted_traces(tmp_path):
     with pytest.raises(ValueError, match=r"bad.csv row 2, column 'prompt_tokens': expected a whole number"):
         load_workload({"requests": 3, "arrival": {"process": "poisson", "rate": 1},
                        "lengths": {"dist": "dataset", "name": str(tmp_path / "bad.csv")}}, "t")
+    (tmp_path / "text.csv").write_text("arrival_s,prompt_tokens,output_tokens\n0.0,10,1\n0.5,12,2\nsoon,14,3\n")
+    with pytest.raises(ValueError, match=r"text.csv row 3, column 'arrival_s': expected a time .* got 'soon'"):
+        load_workload({"requests": 3, "arrival": {"process": "trace", "file": "text.csv"},
+                       "lengths": {"dist": "same_trace"}}, "t", base_dir=str(tmp_path))
 
 
 POISSON = {"process": "poisson", "rate": 1}

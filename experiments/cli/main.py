@@ -150,15 +150,20 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     if args.noise_seeds:
         return _noise_ranges(args, out, overrides)
-    summaries = {}
+    summaries, code = {}, 0
     for variant, config in configs.items():
         path = run_experiment(config, out / variant if len(configs) > 1 else out)
         run = read_any(path)
         slo, tenants = run_slos(run.meta)
         summaries[variant] = score(run, slo, tenant_slos=tenants)[1]
         print(f"wrote run {path}")
+        lost = run.meta.get("workers_lost", [])
+        if lost and len(lost) >= sum(g.count for g in config.cluster.instances):
+            print(f"pdlab run: error: every worker died (instances {lost}); {path} holds what they served, "
+                  f"the rest of the requests aborted", file=sys.stderr)
+            code = 1
     print_summaries(summaries)
-    return 0
+    return code
 
 
 def _noise_ranges(args: argparse.Namespace, out: Path, overrides: list[str]) -> int:
@@ -279,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"pdlab {args.command}: interrupted (Ctrl-C); what was under way is not written", file=sys.stderr)
+        return 130
     except Exception as exc:  # noqa: BLE001 (only the expected kinds are caught; the rest are raised again)
         if os.environ.get("PDLAB_DEBUG") or not _expected(exc):
             raise

@@ -144,6 +144,7 @@ def _run_live(config: ExperimentConfig, progress: Callable[[int, int], None] | N
     meta = run_meta(config, setup, record.end_s, "ray")
     lag = np.frombuffer(runtime.lag) if len(runtime.lag) else np.zeros(1)
     meta["report_lag_s"] = {"p50": float(np.percentile(lag, 50)), "p99": float(np.percentile(lag, 99))}
+    meta["workers_lost"] = [i for i in range(len(actors)) if not setup.table.alive[i]]
     return record, meta
 
 

@@ -87,8 +87,9 @@ def _seconds(path: str, df: pd.DataFrame, column: str | None) -> np.ndarray | No
     if column is None:
         return None
     raw = df[column]
-    if pd.api.types.is_numeric_dtype(raw):
-        values = raw.to_numpy(dtype=np.float64)
+    numbers = pd.to_numeric(raw, errors="coerce")
+    if pd.api.types.is_numeric_dtype(raw) or numbers.notna().any():
+        values = numbers.to_numpy(dtype=np.float64)
     else:
         stamps = pd.to_datetime(raw, errors="coerce", format="ISO8601")
         values = np.where(stamps.isna(), np.nan, (stamps - stamps.min()).dt.total_seconds().to_numpy())
