@@ -110,6 +110,17 @@ def test_same_table_with_two_jobs_and_no_runs(swept, capsys, tmp_path):
     assert (tmp_path / "two" / "plots" / "timelines_split.png").exists()
 
 
+def test_a_sweep_into_an_existing_folder_replaces_it_whole(swept, capsys, tmp_path):
+    path, _ = swept
+    old = tmp_path / "again"
+    (old / "runs" / "stale-point").mkdir(parents=True)
+    (old / "results.csv").write_text("old\n")
+    code, _, err = sweep_command(capsys, path, "--out", old, "--no-runs")
+    assert code == 0, err
+    assert not (old / "runs").exists() and (old / "results.csv").read_text() != "old\n"
+    assert not (tmp_path / "again.partial").exists()
+
+
 @pytest.mark.parametrize("change, named", [
     ({"sweep": {**SWEEP["sweep"], "ratez": [1]}}, "sweep.yaml: sweep.ratez: unknown key; expected one of ['rates',"),
     ({"sweep": {**SWEEP["sweep"], "rates": [1, -2]}}, "sweep.yaml: sweep.rates.1: Input should be greater than 0"),

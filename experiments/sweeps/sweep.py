@@ -12,13 +12,25 @@ from experiments.sweeps.report import write_outputs
 from experiments.sweeps.spec import Sweep
 
 
+def staging(out: Path) -> Path:
+    """Where a sweep into `out` is written until it is whole."""
+    return out.parent / f"{out.name}.partial"
+
+
 def run_sweep(sweep: Sweep, out: Path, jobs: int = 1, keep_runs: bool = True,
               console: Console | None = None, quiet: bool = False, address: str | None = None) -> pd.DataFrame:
     """Run the points (in `jobs` processes, or across the Ray cluster at `address`),
-    then write results.parquet/.csv, plots/ and report.md under `out`."""
-    table, stalled = run_points(sweep, out, jobs, keep_runs, console, quiet, address)
-    write_table(table, out)
-    write_outputs(sweep, table, stalled, out)
+    then write results.parquet/.csv, plots/ and report.md under `out`. Everything is
+    written to `out.partial` first, which then replaces `out` whole: a sweep into an
+    existing folder never leaves old results beside new ones, and one interrupted
+    leaves `out` as it was."""
+    work = staging(Path(out))
+    shutil.rmtree(work, ignore_errors=True)
+    table, stalled = run_points(sweep, work, jobs, keep_runs, console, quiet, address)
+    write_table(table, work)
+    write_outputs(sweep, table, stalled, work)
     if not keep_runs:
-        shutil.rmtree(out / "runs", ignore_errors=True)
+        shutil.rmtree(work / "runs", ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    work.rename(out)
     return table
