@@ -115,7 +115,7 @@ def test_a_file_with_several_benchmarks_asks_which(tmp_path, pdlab):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("output_tokens", -2, r"request 0, key 'output_tokens': expected a whole number of tokens >= 0, got -2"),
+    ("output_tokens", -2, r"request 0, key 'output_tokens': expected a whole number of tokens from 0 to 10,000,000, got -2"),
     ("first_token_iteration", "soon", r"request 0, key 'info.timings.first_token_iteration': expected a time"),
     ("request_start", None, r"request 0, key 'info.timings.request_start': expected a time in seconds")])
 def test_a_bad_value_is_named(tmp_path, key, value, message):

@@ -92,8 +92,8 @@ def test_import_command_and_direct_scoring(pdlab, pdlab_json, tmp_path):
 @pytest.mark.parametrize("key, value, message", [
     ("ttfts", None, r"key 'ttfts', request 0: expected a number of seconds >= 0, got None"),
     ("ttfts", "0.04", r"key 'ttfts', request 0: expected a number of seconds >= 0, got '0.04'"),
-    ("output_lens", -4, r"key 'output_lens', request 0: expected a whole number of tokens >= 0, got -4"),
-    ("output_lens", 4.7, r"key 'output_lens', request 0: expected a whole number of tokens >= 0, got 4.7"),
+    ("output_lens", -4, r"key 'output_lens', request 0: expected a whole number of tokens from 0 to 10,000,000, got -4"),
+    ("output_lens", 4.7, r"key 'output_lens', request 0: expected a whole number of tokens from 0 to 10,000,000, got 4.7"),
     ("itls", [0.01, None], r"key 'itls', request 0: expected a list of numbers of seconds >= 0"),
     ("start_times", "soon", r"key 'start_times', request 0: expected a number of seconds")])
 def test_a_bad_per_request_value_of_a_vllm_result_is_named(tmp_path, key, value, message):

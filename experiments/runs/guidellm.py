@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cluster.core.tables import ABORTED, FINISHED, UNFINISHED
-from experiments.runs.importbase import is_number, run_from_rows
+from experiments.runs.importbase import TOKEN_COUNT, is_number, is_token_count, run_from_rows
 from experiments.runs.runformat import Run, RunFormatError
 
 GROUPS = {"successful": FINISHED, "errored": ABORTED, "incomplete": UNFINISHED}
@@ -79,8 +79,8 @@ def _row(record: dict, status: str, i: int, origin: float, where: str) -> dict:
     count = record.get("output_tokens")
     if count is None or first is None:
         count = 0
-    if not (is_number(count) and count >= 0 and float(count).is_integer()):
-        raise RunFormatError(f"{where}, key 'output_tokens': expected a whole number of tokens >= 0, got {count!r}")
+    if not is_token_count(count):
+        raise RunFormatError(f"{where}, key 'output_tokens': expected {TOKEN_COUNT}, got {count!r}")
     for key, value in (("first_token_iteration", first), ("last_token_iteration", last)):
         if count and not is_number(value):
             raise RunFormatError(f"{where}, key 'info.timings.{key}': expected a time in seconds, got {value!r}")
@@ -90,9 +90,11 @@ def _row(record: dict, status: str, i: int, origin: float, where: str) -> dict:
     count = int(count)
     times = [first + (last - first) * k / (count - 1) for k in range(count)] if count > 1 else [first] * count
     prompt = record.get("prompt_tokens")
+    if prompt is not None and not is_token_count(prompt):
+        raise RunFormatError(f"{where}, key 'prompt_tokens': expected {TOKEN_COUNT}, got {prompt!r}")
     reply = SERVER_ID.match(str(record.get("response_id") or ""))
     return {"request_id": i, "arrival_s": start - origin, "token_times": [t - origin for t in times],
-            "prompt_tokens": int(prompt) if is_number(prompt) else 0, "status": status,
+            "prompt_tokens": 0 if prompt is None else int(prompt), "status": status,
             "client_request_id": str(record.get("request_id", "")),
             "server_request_id": int(reply.group(1)) if reply else -1,
             "error": str((record.get("info") or {}).get("error") or "")}

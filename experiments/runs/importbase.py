@@ -46,5 +46,14 @@ def load_single_json(path: Path) -> dict:
     return results[0]
 
 
+MAX_TOKENS = 10_000_000
+"""More tokens than any model's context in one request: a corrupt count."""
+TOKEN_COUNT = f"a whole number of tokens from 0 to {MAX_TOKENS:,}"
+
+
+def is_token_count(value) -> bool:
+    return is_number(value) and 0 <= value <= MAX_TOKENS and float(value).is_integer()
+
+
 def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

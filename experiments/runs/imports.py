@@ -11,7 +11,7 @@ import numpy as np
 
 from cluster.core.tables import ABORTED, FINISHED, STATUSES
 from experiments.runs.guidellm import guidellm_run
-from experiments.runs.importbase import is_number, load_single_json, run_from_rows
+from experiments.runs.importbase import TOKEN_COUNT, is_number, is_token_count, load_single_json, run_from_rows
 from experiments.runs.runformat import Run, RunFormatError, read_run
 
 
@@ -117,8 +117,8 @@ def _check_request(path: Path, result: dict, i: int, starts: list | None) -> Non
 
     for key in ("input_lens", "output_lens"):
         value = result[key][i]
-        if not (is_number(value) and value >= 0 and float(value).is_integer()):
-            raise bad(key, "a whole number of tokens >= 0", result[key][i])
+        if not is_token_count(value):
+            raise bad(key, TOKEN_COUNT, result[key][i])
     if starts is not None and not is_number(starts[i]):
         raise bad("start_times", "a number of seconds", starts[i])
     if result["errors"][i] or not result["output_lens"][i]:

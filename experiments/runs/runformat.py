@@ -100,7 +100,7 @@ def _check_column(table: str, df: pd.DataFrame, column: str, kind: str) -> pd.Se
         return values.astype(str)
     if kind == "id" and pd.api.types.is_float_dtype(values):
         array = values.to_numpy()
-        whole = np.isnan(array) | (array == np.round(array))
+        whole = np.isnan(array) | (np.isfinite(array) & (array == np.round(array)))
         if not whole.all():
             row = int(np.argmax(~whole))
             raise _fail(table, row, column, f"expected an integer or string id, got {_py(array[row])!r}")
