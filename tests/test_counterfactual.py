@@ -116,3 +116,11 @@ def test_a_run_without_its_decision_times_is_replayed_for_them():
     replayed = analyse(older, slo, tenants, HarmOptions(forks=4))
     pd.testing.assert_series_equal(with_times["fork_change"], replayed["fork_change"])
     assert with_times["fork_change"].notna().sum() == 4
+
+
+def test_classic_goodput_serves_every_request_when_no_instance_can_meet_the_tbt():
+    config = busy("classic_goodput").model_copy(update={"slo": {"ttft": 1.0, "tbt": 0.015, "v": 0.05},
+                                                       "horizon_s": 600.0})
+    run = simulate(config)                             # a 16 ms step never meets 15 ms: everyone misses
+    assert (run.requests["status"] == "finished").all()
+    assert run.requests["output_tokens"].sum() == len(run.tokens)

@@ -4,9 +4,9 @@
 Most urgent first: new requests in order of their TTFT deadline, those already late
 last. Hand-off to a decode instance that stays within TBT with the request (the most
 headroom first); when none does, to one already over TBT, whose requests are lost
-anyway. At each tick, an instance over TBT is rescued: requests still meeting
-their SLO migrate to instances with headroom, those that already missed are
-preempted to shed load and resumed only where they fit. With `abandon`, requests
+anyway. At each tick, an instance over TBT that still holds requests meeting their
+SLO is rescued: those migrate to instances with headroom, those that already missed
+are preempted to shed load and resumed where they fit, or on an idle instance. With `abandon`, requests
 that missed, or are predicted to miss their TTFT, are rejected instead.
 """
 from __future__ import annotations
@@ -96,13 +96,19 @@ class ClassicGoodput(Policy):
             if self.abandon and table.missed[k]:
                 actions.append(Reject(int(table.id[k]), "abandoned: missed its SLO"))
                 continue
-            if not hopeful[k]:
-                continue
             request = table.row(k)
-            target = self._decode_target(snapshot, headroom, request, within_only=True)
+            target = self._decode_target(snapshot, headroom, request, within_only=True) if hopeful[k] \
+                else self._idle_target(headroom, request)
             if target is not None:
                 actions.append(Resume(request.id, headroom.give(target, request)))
         return actions
+
+    def _idle_target(self, headroom: Headroom, request: RequestView) -> int | None:
+        """A decode instance with nothing to decode and room for `request`: a request
+        no instance can serve within its limit still gets served, not left waiting."""
+        fits = headroom.fitting(request)
+        idle = fits[headroom.batch[fits] == 0]
+        return int(headroom.decode[idle[0]]) if len(idle) else None
 
     def _rescue(self, snapshot: Snapshot, headroom: Headroom) -> list[Action]:
         ids, groups = busy_instances(snapshot)
@@ -113,6 +119,8 @@ class ClassicGoodput(Policy):
         actions: list[Action] = []
         for index in over:
             source, table = int(ids[index]), groups[index]
+            if table.missed.all():
+                continue
             hopeful = headroom.within(table, self._limits(table), exclude=source)
             for k in by(table.missed, table.arrival_s):
                 if len(actions) >= self.moves_per_tick:
