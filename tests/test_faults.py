@@ -85,6 +85,19 @@ def test_a_simulated_run_with_nothing_left_to_happen_ends_its_requests_as_stalle
     assert len(reasons) == 10 and all(r.startswith(stalled) for r in reasons)
 
 
+def test_a_simulated_run_that_only_ticks_ends_its_requests_as_stalled():
+    from experiments.runs.runner import build_setup as setup_of
+
+    config = tiny(kv_blocks=4000).model_copy(update={"router": tiny().router.model_copy(update={"tick_s": 0.25})})
+    setup = setup_of(config, generate(config.workload, config.seed))
+    setup.policy = Idle()                              # decides nothing at any tick, ever
+    record = Simulator(setup).run()
+    reasons = record.events().query("kind == 'abort'")["detail"]
+    assert set(record.requests["status"]) == {"aborted"} and len(reasons) == 10
+    assert all(r.startswith("stalled: nothing left to happen") for r in reasons)
+    assert record.end_s < 200
+
+
 def _run(end_s=3.0, arrival=0.0, last=2.5):
     import pandas as pd
 

@@ -23,6 +23,9 @@ from router import events
 from router.snapshot import NO_LIMIT
 
 ARRIVE, WAKE, TRANSFER_DONE, TICK = 0, 1, 2, 3
+STALL_S = 120.0
+"""Simulated seconds of ticks with nothing else to happen after which a run is stalled
+(the live runtime's `stall_timeout_s`)."""
 
 
 class Simulator(Runtime):
@@ -44,6 +47,7 @@ class Simulator(Runtime):
         self.deferred: dict[int, list[tuple[Request, str]]] = {}
         self.stored = False
         self.watch: set[int] = set()
+        self.idle_ticks = 0
         if self.control.victim_rule:
             for instance in self.instances:
                 instance.choose_victim = self.control.victim
@@ -103,8 +107,8 @@ class Simulator(Runtime):
 
     def fork(self, veto: Veto, frozen: bytes | None = None) -> Simulator:
         """A copy of this paused simulator (of its state `frozen`, if given) that vetoes
-        `veto` from now on; both go on alike but for it (the simulator draws no random
-        number, and the policy's generator is copied)."""
+        `veto` from now on; both go on alike but for it (the step-noise generators and
+        the policy's are copied with it)."""
         branch = pickle.loads(frozen if frozen is not None else self.freeze())
         branch.setup.veto = veto
         return branch
@@ -160,9 +164,14 @@ class Simulator(Runtime):
         self.control.copied(request_id, copy, reason)
 
     def _tick(self, _: int, __: int) -> None:
-        if self.control.unfinished > 0:
+        """A router tick; after `STALL_S` of ticks that found nothing else to happen and
+        decided nothing, no more: the requests left are stalled (as live ones are)."""
+        quiet = not self.heap
+        if self.control.unfinished > 0 and not (quiet and self.idle_ticks * self.setup.tick_s >= STALL_S):
             self._push(self.clock + self.setup.tick_s, TICK)
+        recorded = len(self.record.time)
         self.control.decide(events.TICK)
+        self.idle_ticks = self.idle_ticks + 1 if quiet and len(self.record.time) == recorded else 0
 
     # ---- instances ------------------------------------------------------------------
     def _kick(self, instance: Instance) -> None:
