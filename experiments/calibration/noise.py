@@ -32,7 +32,9 @@ def step_ratios(steps: pd.DataFrame, perf) -> pd.DataFrame:
 
 
 def band_of(ratios: np.ndarray, up_to_s: float = np.inf) -> Band:
-    quantiles = np.maximum.accumulate(np.quantile(ratios, PROBABILITIES))
+    """The ratios' quantiles, scaled to a mean of 1: the fit carries the steps' mean
+    time, the noise only their spread around it."""
+    quantiles = np.maximum.accumulate(np.quantile(ratios / ratios.mean(), PROBABILITIES))
     return Band(PROBABILITIES, tuple(float(q) for q in quantiles), float(up_to_s))
 
 
@@ -71,18 +73,22 @@ def fit_noise(steps: pd.DataFrame, perf, source: str, handoff_s: np.ndarray | No
     return StepNoise(bands, source, handoff) if bands or handoff else None
 
 
-def _first_transfer_after_first_token(run) -> pd.Series:
-    """Per handed-off request: seconds from its first token to its first transfer's end."""
-    ends = run.events[run.events["kind"] == "transfer_end"].groupby("request_id")["time_s"].min()
-    first = run.tokens[run.tokens["index"] == 1].set_index("request_id")["time_s"]
-    return (ends - first.reindex(ends.index)).dropna()
+def _handoff_parts(run) -> pd.DataFrame:
+    """Per handed-off request: seconds from its first token to the driver seeing its
+    prefill end (`report`) and its first transfer's start to end (`transfer`)."""
+    events = run.events[run.events["kind"].isin(["prefill_end", "transfer_start", "transfer_end"])]
+    first = events.groupby(["request_id", "kind"])["time_s"].min().unstack()
+    token = run.tokens[run.tokens["index"] == 1].set_index("request_id")["time_s"]
+    return pd.DataFrame({"report": first.get("prefill_end") - token.reindex(first.index),
+                         "transfer": first.get("transfer_end") - first.get("transfer_start")}).dropna()
 
 
 def handoff_extra_s(run) -> np.ndarray | None:
-    """What each hand-off of a live run took beyond the simulator's model of it: from
-    the request's first token to its KV's arrival, live, less the same for the run's own
-    config simulated without noise (report, decision and the pull's calls are not
-    modelled). None for a run without its config or without hand-offs."""
+    """What each hand-off of a live run took beyond the simulator's model of it: the
+    prefill's report reaching the driver, and the transfer beyond the same request's
+    transfer in the run's own config simulated without noise (the pull's Ray calls).
+    Waiting for decode room is left out: the simulator models it. None for a run
+    without its config or without hand-offs."""
     from cluster.hardware.yamlfile import ConfigError, validate
     from experiments.config.experiment import ExperimentConfig
     from experiments.runs.runner import simulate
@@ -92,12 +98,14 @@ def handoff_extra_s(run) -> np.ndarray | None:
         return None
     data = {**data, "runtime": "sim", "cluster": {**data.get("cluster", {}), "noise": False}}
     try:
-        modelled = _first_transfer_after_first_token(simulate(validate(data, ExperimentConfig, "run.json")))
+        modelled = _handoff_parts(simulate(validate(data, ExperimentConfig, "run.json")))
     except (ConfigError, ValueError):
         return None
-    live = _first_transfer_after_first_token(run)
+    live = _handoff_parts(run)
     both = live.index.intersection(modelled.index)
-    return (live[both] - modelled[both]).to_numpy() if len(both) else None
+    if not len(both):
+        return None
+    return (live.loc[both, "report"] + live.loc[both, "transfer"] - modelled.loc[both, "transfer"]).to_numpy()
 
 
 def describe(noise: StepNoise) -> list[str]:
