@@ -14,7 +14,7 @@ import yaml
 
 from cluster.live.localnodes import LocalNodes, client_env
 from experiments.sweeps.spec import load_sweep
-from experiments.sweeps.sweep import run_sweep
+from experiments.sweeps.sweep import run_sweep, staging
 
 SWEEP = {
     "name": "two-nodes",
@@ -71,7 +71,8 @@ def test_a_node_killed_mid_sweep_loses_no_point(sweep_file, local_table, tmp_pat
     with LocalNodes([1, 1]) as nodes:
         sweep = sweep_on(nodes.address, sweep_file, tmp_path / "out")
         deadline = time.monotonic() + 120
-        while not (tmp_path / "out" / "runs").exists() and sweep.poll() is None and time.monotonic() < deadline:
+        while not (staging(tmp_path / "out") / "runs").exists() and sweep.poll() is None \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
         nodes.stop_node(1)
         out, err = sweep.communicate(timeout=300)
