@@ -160,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
         lost = run.meta.get("workers_lost", [])
         if lost and len(lost) >= sum(g.count for g in config.cluster.instances):
             print(f"pdlab run: error: every worker died (instances {lost}); {path} holds what they served, "
-                  f"the rest of the requests aborted", file=sys.stderr)
+                  f"every other request ended with its reason", file=sys.stderr)
             code = 1
     print_summaries(summaries)
     return code
