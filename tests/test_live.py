@@ -75,7 +75,9 @@ def assert_complete(run: Run) -> None:
 
 
 def test_live_run_agrees_with_the_simulator(local_ray):
-    cfg = config(requests=60, rate=6.0, speedup=1.0,
+    # a modelled hand-off above the emulator's own Ray-call floor (10-25 ms on 2 cores), which the
+    # live pull then waits out: below it, live hand-offs ran ~20 ms longer than modelled (issue 16)
+    cfg = config(requests=60, rate=6.0, speedup=1.0, migration={"stage_overhead_s": 0.025},
                  workload={"requests": 60, "arrival": {"process": "poisson", "rate": 6.0},
                            "lengths": {"dist": "dataset", "name": "sharegpt", "max_prompt": 2048, "max_output": 300}})
     live = run_config(cfg)
