@@ -31,11 +31,14 @@ def step_ratios(steps: pd.DataFrame, perf) -> pd.DataFrame:
     return pd.DataFrame({"kind": kind[keep], "modelled_s": modelled[keep], "ratio": measured[keep] / modelled[keep]})
 
 
+def _quantiles(values: np.ndarray) -> tuple[float, ...]:
+    return tuple(float(q) for q in np.maximum.accumulate(np.quantile(values, PROBABILITIES)))
+
+
 def band_of(ratios: np.ndarray, up_to_s: float = np.inf) -> Band:
     """The ratios' quantiles, scaled to a mean of 1: the fit carries the steps' mean
     time, the noise only their spread around it."""
-    quantiles = np.maximum.accumulate(np.quantile(ratios / ratios.mean(), PROBABILITIES))
-    return Band(PROBABILITIES, tuple(float(q) for q in quantiles), float(up_to_s))
+    return Band(PROBABILITIES, _quantiles(ratios / ratios.mean()), float(up_to_s))
 
 
 def _spread(ratios: np.ndarray) -> float:
@@ -68,8 +71,7 @@ def fit_noise(steps: pd.DataFrame, perf, source: str, handoff_s: np.ndarray | No
             bands[str(kind)] = fit_bands(rows["modelled_s"].to_numpy(), rows["ratio"].to_numpy())
     handoff = None
     if handoff_s is not None and len(handoff_s) >= MIN_STEPS:
-        values = np.maximum.accumulate(np.quantile(np.maximum(handoff_s, 0.0), PROBABILITIES))
-        handoff = Quantiles(PROBABILITIES, tuple(float(v) for v in values))
+        handoff = Quantiles(PROBABILITIES, _quantiles(np.maximum(handoff_s, 0.0)))
     return StepNoise(bands, source, handoff) if bands or handoff else None
 
 
