@@ -71,15 +71,15 @@ def test_harm_command_forks_and_writes_its_report(tmp_path, pdlab):
     from experiments.runs.runformat import write_run
 
     folder = write_run(simulate(config()), tmp_path / "run")
-    code, out, err = pdlab("harm", folder, "--forks", 3)
+    code, out, err = pdlab("harm", folder, "--forks", 4, "--jobs", 2)
     assert code == 0, err
     table = pd.read_csv(folder / "harm.csv")
     report = json.loads((folder / "harm.json").read_text())["moves"]
-    assert (table["verdict"] != "not replayed").sum() == 3
+    assert (table["verdict"] != "not replayed").sum() == 4
     assert set(table["verdict"]) <= {"harmful", "neutral", "helpful", "not replayed"}
     assert set(table["attributed_verdict"]) <= {"harmful", "neutral", "helpful"}
     assert report["migration live"]["count"] == int((table["kind"] == "migration").sum())
-    assert report["migration live"]["forked"]["judged"] == 3
+    assert report["migration live"]["forked"]["judged"] == 4
     assert (folder / "harm-features.csv").exists() and (folder / "harm.png").exists()
 
 
@@ -142,6 +142,8 @@ def test_vetoing_a_kind_over_seeds_is_paired_with_an_interval():
     assert list(table["seed"]) == [0, 1] and (table["decisions"] == 3).all() and (table["vetoed"] == 3).all()
     assert result["verdict"] == "harmful" and result["ci95"][1] < 0
     assert result["benefit_change_per_request"] == pytest.approx(table["benefit_change_per_request"].mean())
+    in_two, _ = ablate(scripted("recompute", v=0.01), frozenset({"migrate"}), [0, 1], jobs=2)
+    pd.testing.assert_frame_equal(in_two, table)
     _, harmless = ablate(scripted("live", v=0.2), frozenset({"migrate:live"}), [0])
     assert harmless["ci95"] == [0.0, 0.0] and harmless["verdict"] == "not distinguishable from none"
     low, high = two_level_bootstrap([np.array([1.0, 2.0, 3.0]), np.array([5.0])], np.random.default_rng(0))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from cluster.core.scheduling import InstanceSpec
 from cluster.engines.backends import EngineSpec
 from cluster.live.actor import WorkerActor
+from cluster.live.reaper import watch_this_process
 
 MAX_CONCURRENCY = 16
 LOCAL_RAY = {"worker_niceness": 0}
@@ -49,6 +50,7 @@ def connect(address: str | None, timeout_s: float = 5.0, field: str = "ray.addre
     if not address:
         ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING,
                  _system_config=LOCAL_RAY)
+        watch_this_process()
         return
     if address != "auto":
         host, _, port = address.rpartition(":")

@@ -30,14 +30,16 @@ def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from experiments.sweeps.capacity import load_search, run_capacity, write_capacity
+    from experiments.sweeps.sweep import written_whole
 
     console = Console(stderr=True)
     search = load_search(args.config, args.target, args.policies, args.seeds, args.start, args.tolerance, args.set)
     out = Path(args.out or Path("runs") / "capacity" / search.name)
     console.print(f"[bold]pdlab capacity[/bold] {search.name}: {len(search.policies)} policies x "
                   f"{len(search.seeds)} seeds, target {search.target}, from {search.start:g} req/s; results in {out}")
-    probes, table = run_capacity(search, out, args.jobs, args.address, not args.no_runs, console)
-    written = write_capacity(search, probes, table, out)
+    with written_whole(out) as work:
+        probes, table = run_capacity(search, work, args.jobs, args.address, not args.no_runs, console)
+        written = [out / path.relative_to(work) for path in write_capacity(search, probes, table, work)]
     _print(table, Console())
     print(f"wrote {', '.join(str(p) for p in written)} ({len(probes)} probes)")
     return 0

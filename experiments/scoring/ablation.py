@@ -6,7 +6,6 @@ vetoed kind helps) is averaged per request, with a 95% interval from a two-level
 bootstrap (seeds, then requests within them)."""
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +13,7 @@ import pandas as pd
 
 from cluster.core.setup import Veto
 from experiments.config.experiment import ExperimentConfig
+from experiments.parallel import in_order
 from experiments.scoring.metrics import run_slos, score
 
 RESAMPLES = 2000
@@ -39,6 +39,10 @@ def run_arm(config: ExperimentConfig, seed: int, kinds: frozenset[str]) -> Arm:
     return Arm(seed, bool(kinds), table.set_index("request_id")["benefit"], summary, run.events)
 
 
+def _arm(args: tuple) -> Arm:
+    return run_arm(*args)
+
+
 def decisions_of(events: pd.DataFrame, kinds: frozenset[str]) -> int:
     """The run's decisions of `kinds` (made, or vetoed)."""
     made = events[events["decision"] >= 0].drop_duplicates("decision")
@@ -58,8 +62,7 @@ def ablate(config: ExperimentConfig, kinds: frozenset[str], seeds: list[int], jo
     Veto(kinds=kinds)
     work = [(seed, k) for seed in seeds for k in (frozenset(), kinds)]
     if jobs > 1:
-        with ProcessPoolExecutor(jobs) as pool:
-            arms = list(pool.map(run_arm, [config] * len(work), [s for s, _ in work], [k for _, k in work]))
+        arms = in_order(_arm, [(config, seed, k) for seed, k in work], jobs)
     else:
         arms = [run_arm(config, seed, k) for seed, k in work]
     rows, diffs = [], []

@@ -11,7 +11,6 @@ veto differs. `change` is the factual branch's benefit minus the vetoed one's.
 """
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +19,7 @@ import pandas as pd
 from cluster.core.setup import Veto
 from cluster.core.tables import FINISHED
 from experiments.config.experiment import ExperimentConfig
+from experiments.parallel import in_order
 from experiments.runs.runformat import Run
 from experiments.scoring.attribution import running_max
 from experiments.scoring.metrics import run_end
@@ -104,6 +104,10 @@ def _branches(config: ExperimentConfig, points: list[ForkPoint], cap_s: float) -
     return out
 
 
+def _branches_of(args: tuple) -> list[Branch]:
+    return _branches(*args)
+
+
 def _branch(sim, frozen: bytes, point: ForkPoint, cap_s: float) -> Branch:
     """Fork `sim` (paused just before the decision, its state `frozen`), veto the decision,
     run to the horizon."""
@@ -133,8 +137,7 @@ def run_branches(config: ExperimentConfig, points: list[ForkPoint], cap_s: float
         return _branches(config, points, cap_s)
     ordered = sorted(points, key=lambda p: (p.time_s, p.decision))
     shares = [ordered[k::jobs] for k in range(jobs)]
-    with ProcessPoolExecutor(jobs) as pool:
-        parts = list(pool.map(_branches, [config] * jobs, shares, [cap_s] * jobs))
+    parts = in_order(_branches_of, [(config, share, cap_s) for share in shares], jobs)
     return [branch for part in parts for branch in part]
 
 

@@ -2,7 +2,6 @@
 cluster, or live one at a time) into the results table, one row per point."""
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cluster.hardware.yamlfile import ConfigError
+from experiments.parallel import unordered
 from experiments.scoring.metrics import Window
 from experiments.sweeps.rows import run_point
 from experiments.sweeps.spec import Sweep, timeline_points
@@ -70,9 +70,8 @@ def run_jobs(work: list[tuple], title: str, jobs: int = 1, address: str | None =
                 done(*_job(job, lambda n, total: progress.update(requests, completed=n, total=total)))
                 progress.remove_task(requests)
         else:
-            with ProcessPoolExecutor(max_workers=min(jobs, len(work))) as pool:
-                for future in as_completed([pool.submit(_job, job) for job in work]):
-                    done(*future.result())
+            for result in unordered(_job, work, min(jobs, len(work))):
+                done(*result)
     return results
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +19,22 @@ def staging(out: Path) -> Path:
     return out.parent / f"{out.name}.partial"
 
 
+@contextmanager
+def written_whole(out: Path) -> Iterator[Path]:
+    """A folder to write `out` into: it replaces `out` whole when the block ends, and is
+    removed if the block fails or is interrupted (then `out` stays as it was)."""
+    out = Path(out)
+    work = staging(out)
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        yield work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    work.rename(out)
+
+
 def run_sweep(sweep: Sweep, out: Path, jobs: int = 1, keep_runs: bool = True,
               console: Console | None = None, quiet: bool = False, address: str | None = None) -> pd.DataFrame:
     """Run the points (in `jobs` processes, or across the Ray cluster at `address`),
@@ -24,13 +42,10 @@ def run_sweep(sweep: Sweep, out: Path, jobs: int = 1, keep_runs: bool = True,
     written to `out.partial` first, which then replaces `out` whole: a sweep into an
     existing folder never leaves old results beside new ones, and one interrupted
     leaves `out` as it was."""
-    work = staging(Path(out))
-    shutil.rmtree(work, ignore_errors=True)
-    table, stalled = run_points(sweep, work, jobs, keep_runs, console, quiet, address)
-    write_table(table, work)
-    write_outputs(sweep, table, stalled, work)
-    if not keep_runs:
-        shutil.rmtree(work / "runs", ignore_errors=True)
-    shutil.rmtree(out, ignore_errors=True)
-    work.rename(out)
+    with written_whole(out) as work:
+        table, stalled = run_points(sweep, work, jobs, keep_runs, console, quiet, address)
+        write_table(table, work)
+        write_outputs(sweep, table, stalled, work)
+        if not keep_runs:
+            shutil.rmtree(work / "runs", ignore_errors=True)
     return table
