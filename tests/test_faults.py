@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -182,3 +183,10 @@ def test_ctrl_c_on_a_live_run_is_one_line_and_exit_130(tmp_path):
     assert process.returncode == 130, err[-2000:]
     assert "pdlab run: interrupted (Ctrl-C)" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_set_value_that_is_not_yaml_is_one_line(pdlab):
+    base = Path(__file__).resolve().parents[1] / "configs" / "sim-disagg.yaml"
+    code, _, err = pdlab("run", base, "--set", "workload.arrival={process: poisson, rate: [")
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("pdlab run: error: --set 'workload.arrival={process: poisson, rate: [': not valid YAML")
