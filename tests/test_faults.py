@@ -167,6 +167,7 @@ def test_ctrl_c_on_a_live_run_is_one_line_and_exit_130(tmp_path):
     import signal
     import time
 
+    import psutil
     import yaml
 
     config = {"runtime": "ray", "seed": 1, "cluster": {"instances": [{"role": "prefill"}, {"role": "decode"}]},
@@ -178,11 +179,15 @@ def test_ctrl_c_on_a_live_run_is_one_line_and_exit_130(tmp_path):
                                 "--out", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     time.sleep(12)                                     # Ray up, the workers serving
+    started = psutil.Process(process.pid).children(recursive=True)
+    assert sum("WorkerActor" in p.name() for p in started) == 2, [p.name() for p in started]
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-2000:]
     assert "pdlab run: interrupted (Ctrl-C)" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+    time.sleep(3)
+    assert not [p.name() for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
 def test_a_set_value_that_is_not_yaml_is_one_line(pdlab):
