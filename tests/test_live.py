@@ -7,11 +7,14 @@ import dataclasses
 import threading
 import time
 
+import numpy as np
 import pytest
 import ray
 
+from cluster.hardware.noise import StepNoise, noise_as_mapping
 from cluster.live.driver import LiveOptions, LiveRuntime
 from cluster.live.raycluster import WorkerOptions, _warn_if_niced, start_workers, stop
+from experiments.calibration.noise import dispatch_extra_s, fit_seconds, handoff_extra_s
 from experiments.config.experiment import ExperimentConfig
 from experiments.runs.runformat import Run, validate
 from experiments.runs.runner import build_setup, live_options, run_config
@@ -76,23 +79,32 @@ def assert_complete(run: Run) -> None:
 
 def test_live_run_agrees_with_the_simulator(local_ray):
     # a modelled hand-off above the emulator's own Ray-call floor (10-25 ms on 2 cores), which the
-    # live pull then waits out: below it, live hand-offs ran ~20 ms longer than modelled (issue 16)
+    # live pull then waits out; and the overheads `pdlab calibrate` fits to the live run (issue 16):
+    # its dispatches' (the driver's call reaching the worker, 2-8 ms here) and its hand-offs' seconds
+    # beyond the model. TTFT agrees to 0-3% mostly, but a busy 2-core machine makes the live one run
+    # up to 7% long (its steps start late), hence 10% there
     cfg = config(requests=60, rate=6.0, speedup=1.0, migration={"stage_overhead_s": 0.025},
                  workload={"requests": 60, "arrival": {"process": "poisson", "rate": 6.0},
                            "lengths": {"dist": "dataset", "name": "sharegpt", "max_prompt": 2048, "max_output": 300}})
     live = run_config(cfg)
-    simulated = run_config(cfg.model_copy(update={"runtime": "sim"}))
     assert_complete(live)
+    sent = dispatch_extra_s(live)
+    assert sent is not None and len(sent) >= 10 and 0 < np.median(sent) < 0.05, sent
+    overheads = noise_as_mapping(StepNoise(handoff=fit_seconds(handoff_extra_s(live)), dispatch=fit_seconds(sent)))
+    assert set(overheads) == {"handoff", "dispatch"}, overheads
+    data = cfg.model_dump()
+    simulated = run_config(ExperimentConfig.model_validate(
+        {**data, "runtime": "sim", "cluster": {**data["cluster"], "noise": overheads}}))
     slo = SLO(**cfg.slo)
     (_, a), (_, b) = score(live, slo), score(simulated, slo)
     pairs = {"ttft p50": (a["ttft_s"]["p50"], b["ttft_s"]["p50"]), "ttft p99": (a["ttft_s"]["p99"], b["ttft_s"]["p99"]),
              "tbt p99": (a["tbt_s"]["p99"], b["tbt_s"]["p99"]), "smooth": (a["smooth_goodput"], b["smooth_goodput"]),
              "classic": (a["schemes"]["ttft_tbt"]["token_goodput"], b["schemes"]["ttft_tbt"]["token_goodput"])}
     off = {name: abs(x / y - 1) for name, (x, y) in pairs.items()}
-    # TTFT: the live dispatch path (driver call, admission at the worker's next step) is not
-    # modelled yet and adds ~6 ms to a ~100 ms TTFT on the 2-core machine (issue 16): 10% there
+    shown = "; ".join(f"{name} {value:.1%} ({pairs[name][0]:.4g} live, {pairs[name][1]:.4g} simulated)"
+                      for name, value in off.items())
     limits = {name: 0.10 if name.startswith("ttft") else 0.05 for name in off}
-    assert all(off[name] <= limits[name] for name in off), {name: f"{value:.1%}" for name, value in off.items()}
+    assert all(off[name] <= limits[name] for name in off), shown
 
 
 def test_a_killed_worker_loses_no_request(local_ray):

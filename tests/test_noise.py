@@ -163,3 +163,32 @@ def test_a_floor_shows_as_steps_of_exactly_the_shortest_time():
 
     assert floor_s(np.array([0.0202, 0.0202, 0.0202, 0.05, 0.3])) == 0.0202
     assert floor_s(np.array([0.0201, 0.0202, 0.0203, 0.05])) == 0.0
+
+
+def _ttft(run) -> pd.Series:
+    first = run.tokens[run.tokens["index"] == 1].set_index("request_id")["time_s"]
+    return first - run.requests.set_index("request_id")["arrival_s"].reindex(first.index)
+
+
+def test_dispatch_noise_delays_each_request_reaching_its_queue():
+    quiet, slower = (simulate(_config(**extra)) for extra in
+                     ({}, {"noise": {"dispatch": {"quantiles": {0: 0.01, 1: 0.01}}}}))
+    added = _ttft(slower) - _ttft(quiet)
+    assert (added >= 0.01 - 1e-9).all() and np.median(added) == pytest.approx(0.01, abs=2e-3)
+    again = simulate(_config(noise={"dispatch": {"quantiles": {0: 0.0, 0.5: 0.004, 1: 0.02}}}))
+    pd.testing.assert_frame_equal(again.tokens, simulate(
+        _config(noise={"dispatch": {"quantiles": {0: 0.0, 0.5: 0.004, 1: 0.02}}})).tokens)
+
+
+def test_the_dispatch_fit_measures_dispatch_to_the_next_step_of_an_idle_instance():
+    from experiments.calibration.noise import dispatch_extra_s
+    from experiments.runs.runformat import Run
+
+    events = pd.DataFrame({"time_s": [1.0, 2.0, 2.01, 5.0], "kind": "dispatch", "request_id": [0, 1, 2, 3],
+                           "instance": [0, 0, 0, 1]})
+    steps = pd.DataFrame({"instance": [0, 0, 0, 1], "end_s": [1.103, 2.2, 2.4, 5.25], "time_s": [0.1, 0.195, 0.2, 0.2],
+                          "prefill_tokens": [100, 100, 100, 100], "prefill_tokens_sq": 1e4, "decode_batch": 0,
+                          "decode_context": 0})
+    gaps = dispatch_extra_s(Run(pd.DataFrame(), pd.DataFrame(), events, {}, steps))
+    # request 2 came while request 1's step was under way: not a dispatch to an idle instance
+    assert gaps == pytest.approx([0.003, 0.005, 0.05])

@@ -52,10 +52,15 @@ class RunSetup:
     horizon_s: float = float("inf")
     tick_s: float | None = None
     veto: Veto = field(default_factory=Veto)
-    handoff: NoiseDraws | None = None
-    """Draws of what a transfer stage takes beyond its modelled time (`StepNoise.handoff`)."""
+    overheads: NoiseDraws | None = None
+    """Draws of the control path's seconds beyond the model (`StepNoise.handoff`, `.dispatch`)."""
 
     def stage_overhead_s(self) -> float:
         """The fixed cost of one KV transfer stage: the configured one, plus a draw of
         the hand-off noise where the fit has one."""
-        return self.cost.stage_overhead_s + (self.handoff.handoff_s() if self.handoff is not None else 0.0)
+        return self.cost.stage_overhead_s + (self.overheads.handoff_s() if self.overheads is not None else 0.0)
+
+    def dispatch_s(self) -> float:
+        """Seconds a request takes to reach the queue it was sent to (a draw of the
+        dispatch noise where the fit has one, else none)."""
+        return self.overheads.dispatch_s() if self.overheads is not None else 0.0

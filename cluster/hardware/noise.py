@@ -57,10 +57,13 @@ class StepNoise:
     """The bands of each step kind, by rising `up_to_s` (the last open-ended). A kind
     without bands takes decode's (mixed) or none (prefill: no noise). `handoff`: the
     seconds a KV transfer stage takes beyond its modelled time (the control round trip
-    of a live cluster: report, decision, the pull's calls)."""
+    of a live cluster: report, decision, the pull's calls). `dispatch`: the seconds a
+    request takes to reach an instance's queue once the router sent it there (the
+    driver's call to the worker), which the simulator otherwise takes as none."""
     bands: dict[str, tuple[Band, ...]] = field(default_factory=dict)
     source: str = ""
     handoff: Quantiles | None = None
+    dispatch: Quantiles | None = None
 
     def __post_init__(self) -> None:
         for kind, bands in self.bands.items():
@@ -104,6 +107,10 @@ class NoiseDraws:
         """Seconds a transfer stage takes beyond its modelled time (0 without `handoff`)."""
         return 0.0 if self.noise.handoff is None else self.noise.handoff.quantile(self._uniform())
 
+    def dispatch_s(self) -> float:
+        """Seconds a request takes to reach its instance's queue (0 without `dispatch`)."""
+        return 0.0 if self.noise.dispatch is None else self.noise.dispatch.quantile(self._uniform())
+
 
 class QuantilesSection(Strict):
     quantiles: dict[float, NonNegativeFloat] = Field(min_length=2)
@@ -129,11 +136,13 @@ class BandSection(QuantilesSection):
 
 
 class NoiseSection(Strict):
-    """A `noise:` section: per step kind, bands `{up_to_s: S, quantiles: {P: RATIO}}`."""
+    """A `noise:` section: per step kind, bands `{up_to_s: S, quantiles: {P: RATIO}}`;
+    `handoff` and `dispatch`: `{quantiles: {P: SECONDS}}`."""
     prefill: list[BandSection] | None = None
     decode: list[BandSection] | None = None
     mixed: list[BandSection] | None = None
     handoff: QuantilesSection | None = None
+    dispatch: QuantilesSection | None = None
     source: str = ""
 
     @model_validator(mode="after")
@@ -144,7 +153,7 @@ class NoiseSection(Strict):
     def noise(self) -> StepNoise:
         return StepNoise({kind: tuple(b.made() for b in getattr(self, kind)) for kind in KINDS
                           if getattr(self, kind) is not None}, self.source,
-                         self.handoff.made() if self.handoff is not None else None)
+                         *(None if part is None else part.made() for part in (self.handoff, self.dispatch)))
 
 
 def noise_as_mapping(noise: StepNoise) -> dict:
@@ -154,8 +163,9 @@ def noise_as_mapping(noise: StepNoise) -> dict:
 
     out: dict = {kind: [{**({} if band.up_to_s == math.inf else {"up_to_s": band.up_to_s}),
                          "quantiles": quantiles(band)} for band in bands] for kind, bands in noise.bands.items()}
-    if noise.handoff is not None:
-        out["handoff"] = {"quantiles": quantiles(noise.handoff)}
+    for name in ("handoff", "dispatch"):
+        if getattr(noise, name) is not None:
+            out[name] = {"quantiles": quantiles(getattr(noise, name))}
     if noise.source:
         out["source"] = noise.source
     return out

@@ -14,7 +14,7 @@ import numpy as np
 from cluster.core.control import ControlPlane
 from cluster.core.instance import Instance
 from cluster.core.recorder import Recorder
-from cluster.core.request import DECODING, PREEMPTED, PREFILL_PIECE, SWAPPED, Request
+from cluster.core.request import DECODING, PREEMPTED, PREFILL_PIECE, SWAPPED, WAITING, Request
 from cluster.core.runtime import Runtime
 from cluster.core.scheduling import NOT_DECODING, Outcome
 from cluster.core.setup import RunSetup, Veto
@@ -22,7 +22,7 @@ from cluster.core.tables import ABORTED
 from router import events
 from router.snapshot import NO_LIMIT
 
-ARRIVE, WAKE, TRANSFER_DONE, TICK = 0, 1, 2, 3
+ARRIVE, WAKE, TRANSFER_DONE, TICK, QUEUED = 0, 1, 2, 3, 4
 STALL_S = 120.0
 """Simulated seconds of ticks with nothing else to happen after which a run is stalled
 (the live runtime's `stall_timeout_s`)."""
@@ -48,6 +48,7 @@ class Simulator(Runtime):
         self.stored = False
         self.watch: set[int] = set()
         self.idle_ticks = 0
+        self.on_the_way: dict[int, int] = {}
         if self.control.victim_rule:
             for instance in self.instances:
                 instance.choose_victim = self.control.victim
@@ -75,7 +76,8 @@ class Simulator(Runtime):
         """Handle events until the run is over (True), or pause (False) before the first
         event at or after `before`, or after the event that makes `done()` true. A paused
         simulator may be copied (`copy.deepcopy`) and each copy advanced on its own."""
-        handlers = {ARRIVE: self._arrive, WAKE: self._wake, TRANSFER_DONE: self._transfer_done, TICK: self._tick}
+        handlers = {ARRIVE: self._arrive, WAKE: self._wake, TRANSFER_DONE: self._transfer_done, TICK: self._tick,
+                    QUEUED: self._queued}
         control, heap = self.control, self.heap
         while heap:
             if heap[0][0] >= before:
@@ -140,6 +142,15 @@ class Simulator(Runtime):
     # ---- events -------------------------------------------------------------------
     def _arrive(self, request_id: int, _: int) -> None:
         self.control.arrive(self.requests[request_id])
+
+    def _queued(self, request_id: int, instance: int) -> None:
+        if self.on_the_way.get(request_id) != instance:
+            return
+        del self.on_the_way[request_id]
+        request = self.requests[request_id]
+        if request.instance == instance and not request.final:
+            self.instances[instance].enqueue(request)
+            self._kick(self.instances[instance])
 
     def _wake(self, index: int, version: int) -> None:
         if version != self.versions[index]:
@@ -232,6 +243,9 @@ class Simulator(Runtime):
     def _sync(self, instance: Instance) -> None:
         table, i = self.setup.table, instance.id
         queued, tokens, running = instance.load()
+        if self.on_the_way:
+            coming = [self.requests[r] for r, at in self.on_the_way.items() if at == i]
+            queued, tokens = queued + len(coming), tokens + sum(r.to_prefill for r in coming)
         context = instance.context_now(self.clock)
         table.free_blocks[i], table.queued[i], table.queued_tokens[i] = instance.free_soon, queued, tokens
         table.running[i], table.context_tokens[i] = running, context
@@ -298,7 +312,14 @@ class Simulator(Runtime):
         return request.context
 
     def enqueue(self, request: Request, instance: int) -> None:
-        self.instances[instance].enqueue(request)
+        """Into the instance's queue, after the dispatch noise's delay where there is one."""
+        delay = self.setup.dispatch_s()
+        if delay > 0:
+            request.state, request.instance = WAITING, instance
+            self.on_the_way[request.id] = instance
+            self._push(self.clock + delay, QUEUED, request.id, instance)
+        else:
+            self.instances[instance].enqueue(request)
 
     def decode_here(self, request: Request) -> None:
         self.instances[request.instance].admit_decode(request, request.blocks)
@@ -345,6 +366,8 @@ class Simulator(Runtime):
             self.instances[instance].enqueue(request)
 
     def drop(self, request: Request, instance: int) -> None:
+        if self.on_the_way.pop(request.id, None) is not None:
+            return
         if request.state == PREEMPTED:
             self.instances[instance].unpark(request)
         else:

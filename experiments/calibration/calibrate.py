@@ -20,7 +20,7 @@ import pandas as pd
 
 from cluster.core.tables import STEP_SHAPE
 from cluster.hardware.perfmodel import IterationModel
-from experiments.calibration.noise import describe, fit_noise, handoff_extra_s
+from experiments.calibration.noise import describe, dispatch_extra_s, fit_noise, handoff_extra_s
 from experiments.runs.runformat import RunFormatError, read_run
 
 COUNTS = ("prefill_tokens", "decode_batch", "decode_context")
@@ -191,9 +191,10 @@ def calibrate(path: str | Path) -> Calibration:
         errors = _errors(predicted, mixed["time_s"].to_numpy())
     handoff = None
     if run is not None:
-        steps, extra = run.steps[run.steps["time_s"] > 0], handoff_extra_s(run)
-        source = f"residuals of {len(steps)} steps and {0 if extra is None else len(extra)} hand-offs of live run {path.name}"
-        perf = replace(perf, noise=fit_noise(steps, perf, source, extra))
+        steps, extra, sent = run.steps[run.steps["time_s"] > 0], handoff_extra_s(run), dispatch_extra_s(run)
+        source = (f"residuals of {len(steps)} steps, {0 if extra is None else len(extra)} hand-offs and "
+                  f"{0 if sent is None else len(sent)} dispatches of live run {path.name}")
+        perf = replace(perf, noise=fit_noise(steps, perf, source, extra, sent))
         handoff = None if extra is None or not len(extra) else (float(np.median(extra)), len(extra))
     return Calibration(perf, prefill, decode, len(mixed), errors, handoff)
 

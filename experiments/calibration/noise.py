@@ -1,7 +1,8 @@
 """Fitting step-time noise (`cluster.hardware.noise`) to a live run's steps: each
 step's measured time (its `time_s`, plus `late_s` where a paced engine started late)
 over what the iteration-time model gives for its shape, per step kind; split into
-bands of modelled time where the spread differs between short and long steps.
+bands of modelled time where the spread differs between short and long steps. And the
+control path's seconds the model leaves out: hand-offs' and dispatches'.
 """
 from __future__ import annotations
 
@@ -61,18 +62,24 @@ def fit_bands(modelled: np.ndarray, ratios: np.ndarray) -> tuple[Band, ...]:
     return (band_of(ratios),)
 
 
-def fit_noise(steps: pd.DataFrame, perf, source: str, handoff_s: np.ndarray | None = None) -> StepNoise | None:
-    """The noise of `steps` around `perf`, and of the hand-offs' extra seconds; None
-    when neither has `MIN_STEPS` values."""
+def fit_seconds(values: np.ndarray | None) -> Quantiles | None:
+    """The quantiles of seconds beyond a model (negatives as 0); None below `MIN_STEPS`."""
+    if values is None or len(values) < MIN_STEPS:
+        return None
+    return Quantiles(PROBABILITIES, _quantiles(np.maximum(values, 0.0)))
+
+
+def fit_noise(steps: pd.DataFrame, perf, source: str, handoff_s: np.ndarray | None = None,
+              dispatch_s: np.ndarray | None = None) -> StepNoise | None:
+    """The noise of `steps` around `perf`, and of the hand-offs' and dispatches' extra
+    seconds; None when none has `MIN_STEPS` values."""
     table = step_ratios(steps, perf)
     bands = {}
     for kind, rows in table.groupby("kind"):
         if len(rows) >= MIN_STEPS:
             bands[str(kind)] = fit_bands(rows["modelled_s"].to_numpy(), rows["ratio"].to_numpy())
-    handoff = None
-    if handoff_s is not None and len(handoff_s) >= MIN_STEPS:
-        handoff = Quantiles(PROBABILITIES, _quantiles(np.maximum(handoff_s, 0.0)))
-    return StepNoise(bands, source, handoff) if bands or handoff else None
+    handoff, dispatch = fit_seconds(handoff_s), fit_seconds(dispatch_s)
+    return StepNoise(bands, source, handoff, dispatch) if bands or handoff or dispatch else None
 
 
 def _handoff_parts(run) -> pd.DataFrame:
@@ -110,6 +117,32 @@ def handoff_extra_s(run) -> np.ndarray | None:
     return (live.loc[both, "report"] + live.loc[both, "transfer"] - modelled.loc[both, "transfer"]).to_numpy()
 
 
+def dispatch_extra_s(run) -> np.ndarray | None:
+    """Per dispatch that found its instance idle with nothing else sent there since its
+    last step: seconds from the router's dispatch to the start of the instance's next
+    step, a prefill (the driver's call reaching the worker). The simulator starts that
+    step at the dispatch itself. None for a run without steps."""
+    if run.steps is None or not len(run.steps):
+        return None
+    dispatches = run.events[run.events["kind"] == "dispatch"]
+    gaps = []
+    for instance, steps in run.steps.groupby("instance"):
+        ends = steps["end_s"].to_numpy(dtype=float)
+        order = np.argsort(ends - steps["time_s"].to_numpy(dtype=float), kind="stable")
+        ends, starts = ends[order], (ends - steps["time_s"].to_numpy(dtype=float))[order]
+        prefills = steps["prefill_tokens"].to_numpy()[order] > 0
+        sent = np.sort(dispatches.loc[dispatches["instance"] == instance, "time_s"].to_numpy(dtype=float))
+        next_step = np.searchsorted(starts, sent, side="left")
+        before = np.maximum(next_step - 1, 0)
+        last_end = np.where(next_step > 0, ends[before], -np.inf)
+        previous = np.concatenate([[-np.inf], sent[:-1]])
+        found = next_step < len(starts)
+        idle = found & (last_end <= sent) & (previous <= last_end)
+        idle &= prefills[np.minimum(next_step, len(starts) - 1)]
+        gaps.append(starts[next_step[idle]] - sent[idle])
+    return np.concatenate(gaps) if gaps else None
+
+
 def describe(noise: StepNoise) -> list[str]:
     """A line per band: its steps' ratio quantiles."""
     lines = []
@@ -123,4 +156,8 @@ def describe(noise: StepNoise) -> list[str]:
         p10, p50, p90 = (noise.handoff.quantile(p) * 1e3 for p in (0.1, 0.5, 0.9))
         lines.append(f"noise    handoff: beyond the modelled transfer p10 {p10:.3g} ms, p50 {p50:.3g} ms, "
                      f"p90 {p90:.3g} ms (drawn per transfer stage)")
+    if noise.dispatch is not None:
+        p10, p50, p90 = (noise.dispatch.quantile(p) * 1e3 for p in (0.1, 0.5, 0.9))
+        lines.append(f"noise    dispatch: to the instance's queue p10 {p10:.3g} ms, p50 {p50:.3g} ms, "
+                     f"p90 {p90:.3g} ms (drawn per dispatch)")
     return lines

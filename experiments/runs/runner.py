@@ -45,7 +45,7 @@ def with_noise(perf: IterationModel, section) -> IterationModel:
     if section is None:
         return perf
     noise = section.noise()
-    return replace(perf, noise=noise if noise.bands or noise.handoff else None)
+    return replace(perf, noise=noise if noise.bands or noise.handoff or noise.dispatch else None)
 
 
 def build_setup(config: ExperimentConfig, workload: pd.DataFrame, veto: Veto = Veto(),
@@ -77,10 +77,11 @@ def build_setup(config: ExperimentConfig, workload: pd.DataFrame, veto: Veto = V
                 zip(workload["request_id"], workload["tenant"], workload["arrival_s"], workload["prompt_tokens"],
                     workload["output_tokens"])]
     noise = instances[0].perf.noise
-    handoff = NoiseDraws(noise, instances[0].noise_seed, len(instances)) if noise and noise.handoff else None
+    overheads = NoiseDraws(noise, instances[0].noise_seed, len(instances)) \
+        if noise and (noise.handoff or noise.dispatch) else None
     return RunSetup(instances, table, make_policy(config.router.policy, config.router.params, config.seed), requests,
                 slos, links, path, TransferCost(**config.migration.model_dump()), float(model.kv_bytes_per_token),
-                config.horizon_s or float("inf"), config.router.tick_s, veto, handoff)
+                config.horizon_s or float("inf"), config.router.tick_s, veto, overheads)
 
 
 def versions() -> dict:
