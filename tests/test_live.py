@@ -82,7 +82,9 @@ def test_live_run_agrees_with_the_simulator(local_ray):
     # live pull then waits out; and the overheads `pdlab calibrate` fits to the live run (issue 16):
     # its dispatches' (the driver's call reaching the worker, 2-8 ms here) and its hand-offs' seconds
     # beyond the model. TTFT agrees to 0-3% mostly, but a busy 2-core machine makes the live one run
-    # up to 7% long (its steps start late), hence 10% there
+    # up to 7% long (its steps start late), hence 10% there. Classic goodput is knife-edge here (issue
+    # 16): a request whose first gap after its hand-off straddles the 100 ms TBT takes 1.7% of it
+    # with it; 0-8% off measured, hence 15%
     cfg = config(requests=60, rate=6.0, speedup=1.0, migration={"stage_overhead_s": 0.025},
                  workload={"requests": 60, "arrival": {"process": "poisson", "rate": 6.0},
                            "lengths": {"dist": "dataset", "name": "sharegpt", "max_prompt": 2048, "max_output": 300}})
@@ -103,7 +105,7 @@ def test_live_run_agrees_with_the_simulator(local_ray):
     off = {name: abs(x / y - 1) for name, (x, y) in pairs.items()}
     shown = "; ".join(f"{name} {value:.1%} ({pairs[name][0]:.4g} live, {pairs[name][1]:.4g} simulated)"
                       for name, value in off.items())
-    limits = {name: 0.10 if name.startswith("ttft") else 0.05 for name in off}
+    limits = {name: 0.10 if name.startswith("ttft") else 0.15 if name == "classic" else 0.05 for name in off}
     assert all(off[name] <= limits[name] for name in off), shown
 
 

@@ -134,6 +134,8 @@ def test_a_sweep_into_an_existing_folder_replaces_it_whole(swept, capsys, tmp_pa
     ({"sweep": {**SWEEP["sweep"], "clusters": {"big": ["cluster.instances=[{role: middle}]"]}}},
      "sweep.yaml, point big/round_robin/rate=5/seed=0: cluster.instances.0.role"),
     ({"base_config": "missing.yaml"}, "sweep.yaml: base: give base"),
+    ({"sweep": {**SWEEP["sweep"], "noise_seeds": [1, 1]}}, "duplicate noise seed '1'"),
+    ({"sweep": {**SWEEP["sweep"], "noise_seeds": [-1]}}, "sweep.yaml: sweep.noise_seeds.0: Input should be greater than or equal to 0, got -1"),
 ])
 def test_bad_sweep_file_names_the_key(capsys, tmp_path, change, named):
     path = write(tmp_path, {**SWEEP, **change})
@@ -212,3 +214,24 @@ def test_harm_columns_count_moves_and_replayed_verdicts(tmp_path):
     assert counts["moves"] > 0 and counts["harmful"] + counts["neutral"] + counts["helpful"] == 2
     assert 0 <= counts["attributed_harmful"] <= counts["moves"]
     assert "harmful" not in harm_counts(run, SLO(), {}, forks=0)
+
+
+def test_a_noise_seed_axis_runs_each_point_under_each_and_gives_the_ranges(capsys, tmp_path):
+    noisy = {**BASE, "cluster": {**BASE["cluster"], "noise": {
+        "decode": [{"quantiles": {0: 0.9, 0.5: 1.0, 0.99: 1.8, 1: 3.0}}], "prefill": [{"quantiles": {0: 0.8, 1: 1.4}}]}}}
+    path = write(tmp_path, {"base": noisy, "sweep": {"rates": [20], "policies": ["round_robin"], "seeds": [3],
+                                                     "noise_seeds": [0, 1, 2]}})
+    code, _, err = sweep_command(capsys, path, "--out", tmp_path / "out")
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(table["noise_seed"]) == [0, 1, 2] and set(table["seed"]) == {3}
+    runs = [read_run(tmp_path / "out" / "runs" / "base" / "round_robin" / "rate=20" / "seed=3" / f"noise={n}")
+            for n in (0, 1, 2)]
+    assert all(r.requests["output_tokens"].equals(runs[0].requests["output_tokens"]) for r in runs)
+    assert not runs[1].tokens["time_s"].equals(runs[0].tokens["time_s"])
+    ranges = pd.read_csv(tmp_path / "out" / "noise_ranges.csv")
+    tbt = ranges[ranges["metric"] == "tbt_p99_s"].iloc[0]
+    assert tbt["min"] == table["tbt_p99_s"].min() and tbt["max"] == table["tbt_p99_s"].max() and tbt["spread"] > 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "each under 3 noise seeds" in report and "over the noise seeds, `tbt_p99_s` spreads" in report
+

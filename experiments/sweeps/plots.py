@@ -51,8 +51,8 @@ def _in_order(values) -> list:
 def versus_rate(table, columns: list[tuple[str, str]], path: Path, xlabel: str = "rate",
                 target: float | None = None) -> list[Path]:
     """A sweep's results against rate: one row of panels per (column, label), one
-    panel column per cluster, one line per policy (the mean over seeds, with the
-    seeds' range shaded when there are several); a dashed line at `target`."""
+    panel column per cluster, one line per policy (the mean over seeds and noise seeds,
+    with their range shaded when there are several); a dashed line at `target`."""
     clusters, policies = _in_order(table["cluster"]), _in_order(table["policy"])
     figure, axes = plt.subplots(len(columns), len(clusters), figsize=(4.4 * len(clusters), 3.0 * len(columns)),
                                 squeeze=False, sharex="col")
@@ -63,7 +63,7 @@ def versus_rate(table, columns: list[tuple[str, str]], path: Path, xlabel: str =
                 part = table[(table["cluster"] == cluster) & (table["policy"] == policy)]
                 stats = part.groupby("rate")[column].agg(["mean", "min", "max"]).sort_index()
                 line, = axis.plot(stats.index, stats["mean"], marker="o", markersize=4, label=policy)
-                if part["seed"].nunique() > 1:
+                if part.groupby("rate").size().max() > 1:
                     axis.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
             if target is not None:
                 axis.axhline(target, color="k", linestyle="--", linewidth=1, label="target")

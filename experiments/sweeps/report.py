@@ -9,6 +9,7 @@ import pandas as pd
 
 from experiments.runs.runformat import read_run
 from experiments.sweeps.plots import counts_by_policy, token_timelines, versus_rate
+from experiments.scoring.ranges import KNIFE_EDGE
 from experiments.sweeps.spec import MULTI_TENANT_RATE, Sweep, timeline_points
 from router.slo import SLO
 
@@ -25,6 +26,7 @@ COUNTS = (("migrations_started", "migrations"), ("preemptions", "preemptions"), 
           ("attributed_harmful", "harmful (attributed)"), ("harmful", "harmful (forked)"))
 SHOWN = {  # column -> (header, format)
     "cluster": ("cluster", "{}"), "policy": ("policy", "{}"), "rate": ("rate", "{:g}"), "seed": ("seed", "{:d}"),
+    "noise_seed": ("noise seed", "{:d}"),
     "throughput_tokens_per_s": ("throughput tok/s", "{:.1f}"), "ttft_tbt_token_goodput": ("classic goodput tok/s", "{:.1f}"),
     "smooth_goodput": ("smooth goodput /s", "{:.1f}"), "ttft_tbt_attainment": ("ttft_tbt att.", "{:.1%}"),
     "smooth_attainment": ("smooth att.", "{:.1%}"), "ttft_p99_s": ("p99 TTFT s", "{:.3f}"),
@@ -33,6 +35,8 @@ SHOWN = {  # column -> (header, format)
     "preemptions": ("preempt.", "{:d}"), "rejected": ("rejected", "{:d}"),
 }
 SATURATION = 0.95
+NOISE_METRICS = ("ttft_tbt_attainment", "smooth_attainment", "ttft_tbt_token_goodput", "smooth_goodput",
+                 "ttft_p99_s", "tbt_p99_s", "idle_latency_p99_s")
 
 
 def rate_label(sweep: Sweep) -> str:
@@ -149,10 +153,35 @@ def winner_sentences(cluster: str, means: pd.DataFrame) -> list[str]:
     return lines
 
 
+def noise_ranges(table: pd.DataFrame) -> pd.DataFrame:
+    """Per point (cluster, policy, rate, seed) and headline metric: its min, median and
+    max over the noise seeds, the spread ((max - min) / |median|) and whether it is
+    knife-edge (spread above `KNIFE_EDGE`)."""
+    keys = ["cluster", "policy", "rate", "seed"]
+    metrics = [c for c in NOISE_METRICS if c in table]
+    long = table.melt(id_vars=keys, value_vars=metrics, var_name="metric")
+    stats = long.groupby([*keys, "metric"], sort=False)["value"].agg(["min", "median", "max"]).reset_index()
+    width = stats["max"] - stats["min"]
+    stats["spread"] = (width / stats["median"].abs()).where(stats["median"].abs() > 0, width.where(width == 0, math.inf))
+    stats["knife_edge"] = stats["spread"] > KNIFE_EDGE
+    return stats
+
+
+def noise_sentences(table: pd.DataFrame) -> list[str]:
+    stats = noise_ranges(table)
+    edge = stats.groupby("metric", sort=False).agg(points=("knife_edge", "size"), edge=("knife_edge", "sum"),
+                                                   spread=("spread", "median"))
+    return [f"- over the noise seeds, `{metric}` spreads {row.spread:.1%} (median over points); knife-edge "
+            f"(over {KNIFE_EDGE:.0%}) at {row.edge} of {row.points} points" for metric, row in edge.iterrows()]
+
+
 def reading(table: pd.DataFrame) -> list[str]:
-    numeric = table.select_dtypes("number").columns.drop(["rate", "seed"])
+    numeric = table.select_dtypes("number").columns.drop(["rate", "seed", "noise_seed"], errors="ignore")
     seeds = table["seed"].nunique()
     lines = [f"Numbers are means over {seeds} seeds." if seeds > 1 else "Numbers are from one seed per point."]
+    if "noise_seed" in table:
+        lines[0] = lines[0].rstrip(".") + f", each under {table['noise_seed'].nunique()} noise seeds."
+        lines += noise_sentences(table)
     for cluster in dict.fromkeys(table["cluster"]):
         part = table[table["cluster"] == cluster]
         means = part.groupby(["policy", "rate"], sort=False)[list(numeric)].mean().sort_index(level="rate",
@@ -182,6 +211,8 @@ def report(sweep: Sweep, table: pd.DataFrame, plots: dict[str, list[Path]], out:
 def write_outputs(sweep: Sweep, table: pd.DataFrame, stalled: dict[int, list], out: Path) -> Path:
     """plots/ (PNG and SVG) and report.md under `out`."""
     plots = make_plots(sweep, table, stalled, out)
+    if "noise_seed" in table:
+        noise_ranges(table).to_csv(out / "noise_ranges.csv", index=False)
     path = out / "report.md"
     path.write_text(report(sweep, table, plots, out))
     return path

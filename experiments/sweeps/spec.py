@@ -89,6 +89,7 @@ class SweepAxes(Strict):
     policies: list[PolicyChoice] = Field(min_length=1)
     clusters: dict[str, list[str]] = Field(default_factory=lambda: {"base": []}, min_length=1)
     seeds: list[int] | None = Field(None, min_length=1)
+    noise_seeds: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)
     rate_key: str | None = None
 
     @field_validator("rates")
@@ -113,11 +114,11 @@ class SweepAxes(Strict):
                 raise ValueError(f"{label!r}: {exc}") from None
         return clusters
 
-    @field_validator("seeds")
+    @field_validator("seeds", "noise_seeds")
     @classmethod
-    def _seeds(cls, seeds: list[int] | None) -> list[int] | None:
+    def _seeds(cls, seeds: list[int] | None, info) -> list[int] | None:
         if seeds is not None:
-            _unique([str(s) for s in seeds], "seed")
+            _unique([str(s) for s in seeds], info.field_name.removesuffix("s").replace("_", " "))
         return seeds
 
 
@@ -152,10 +153,12 @@ class Point:
     rate: float
     seed: int
     config: ExperimentConfig
+    noise_seed: int | None = None
 
     @property
     def folder(self) -> Path:
-        return Path(self.cluster) / self.policy / f"rate={self.rate:g}" / f"seed={self.seed}"
+        folder = Path(self.cluster) / self.policy / f"rate={self.rate:g}" / f"seed={self.seed}"
+        return folder if self.noise_seed is None else folder / f"noise={self.noise_seed}"
 
 
 @dataclass(frozen=True)
@@ -195,16 +198,21 @@ def _rate_key(data: dict, spec: SweepFile) -> str:
     return MULTI_TENANT_RATE if "tenants" in (data.get("workload") or {}) else SINGLE_TENANT_RATE
 
 
-def make_point(path: Path, base: dict, rate_key: str, choice: tuple) -> Point:
-    """The point `choice` = ((cluster label, its overrides), policy, rate, seed) of the base data."""
+def make_point(path: Path, base: dict, rate_key: str, choice: tuple, noise_seed: int | None = None) -> Point:
+    """The point `choice` = ((cluster label, its overrides), policy, rate, seed) of the
+    base data, under `noise_seed` (the step-time noise's seed) where given."""
     (cluster, changes), policy, rate, seed = choice
-    where = f"{path}, point {cluster}/{policy.key}/rate={rate:g}/seed={seed}"
+    noise = "" if noise_seed is None else f"/noise={noise_seed}"
+    where = f"{path}, point {cluster}/{policy.key}/rate={rate:g}/seed={seed}{noise}"
     data = apply_overrides(copy.deepcopy(base), list(changes), where)
     data["router"] = {**(data.get("router") or {}), "policy": policy.name, "params": dict(policy.params)}
     data = apply_overrides(data, [f"{rate_key}={rate!r}"], where)
     data["seed"] = seed
-    data["name"] = f"{data.get('name', 'experiment')}-{cluster}-{policy.key}-rate{rate:g}-seed{seed}"
-    return Point(cluster, policy.key, float(rate), seed, validate(data, ExperimentConfig, where))
+    if noise_seed is not None:
+        data["cluster"] = {**(data.get("cluster") or {}), "noise_seed": noise_seed}
+    data["name"] = f"{data.get('name', 'experiment')}-{cluster}-{policy.key}-rate{rate:g}-seed{seed}" + \
+        ("" if noise_seed is None else f"-noise{noise_seed}")
+    return Point(cluster, policy.key, float(rate), seed, validate(data, ExperimentConfig, where), noise_seed)
 
 
 def _split(overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -225,11 +233,13 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     rate_key = _rate_key(data, spec)
     seeds = spec.sweep.seeds or [base.seed]
     choices = itertools.product(spec.sweep.clusters.items(), spec.sweep.policies, spec.sweep.rates, seeds)
-    points = [make_point(path, data, rate_key, choice) for choice in choices]
+    points = [make_point(path, data, rate_key, choice, noise) for choice in choices
+              for noise in spec.sweep.noise_seeds or [None]]
     return Sweep(path, spec.name or path.stem, spec, base, rate_key, points)
 
 
 def timeline_points(sweep: Sweep) -> list[Point]:
-    """Per cluster, every policy at the highest rate and the first seed."""
+    """Per cluster, every policy at the highest rate and the first seed (and noise seed)."""
     top, first = max(sweep.spec.sweep.rates), sweep.seeds[0]
-    return [p for p in sweep.points if p.rate == top and p.seed == first]
+    noise = (sweep.spec.sweep.noise_seeds or [None])[0]
+    return [p for p in sweep.points if p.rate == top and p.seed == first and p.noise_seed == noise]
