@@ -135,7 +135,8 @@ def test_a_sweep_into_an_existing_folder_replaces_it_whole(swept, capsys, tmp_pa
      "sweep.yaml, point big/round_robin/rate=5/seed=0: cluster.instances.0.role"),
     ({"base_config": "missing.yaml"}, "sweep.yaml: base: give base"),
     ({"sweep": {**SWEEP["sweep"], "noise_seeds": [1, 1]}}, "duplicate noise seed '1'"),
-    ({"sweep": {**SWEEP["sweep"], "noise_seeds": [-1]}}, "sweep.yaml: sweep.noise_seeds.0: Input should be greater than or equal to 0, got -1"),
+    ({"sweep": {**SWEEP["sweep"], "noise_seeds": [-1]}},
+     "sweep.yaml: sweep.noise_seeds.0: Input should be greater than or equal to 0, got -1"),
 ])
 def test_bad_sweep_file_names_the_key(capsys, tmp_path, change, named):
     path = write(tmp_path, {**SWEEP, **change})
@@ -217,8 +218,9 @@ def test_harm_columns_count_moves_and_replayed_verdicts(tmp_path):
 
 
 def test_a_noise_seed_axis_runs_each_point_under_each_and_gives_the_ranges(capsys, tmp_path):
-    noisy = {**BASE, "cluster": {**BASE["cluster"], "noise": {
-        "decode": [{"quantiles": {0: 0.9, 0.5: 1.0, 0.99: 1.8, 1: 3.0}}], "prefill": [{"quantiles": {0: 0.8, 1: 1.4}}]}}}
+    spread = {"decode": [{"quantiles": {0: 0.9, 0.5: 1.0, 0.99: 1.8, 1: 3.0}}],
+              "prefill": [{"quantiles": {0: 0.8, 1: 1.4}}]}
+    noisy = {**BASE, "cluster": {**BASE["cluster"], "noise": spread}}
     path = write(tmp_path, {"base": noisy, "sweep": {"rates": [20], "policies": ["round_robin"], "seeds": [3],
                                                      "noise_seeds": [0, 1, 2]}})
     code, _, err = sweep_command(capsys, path, "--out", tmp_path / "out")

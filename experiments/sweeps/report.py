@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.runs.runformat import read_run
-from experiments.sweeps.plots import counts_by_policy, token_timelines, versus_rate
 from experiments.scoring.ranges import KNIFE_EDGE
+from experiments.sweeps.plots import counts_by_policy, token_timelines, versus_rate
 from experiments.sweeps.spec import MULTI_TENANT_RATE, Sweep, timeline_points
 from router.slo import SLO
 
@@ -161,8 +161,8 @@ def noise_ranges(table: pd.DataFrame) -> pd.DataFrame:
     metrics = [c for c in NOISE_METRICS if c in table]
     long = table.melt(id_vars=keys, value_vars=metrics, var_name="metric")
     stats = long.groupby([*keys, "metric"], sort=False)["value"].agg(["min", "median", "max"]).reset_index()
-    width = stats["max"] - stats["min"]
-    stats["spread"] = (width / stats["median"].abs()).where(stats["median"].abs() > 0, width.where(width == 0, math.inf))
+    width, middle = stats["max"] - stats["min"], stats["median"].abs()
+    stats["spread"] = (width / middle).where(middle > 0, width.where(width == 0, math.inf))
     stats["knife_edge"] = stats["spread"] > KNIFE_EDGE
     return stats
 

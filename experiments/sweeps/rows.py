@@ -87,6 +87,7 @@ def score_point(point: Point, run: Run, window: Window, stalled: int, replays: i
     table, summary = score(run, slo, window, tenants)
     worst = table.sort_values(["idle_latency_s", "request_id"], ascending=[False, True], kind="stable")
     row = {"cluster": point.cluster, "policy": point.policy, "rate": point.rate, "seed": point.seed,
-           **({} if point.noise_seed is None else {"noise_seed": point.noise_seed}), **headline(run, summary), "smooth_attainment_last_quarter": last_quarter(table),
+           **({} if point.noise_seed is None else {"noise_seed": point.noise_seed}), **headline(run, summary),
+           "smooth_attainment_last_quarter": last_quarter(table),
            **harm_counts(run, slo, tenants, replays)}
     return row, worst["request_id"].head(stalled).tolist()
