@@ -9,11 +9,9 @@ for recompute, recorded.
 """
 from __future__ import annotations
 
-import gc
 import time
 from array import array
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,6 +23,7 @@ from cluster.core.request import ABORTED, DECODING, HANDOFF, PREFILLING, WAITING
 from cluster.core.runtime import Runtime
 from cluster.core.setup import RunSetup
 from cluster.live.actor import LinkTime, Pulled
+from cluster.live.pauses import few_pauses
 from cluster.live.worker import Report
 from router import events
 
@@ -64,19 +63,6 @@ def _reason(result) -> str:
     if isinstance(result, ray.exceptions.RayActorError):
         return "target_dead"
     return f"transport ({type(result).__name__})"
-
-
-@contextmanager
-def few_pauses():
-    """The objects made before the run are left out of garbage collection while it runs: a
-    full collection of them stalled the driver's loop 0.2-0.3 s (requests arriving then
-    were let in that much late; a test process holds ~150,000 objects)."""
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 class LiveRuntime(Runtime):
