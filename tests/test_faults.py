@@ -163,33 +163,6 @@ def test_a_live_run_that_lost_every_worker_exits_non_zero(local_ray, pdlab, tmp_
     assert len(run.requests) == 40 and set(run.requests["status"]) <= {"finished", "aborted", "rejected"}
 
 
-def test_ctrl_c_on_a_live_run_is_one_line_and_exit_130(tmp_path):
-    import signal
-    import time
-
-    import psutil
-    import yaml
-
-    config = {"runtime": "ray", "seed": 1, "cluster": {"instances": [{"role": "prefill"}, {"role": "decode"}]},
-              "ray": {"speedup": 1.0, "worker_cpus": 0.1},
-              "workload": {"requests": 400, "arrival": {"process": "poisson", "rate": 2.0},
-                           "lengths": {"dist": "fixed", "prompt": 100, "output": 100}}}
-    (tmp_path / "long.yaml").write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([sys.executable, "-m", "experiments.cli.main", "run", str(tmp_path / "long.yaml"),
-                                "--out", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    time.sleep(12)                                     # Ray up, the workers serving
-    started = psutil.Process(process.pid).children(recursive=True)
-    assert sum("WorkerActor" in p.name() for p in started) == 2, [p.name() for p in started]
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err[-2000:]
-    assert "pdlab run: interrupted (Ctrl-C)" in err and "Traceback" not in err
-    assert not (tmp_path / "run").exists()
-    time.sleep(3)
-    assert not [p.name() for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-
-
 def test_a_set_value_that_is_not_yaml_is_one_line(pdlab):
     base = Path(__file__).resolve().parents[1] / "configs" / "sim-disagg.yaml"
     code, _, err = pdlab("run", base, "--set", "workload.arrival={process: poisson, rate: [")

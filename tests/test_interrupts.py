@@ -1,6 +1,6 @@
-"""The driver interrupted (issue 17): Ctrl-C on a sweep run in several processes is one
-line and exit 130 and leaves its `--out` as it was; a live run's driver killed outright
-(SIGKILL) leaves no Ray process behind. Each runs `pdlab` as a user would, in its own
+"""The driver interrupted (issue 17): Ctrl-C on a live run, or on a sweep run in several
+processes, is one line and exit 130 and writes nothing half-done; a live run's driver
+killed outright (SIGKILL) leaves no Ray process behind. Each runs `pdlab` as a user would, in its own
 process group, since a terminal's Ctrl-C reaches the whole group."""
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ import yaml
 from cluster.live.reaper import reap
 
 ROOT = Path(__file__).resolve().parents[1]
+LONG_LIVE = {"runtime": "ray", "seed": 1, "cluster": {"instances": [{"role": "prefill"}, {"role": "decode"}]},
+             "ray": {"speedup": 1.0, "worker_cpus": 0.1},
+             "workload": {"requests": 400, "arrival": {"process": "poisson", "rate": 2.0},
+                          "lengths": {"dist": "fixed", "prompt": 100, "output": 100}}}
 
 
 def start(*args: str) -> subprocess.Popen:
@@ -58,12 +62,23 @@ def test_ctrl_c_on_a_sweep_in_two_processes_is_one_line_and_leaves_out_as_it_was
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
 
 
+def test_ctrl_c_on_a_live_run_is_one_line_and_exit_130(tmp_path):
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(LONG_LIVE))
+    process = start("run", str(tmp_path / "long.yaml"), "--out", str(tmp_path / "run"))
+    time.sleep(12)                                     # Ray up, the workers serving
+    started = psutil.Process(process.pid).children(recursive=True)
+    assert sum("WorkerActor" in p.name() for p in started) == 2, [p.name() for p in started]
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "pdlab run: interrupted (Ctrl-C)" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    time.sleep(3)
+    assert not [p.name() for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
 def test_a_live_run_whose_driver_is_killed_leaves_no_ray_process(tmp_path):
-    config = {"runtime": "ray", "seed": 1, "cluster": {"instances": [{"role": "prefill"}, {"role": "decode"}]},
-              "ray": {"speedup": 1.0, "worker_cpus": 0.1},
-              "workload": {"requests": 400, "arrival": {"process": "poisson", "rate": 2.0},
-                           "lengths": {"dist": "fixed", "prompt": 100, "output": 100}}}
-    (tmp_path / "long.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(LONG_LIVE))
     process = start("run", str(tmp_path / "long.yaml"), "--out", str(tmp_path / "run"))
     driver = psutil.Process(process.pid)
 

@@ -128,8 +128,9 @@ def dispatch_extra_s(run) -> np.ndarray | None:
     gaps = []
     for instance, steps in run.steps.groupby("instance"):
         ends = steps["end_s"].to_numpy(dtype=float)
-        order = np.argsort(ends - steps["time_s"].to_numpy(dtype=float), kind="stable")
-        ends, starts = ends[order], (ends - steps["time_s"].to_numpy(dtype=float))[order]
+        starts = ends - steps["time_s"].to_numpy(dtype=float)
+        order = np.argsort(starts, kind="stable")
+        ends, starts = ends[order], starts[order]
         prefills = steps["prefill_tokens"].to_numpy()[order] > 0
         sent = np.sort(dispatches.loc[dispatches["instance"] == instance, "time_s"].to_numpy(dtype=float))
         next_step = np.searchsorted(starts, sent, side="left")
