@@ -25,8 +25,11 @@ LONG_LIVE = {"runtime": "ray", "seed": 1, "cluster": {"instances": [{"role": "pr
 
 
 def start(*args: str) -> subprocess.Popen:
+    """`pdlab ARGS` as a terminal starts it: with SIGINT's default action even where the
+    tests run in the background (whose SIGINT a shell ignores, and its children with it)."""
     return subprocess.Popen([sys.executable, "-m", "experiments.cli.main", *args], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(condition, timeout_s: float) -> bool:
