@@ -57,16 +57,15 @@ class Parking:
         table, actions = snapshot.preempted, []
         if not len(rows):
             return actions
+        rows, need = self._candidates(snapshot, headroom, rows, early)
         homes = table.instance[rows]
-        due = table.slack_s[rows] <= self.lead_s(snapshot, homes, table.context_tokens[rows])
-        need = blocks_needed_all(table, snapshot.instances)[rows]
         for k in by(table.slack_s[rows], table.id[rows]):
             home, request_id = int(homes[k]), int(table.id[rows[k]])
             at = headroom.position.get(home)
             room, batch = (headroom.rooms[at], headroom.batch[at]) if at is not None else (0, 0)
             short = need[k] + 1 - room
             total = snapshot.instances.total_blocks[home]
-            if request_id not in self.homes or due[k] == early or \
+            if request_id not in self.homes or \
                     (early and total - room + need[k] + 1 + batch > self.early_below * total):
                 continue
             if short > 0:
@@ -75,6 +74,25 @@ class Parking:
             headroom.give(home, table.row(int(rows[k])))
             actions.append(Resume(request_id, home))
         return actions
+
+    def _candidates(self, snapshot: Snapshot, headroom: Headroom, rows: np.ndarray,
+                    early: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The `rows` `resumes` may bring back, and the blocks each needs: those due (with
+        `early`, those not due whose home's KV is now light enough; each early return only
+        fills its home, so none left out here could pass later in the same call)."""
+        table, i = snapshot.preempted, snapshot.instances
+        homes = table.instance[rows]
+        need = blocks_needed_all(table, i)[rows]
+        keep = (table.slack_s[rows] <= self.lead_s(snapshot, homes, table.context_tokens[rows])) != early
+        if early:
+            position = np.full(len(i.total_blocks), -1)
+            position[headroom.decode] = np.arange(len(headroom.decode))
+            at = position[homes]
+            room = np.where(at >= 0, headroom.rooms[at], 0)
+            batch = np.where(at >= 0, headroom.batch[at], 0)
+            total = i.total_blocks[homes]
+            keep &= total - room + need + 1 + batch <= self.early_below * total
+        return rows[keep], need[keep]
 
     def make_room(self, snapshot: Snapshot, headroom: Headroom, waiting: RequestTable, rows: np.ndarray) -> list:
         """Park requests to make room for the hand-offs `rows` of `waiting` that found
