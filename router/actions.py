@@ -33,6 +33,8 @@ class Migrate:
     request: int
     target: int
     mode: str = "live"
+    rule: str = ""
+    """The policy's rule that made the move (its `Policy.rules`), for ablations and the harm report."""
 
     def __post_init__(self) -> None:
         _check_mode(self, MIGRATION_MODES)
@@ -43,6 +45,7 @@ class Preempt:
     """Stop a running request and free its KV: `recompute` drops it, `swap` copies it to host memory."""
     request: int
     mode: str = "recompute"
+    rule: str = ""
 
     def __post_init__(self) -> None:
         _check_mode(self, PREEMPTION_MODES)
@@ -59,6 +62,7 @@ class Resume:
 class Reject:
     request: int
     reason: str = "rejected by policy"
+    rule: str = ""
 
 
 Action = Dispatch | Handoff | Migrate | Preempt | Resume | Reject

@@ -20,6 +20,9 @@ class Policy:
     """Events (`router.events`) the policy wants to see even when no request awaits a decision."""
     needs_running: ClassVar[bool] = False
     """Whether the snapshot must list every decoding request (costs O(running))."""
+    rules: ClassVar[dict[str, str]] = {}
+    """The rules that make the policy's moves and rejections (each action's `rule`), with
+    what each does: what `pdlab ablate --veto rule:NAME` vetoes and the harm report splits by."""
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -37,5 +40,7 @@ class Policy:
         unknown = sorted(set(cls.events) - set(EVENTS))
         if unknown:
             raise TypeError(f"policy {cls.__name__}: unknown events {unknown}; expected some of {list(EVENTS)}")
+        if any(not name.isidentifier() for name in cls.rules):
+            raise TypeError(f"policy {cls.__name__}: rule names must be identifiers, got {sorted(cls.rules)}")
         if cls.name:
             POLICIES[cls.name] = cls

@@ -16,7 +16,7 @@ def test_a_full_decode_parks_the_reader_furthest_ahead_to_admit_a_waiting_one():
     running = (request(1, instance=1, context=1600, slack=30.0), request(2, instance=1, context=1400, slack=0.05))
     waiting = (request(3, instance=0, context=1000, slack=0.1),)
     actions = make_policy("andes").decide(snapshot(t, "tick", running=running, to_hand_off=waiting))
-    assert actions == [Preempt(1, "swap")]
+    assert actions == [Preempt(1, "swap", "knapsack")]
 
 
 def test_what_fits_is_admitted_and_dispatch_takes_the_fastest_prefill():
@@ -36,7 +36,7 @@ def test_a_parked_request_comes_back_when_its_reader_is_about_to_run_dry():
     policy.homes[7] = 1
     running = (request(1, instance=1, context=140, slack=20.0),)
     dry = snapshot(t, "tick", running=running, preempted=(request(7, instance=1, context=500, slack=0.2),))
-    assert policy.decide(dry) == [Preempt(1, "swap"), Resume(7, 1)]
+    assert policy.decide(dry) == [Preempt(1, "swap", "knapsack"), Resume(7, 1)]
 
 
 def test_no_more_parks_than_the_cap():

@@ -124,3 +124,24 @@ def test_classic_goodput_serves_every_request_when_no_instance_can_meet_the_tbt(
     run = simulate(config)                             # a 16 ms step never meets 15 ms: everyone misses
     assert (run.requests["status"] == "finished").all()
     assert run.requests["output_tokens"].sum() == len(run.tokens)
+
+
+def test_a_rule_veto_drops_only_that_rules_decisions():
+    config = busy("smooth_goodput")
+    plain = simulate(config)
+    rules = plain.meta["decision_rules"]
+    assert {"park_for_handoff", "park_for_return"} <= set(rules)
+    vetoed = simulate(config, Veto(kinds=frozenset({"rule:park_for_return"})))
+    events, kept = vetoed.events, vetoed.meta["decision_rules"]
+    dropped = events.loc[events["kind"] == "vetoed", "decision"]
+    made = events.loc[(events["kind"] == "preempt") & (events["decision"] >= 0), "decision"]
+    assert len(dropped) and {kept[d] for d in dropped} == {"park_for_return"}
+    assert {kept[d] for d in made} == {"park_for_handoff"}
+
+
+def test_a_rule_veto_names_one_of_the_policys_rules():
+    with pytest.raises(ValueError, match="veto rule:rescue: policy 'smooth_goodput' has no such rule; its rules: "
+                                         "rule:spend_slack, rule:park_for_handoff, rule:park_for_return"):
+        simulate(busy("smooth_goodput"), Veto(kinds=frozenset({"rule:rescue"})))
+    with pytest.raises(ValueError, match="or rule:NAME, got rule:"):
+        Veto(kinds=frozenset({"rule:"}))

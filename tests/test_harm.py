@@ -159,3 +159,23 @@ def test_ablate_command_writes_its_table(tmp_path, pdlab):
     assert json.loads((tmp_path / "out" / "ablation.json").read_text())["kinds"] == ["migrate"]
     with pytest.raises(SystemExit):
         pdlab("ablate", path, "--veto", "park")
+
+
+def test_ablation_and_report_split_by_the_policys_rule():
+    from experiments.scoring.ablation import ablate
+    from tests.test_counterfactual import busy
+
+    table, result = ablate(busy("classic_goodput", ttft=0.2, abandon=True), frozenset({"rule:abandon_new"}), [0])
+    assert table["decisions"].iloc[0] == 4 and table["vetoed"].iloc[0] >= 4
+    assert result["kinds"] == ["rule:abandon_new"]
+    with pytest.raises(ValueError, match="has no such rule"):
+        ablate(busy("andes"), frozenset({"rule:abandon_new"}), [0])
+    run = simulate(busy("smooth_goodput"))
+    moves = analyse(run, *run_slos(run.meta), HarmOptions(forks=0))
+    by_router = moves[moves["decision"] >= 0]
+    assert set(by_router["rule"]) == {"park_for_handoff", "park_for_return"}
+    assert set(moves.loc[moves["decision"] < 0, "rule"]) <= {""}
+    report = summary(moves, len(run.requests))
+    assert report["preemption swap (park_for_return)"]["count"] == int((by_router["rule"] == "park_for_return").sum())
+    rules = features(moves).query("feature == 'rule'")
+    assert set(rules["bin"]) == {"park_for_handoff", "park_for_return"}

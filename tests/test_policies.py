@@ -50,7 +50,7 @@ def test_least_loaded_migrates_the_shortest_request_from_fullest_to_emptiest_dec
     t = table([PREFILL, DECODE, DECODE], free=[1000, 100, 900])
     running = (request(1, instance=1, context=900), request(2, instance=1, context=50), request(3, instance=2, context=10))
     actions = make_policy("least_loaded").decide(snapshot(t, "tick", running=running))
-    assert actions == [Migrate(2, 2, "live")]
+    assert actions == [Migrate(2, 2, "live", "rebalance")]
     t.free_blocks[:] = [1000, 800, 900]
     assert make_policy("least_loaded").decide(snapshot(t, "tick", running=running)) == []
 
@@ -61,7 +61,7 @@ def test_classic_serves_most_urgent_first_and_can_abandon_the_late():
     actions = make_policy("classic_goodput").decide(snapshot(t, to_dispatch=(relaxed, late, urgent)))
     assert [a.request for a in actions] == [2, 3, 1]
     actions = make_policy("classic_goodput", {"abandon": True}).decide(snapshot(t, to_dispatch=(relaxed, late, urgent)))
-    assert Reject(1, "abandoned: misses its TTFT") in actions and Dispatch(2, 0) in actions
+    assert Reject(1, "abandoned: misses its TTFT", "abandon_new") in actions and Dispatch(2, 0) in actions
 
 
 def test_classic_hands_off_within_tbt_or_sacrifices_an_instance_already_over():
@@ -80,7 +80,7 @@ def test_classic_rescues_an_instance_over_tbt():
     t = table([PREFILL, DECODE, DECODE], running=[0, 400, 1], context=[0, 10_000, 100])
     running = (request(1, 1, context=50), request(2, 1, context=50, missed=True), request(3, 2, context=50))
     actions = make_policy("classic_goodput").decide(snapshot(t, "tick", running=running))
-    assert Migrate(1, 2, "live") in actions and Preempt(2, "recompute") in actions
+    assert Migrate(1, 2, "live", "rescue") in actions and Preempt(2, "recompute", "shed") in actions
 
 
 def test_smooth_never_abandons_and_re_prefills_preempted_first():
@@ -96,7 +96,7 @@ def test_smooth_moves_only_requests_whose_slack_covers_the_stall():
     assert t.step_time_s[1] > SLO_.v
     running = (request(1, 1, context=50, slack=2.0), request(2, 1, context=50, slack=0.0), request(3, 2, context=10))
     actions = make_policy("smooth_goodput").decide(snapshot(t, "tick", running=running))
-    assert actions == [Migrate(1, 2, "live")]
+    assert actions == [Migrate(1, 2, "live", "spend_slack")]
 
 
 def test_smooth_hands_off_where_it_adds_the_least_idle():

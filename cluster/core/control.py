@@ -54,6 +54,7 @@ class ControlPlane:
         self.victims: dict[int, int | None] = {}
         self.admitted: set[int] = set()
         self.decided_at: list[float] = []
+        self.decision_rules: list[str] = []
 
     # ---- what the runtime reports ------------------------------------------------------
     def add(self, request: Request) -> None:
@@ -254,7 +255,8 @@ class ControlPlane:
         self.decisions += 1
         decision = self.decisions - 1
         self.decided_at.append(self.rt.now())
-        if self.setup.veto.covers(decision, ACTION_KINDS[type(action)], getattr(action, "mode", "")):
+        self.decision_rules.append(action.rule)
+        if self.setup.veto.covers(decision, ACTION_KINDS[type(action)], getattr(action, "mode", ""), action.rule):
             self.record.event(self.rt.now(), "vetoed", action.request, detail=type(action).__name__, decision=decision)
             return None
         return decision

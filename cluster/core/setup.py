@@ -18,21 +18,34 @@ VETO_KINDS = ("migrate", "migrate:live", "migrate:recompute", "preempt", "preemp
               "reject")
 
 
+RULE = "rule:"
+"""A veto kind `rule:NAME` drops every decision the policy's rule NAME made (`Policy.rules`)."""
+
+
 @dataclass(frozen=True)
 class Veto:
     """The router's decisions to drop, for counterfactuals: by number, or every one of a
-    kind (`VETO_KINDS`: an action, or an action and its mode). A vetoed rejection is
-    replayed as an admission: the request is served."""
+    kind (`VETO_KINDS`: an action, or an action and its mode; or `rule:NAME`, those of one
+    of the policy's rules). A vetoed rejection is replayed as an admission: the request is served."""
     decisions: frozenset[int] = frozenset()
     kinds: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.kinds) - set(VETO_KINDS))
+        unknown = sorted(k for k in self.kinds if k not in VETO_KINDS and not (k.startswith(RULE) and k[len(RULE):]))
         if unknown:
-            raise ValueError(f"veto: expected kinds among {', '.join(VETO_KINDS)}, got {', '.join(unknown)}")
+            raise ValueError(f"veto: expected kinds among {', '.join(VETO_KINDS)} or rule:NAME, "
+                             f"got {', '.join(unknown)}")
 
-    def covers(self, decision: int, kind: str, mode: str) -> bool:
-        return decision in self.decisions or kind in self.kinds or f"{kind}:{mode}" in self.kinds
+    def covers(self, decision: int, kind: str, mode: str, rule: str = "") -> bool:
+        return (decision in self.decisions or kind in self.kinds or f"{kind}:{mode}" in self.kinds
+                or bool(rule) and RULE + rule in self.kinds)
+
+    def check_rules(self, policy: type[Policy]) -> None:
+        """That every `rule:NAME` names one of `policy`'s rules."""
+        for kind in sorted(self.kinds):
+            if kind.startswith(RULE) and kind[len(RULE):] not in policy.rules:
+                known = ", ".join(RULE + name for name in policy.rules) or "none"
+                raise ValueError(f"veto {kind}: policy {policy.name!r} has no such rule; its rules: {known}")
 
     def __bool__(self) -> bool:
         return bool(self.decisions or self.kinds)

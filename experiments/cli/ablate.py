@@ -40,14 +40,25 @@ def _handle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _veto_kind(text: str) -> str:
+    from cluster.core.setup import Veto
+
+    try:
+        Veto(kinds=frozenset({text}))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def add_parser(commands) -> None:
     from cluster.core.setup import VETO_KINDS
     from experiments.cli.sweep import _positive
 
     cmd = commands.add_parser("ablate", help="veto every router decision of a kind, over seeds, paired")
     cmd.add_argument("config", help="experiment YAML (simulated)")
-    cmd.add_argument("--veto", nargs="+", required=True, choices=VETO_KINDS, metavar="KIND",
-                     help=f"kinds of decision to veto: {', '.join(VETO_KINDS)}")
+    cmd.add_argument("--veto", nargs="+", required=True, type=_veto_kind, metavar="KIND",
+                     help=f"kinds of decision to veto: {', '.join(VETO_KINDS)}, or rule:NAME (one of the "
+                          "policy's rules, docs/routers.md lists them)")
     cmd.add_argument("--seeds", nargs="+", type=int, default=[], metavar="SEED", help="default: the config's seed")
     cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     cmd.add_argument("--jobs", type=_positive, default=1, help="runs in parallel (default 1)")

@@ -79,9 +79,10 @@ def build_setup(config: ExperimentConfig, workload: pd.DataFrame, veto: Veto = V
     noise = instances[0].perf.noise
     overheads = NoiseDraws(noise, instances[0].noise_seed, len(instances)) \
         if noise and (noise.handoff or noise.dispatch) else None
-    return RunSetup(instances, table, make_policy(config.router.policy, config.router.params, config.seed), requests,
-                slos, links, path, TransferCost(**config.migration.model_dump()), float(model.kv_bytes_per_token),
-                config.horizon_s or float("inf"), config.router.tick_s, veto, overheads)
+    policy = make_policy(config.router.policy, config.router.params, config.seed)
+    veto.check_rules(type(policy))
+    return RunSetup(instances, table, policy, requests, slos, links, path, TransferCost(**config.migration.model_dump()),
+                float(model.kv_bytes_per_token), config.horizon_s or float("inf"), config.router.tick_s, veto, overheads)
 
 
 def versions() -> dict:
@@ -106,6 +107,7 @@ def _simulate(config: ExperimentConfig, veto: Veto = Veto()) -> tuple[Recorder, 
     meta = run_meta(config, simulator.setup, record.end_s, "sim")
     meta["iterations"] = int(sum(i.iterations for i in simulator.instances))
     meta["decided_at_s"] = simulator.control.decided_at
+    meta["decision_rules"] = simulator.control.decision_rules
     return record, meta, simulator
 
 
@@ -146,6 +148,7 @@ def _run_live(config: ExperimentConfig, progress: Callable[[int, int], None] | N
     lag = np.frombuffer(runtime.lag) if len(runtime.lag) else np.zeros(1)
     meta["report_lag_s"] = {"p50": float(np.percentile(lag, 50)), "p99": float(np.percentile(lag, 99))}
     meta["workers_lost"] = [i for i in range(len(actors)) if not setup.table.alive[i]]
+    meta["decision_rules"] = runtime.control.decision_rules
     return record, meta
 
 

@@ -15,6 +15,7 @@ from cluster.core.setup import Veto
 from experiments.config.experiment import ExperimentConfig
 from experiments.parallel import in_order
 from experiments.scoring.metrics import run_slos, score
+from router.registry import make_policy
 
 RESAMPLES = 2000
 
@@ -27,6 +28,7 @@ class Arm:
     """Per request id."""
     summary: dict
     events: pd.DataFrame
+    rules: list[str]
 
 
 def run_arm(config: ExperimentConfig, seed: int, kinds: frozenset[str]) -> Arm:
@@ -36,30 +38,32 @@ def run_arm(config: ExperimentConfig, seed: int, kinds: frozenset[str]) -> Arm:
     run = simulate(config, Veto(kinds=kinds))
     slo, tenants = run_slos(run.meta)
     table, summary = score(run, slo, tenant_slos=tenants)
-    return Arm(seed, bool(kinds), table.set_index("request_id")["benefit"], summary, run.events)
+    return Arm(seed, bool(kinds), table.set_index("request_id")["benefit"], summary, run.events,
+               run.meta["decision_rules"])
 
 
 def _arm(args: tuple) -> Arm:
     return run_arm(*args)
 
 
-def decisions_of(events: pd.DataFrame, kinds: frozenset[str]) -> int:
-    """The run's decisions of `kinds` (made, or vetoed)."""
+def decisions_of(events: pd.DataFrame, kinds: frozenset[str], rules: list[str]) -> int:
+    """The run's decisions of `kinds` (made, or vetoed); `rules`: the rule of each decision."""
     made = events[events["decision"] >= 0].drop_duplicates("decision")
-    action = made["kind"].map({"migrate_start": "migrate", "preempt": "preempt", "reject": "reject",
-                               "preempt_abort": "preempt", "vetoed": "vetoed"})
     vetoed = made["kind"] == "vetoed"
-    action = action.where(~vetoed, made["detail"].str.lower().map({"migrate": "migrate", "preempt": "preempt",
-                                                                   "reject": "reject"}))
+    if vetoed.any():
+        return int(vetoed.sum())
+    action = made["kind"].map({"migrate_start": "migrate", "preempt": "preempt", "reject": "reject",
+                               "preempt_abort": "preempt"})
     mode = np.where(action == "reject", "", made["detail"])
-    hit = [a in kinds or f"{a}:{m}" in kinds for a, m in zip(action, mode)]
-    return int(np.sum(hit)) if not vetoed.any() else int(vetoed.sum())
+    rule = [rules[d] if d < len(rules) else "" for d in made["decision"]]
+    veto = Veto(kinds=kinds)
+    return int(sum(veto.covers(-1, a, m, r) for a, m, r in zip(action, mode, rule)))
 
 
 def ablate(config: ExperimentConfig, kinds: frozenset[str], seeds: list[int], jobs: int = 1,
            bootstrap_seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """Per seed the two arms' figures, and the paired change with its interval."""
-    Veto(kinds=kinds)
+    Veto(kinds=kinds).check_rules(type(make_policy(config.router.policy, config.router.params)))
     work = [(seed, k) for seed in seeds for k in (frozenset(), kinds)]
     if jobs > 1:
         arms = in_order(_arm, [(config, seed, k) for seed, k in work], jobs)
@@ -70,8 +74,9 @@ def ablate(config: ExperimentConfig, kinds: frozenset[str], seeds: list[int], jo
         plain, vetoed = (next(a for a in arms if a.seed == seed and a.vetoed == v) for v in (False, True))
         change = (plain.benefit - vetoed.benefit.reindex(plain.benefit.index)).to_numpy()
         diffs.append(change)
-        rows.append({"seed": seed, "requests": len(change), "decisions": decisions_of(plain.events, kinds),
-                     "vetoed": decisions_of(vetoed.events, kinds), "benefit_change_per_request": float(change.mean()),
+        rows.append({"seed": seed, "requests": len(change), "decisions": decisions_of(plain.events, kinds, plain.rules),
+                     "vetoed": decisions_of(vetoed.events, kinds, vetoed.rules),
+                     "benefit_change_per_request": float(change.mean()),
                      "smooth_goodput": plain.summary["smooth_goodput"],
                      "smooth_goodput_vetoed": vetoed.summary["smooth_goodput"],
                      "smooth_attainment": plain.summary["schemes"]["smooth"]["slo_attainment"],

@@ -103,7 +103,16 @@ def moves_table(run: Run, slo: SLO, tenant_slos: dict[str, SLO], config: Experim
     table["attributed_verdict"] = np.where(table["kind"] == "rejection", "not attributed",
                                            table["attributed_verdict"])
     table["load"] = _load(run, table)
+    table["rule"] = rules_of(run, table["decision"].to_numpy())
     return table
+
+
+def rules_of(run: Run, decisions: np.ndarray) -> np.ndarray:
+    """The policy rule that made each decision (`Policy.rules`; "" for the engine's own
+    moves, a policy's untagged ones, or a run that kept no rules)."""
+    rules = np.asarray(run.meta.get("decision_rules") or [""], dtype=object)
+    known = (decisions >= 0) & (decisions < len(rules))
+    return np.where(known, rules[np.where(known, decisions, 0).astype(np.int64)], "")
 
 
 def _load(run: Run, table: pd.DataFrame) -> np.ndarray:

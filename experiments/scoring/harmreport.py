@@ -51,10 +51,13 @@ def per_thousand(count: int, requests: int) -> dict:
 
 
 def summary(table: pd.DataFrame, requests: int) -> dict:
+    """Per kind and mode of move (and the policy's rule that made it, where it says):
+    shares by both methods, agreement, harm per 1,000 requests, idle and stall."""
     out = {}
-    for (kind, mode), part in table.groupby(["kind", "mode"], sort=True):
+    rules = table["rule"] if "rule" in table else pd.Series("", index=table.index)
+    for (kind, mode, rule), part in table.groupby([table["kind"], table["mode"], rules.fillna("")], sort=True):
         harmful = int((part["attributed_verdict"] == "harmful").sum())
-        out[f"{kind} {mode}"] = {
+        out[f"{kind} {mode}" + (f" ({rule})" if rule else "")] = {
             "count": int(len(part)),
             "attributed": shares(part["attributed_verdict"]),
             "forked": shares(part["verdict"]),
@@ -86,6 +89,9 @@ def features(table: pd.DataFrame) -> pd.DataFrame:
             rows.append(_row(feature, str(interval), part))
     for kind, part in moves.groupby(moves["kind"] + " " + moves["mode"]):
         rows.append(_row("kind", kind, part))
+    if "rule" in moves:
+        for rule, part in moves[moves["rule"].fillna("") != ""].groupby("rule"):
+            rows.append(_row("rule", rule, part))
     return pd.DataFrame(rows, columns=["feature", "bin", "moves", "harmful", "share", "ci_low", "ci_high"])
 
 
@@ -99,7 +105,7 @@ def _row(feature: str, label: str, part: pd.DataFrame) -> dict:
 def plot(table: pd.DataFrame, path: Path) -> Path | None:
     """Harmful share against each feature's bins, with intervals."""
     frame = features(table)
-    frame = frame[frame["feature"] != "kind"]
+    frame = frame[frame["feature"].isin(list(FEATURES))]
     if not len(frame):
         return None
     import matplotlib

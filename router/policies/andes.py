@@ -32,6 +32,7 @@ class Andes(Policy):
     name = "andes"
     events = frozenset({"tick"})
     needs_running = True
+    rules = {"knapsack": "park a decoding request the per-instance QoE knapsack leaves out"}
 
     def __init__(self, seed: int = 0, horizon_s: float = 2.0, max_preemptions: int = 4) -> None:
         super().__init__(seed)
@@ -119,7 +120,7 @@ class Andes(Policy):
                 if held <= host:
                     self.homes[int(running.id[row])] = instance
                     host -= held
-                    actions.append(Preempt(int(running.id[row]), "swap"))
+                    actions.append(Preempt(int(running.id[row]), "swap", "knapsack"))
         for kind, row, keep in chosen:
             if not keep or kind == RUNNING:
                 continue

@@ -25,6 +25,10 @@ class ClassicGoodput(Policy):
     name = "classic_goodput"
     events = frozenset({"tick"})
     needs_running = True
+    rules = {"abandon_new": "reject a new request predicted to miss its TTFT (with `abandon`)",
+             "abandon_missed": "reject a preempted request that already missed its SLO (with `abandon`)",
+             "shed": "preempt a request that already missed, off an instance over its limit",
+             "rescue": "migrate a request still meeting its SLO off an instance over its limit"}
 
     def __init__(self, seed: int = 0, scheme: str = "ttft_tbt", abandon: bool = False, mode: str = "live",
                  moves_per_tick: int = 2) -> None:
@@ -64,7 +68,7 @@ class ClassicGoodput(Policy):
             if self.abandon:
                 waits = headroom.first_token_s(request) if len(headroom.prefill) else np.array([np.inf])
                 if request.missed or snapshot.now + waits.min() - request.arrival_s > request.slo.ttft:
-                    actions.append(Reject(request.id, "abandoned: misses its TTFT"))
+                    actions.append(Reject(request.id, "abandoned: misses its TTFT", "abandon_new"))
                     continue
             target = headroom.fastest_prefill(request)
             if target is not None:
@@ -94,7 +98,7 @@ class ClassicGoodput(Policy):
         hopeful = headroom.within(table, self._limits(table))
         for k in by(table.missed, table.arrival_s):
             if self.abandon and table.missed[k]:
-                actions.append(Reject(int(table.id[k]), "abandoned: missed its SLO"))
+                actions.append(Reject(int(table.id[k]), "abandoned: missed its SLO", "abandon_missed"))
                 continue
             request = table.row(k)
             target = self._decode_target(snapshot, headroom, request, within_only=True) if hopeful[k] \
@@ -126,12 +130,12 @@ class ClassicGoodput(Policy):
                 if len(actions) >= self.moves_per_tick:
                     return actions
                 if table.missed[k]:
-                    actions.append(Preempt(int(table.id[k]), "recompute"))
+                    actions.append(Preempt(int(table.id[k]), "recompute", "shed"))
                     continue
                 if not hopeful[k]:
                     continue
                 request = table.row(k)
                 target = self._decode_target(snapshot, headroom, request, exclude=source, within_only=True)
                 if target is not None:
-                    actions.append(Migrate(request.id, headroom.give(target, request), self.mode))
+                    actions.append(Migrate(request.id, headroom.give(target, request), self.mode, "rescue"))
         return actions

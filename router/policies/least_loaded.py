@@ -16,6 +16,7 @@ class LeastLoaded(Policy):
     name = "least_loaded"
     events = frozenset({"tick"})
     needs_running = True
+    rules = {"rebalance": "migrate the shortest context off the fullest decode instance to the emptiest"}
 
     def __init__(self, seed: int = 0, imbalance: float = 0.2, migrations_per_tick: int = 1, mode: str = "live") -> None:
         super().__init__(seed)
@@ -48,4 +49,4 @@ class LeastLoaded(Policy):
         if table is None:
             return []
         movable = by(table.context_tokens, table.id)[:self.migrations_per_tick]
-        return [Migrate(int(table.id[k]), target, self.mode) for k in movable]
+        return [Migrate(int(table.id[k]), target, self.mode, "rebalance") for k in movable]

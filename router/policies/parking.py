@@ -69,7 +69,7 @@ class Parking:
                     (early and total - room + need[k] + 1 + batch > self.early_below * total):
                 continue
             if short > 0:
-                actions += self.park(snapshot, headroom, home, short)
+                actions += self.park(snapshot, headroom, home, short, "park_for_return")
             del self.homes[request_id]
             headroom.give(home, table.row(int(rows[k])))
             actions.append(Resume(request_id, home))
@@ -108,12 +108,12 @@ class Parking:
                     best = (int(instance), victims)
             if best is None or len(actions) + len(best[1]) > self.per_decision:
                 break
-            actions += self._park_all(snapshot, headroom, *best)
+            actions += self._park_all(snapshot, headroom, *best, "park_for_handoff")
         return actions
 
-    def park(self, snapshot: Snapshot, headroom: Headroom, instance: int, blocks: int) -> list:
+    def park(self, snapshot: Snapshot, headroom: Headroom, instance: int, blocks: int, rule: str) -> list:
         victims = self.victims(snapshot, instance, blocks)
-        return [] if victims is None else self._park_all(snapshot, headroom, instance, victims)
+        return [] if victims is None else self._park_all(snapshot, headroom, instance, victims, rule)
 
     def victims(self, snapshot: Snapshot, instance: int, blocks: int) -> list[int] | None:
         """Rows of `snapshot.running[instance]` to park to free `blocks`, most slack first,
@@ -139,7 +139,7 @@ class Parking:
                 return chosen
         return None
 
-    def _park_all(self, snapshot: Snapshot, headroom: Headroom, instance: int, rows: list[int]) -> list:
+    def _park_all(self, snapshot: Snapshot, headroom: Headroom, instance: int, rows: list[int], rule: str) -> list:
         table, actions = snapshot.running[instance], []
         held = blocks_needed_all(table, snapshot.instances) + 1
         for row in rows:
@@ -150,5 +150,5 @@ class Parking:
                 headroom.rooms[k] += held[row]
                 headroom.batch[k] -= 1
                 headroom.context[k] -= table.context_tokens[row]
-            actions.append(Preempt(int(table.id[row]), "swap"))
+            actions.append(Preempt(int(table.id[row]), "swap", rule))
         return actions

@@ -44,6 +44,9 @@ class SmoothGoodput(Policy):
     name = "smooth_goodput"
     events = frozenset({"tick"})
     needs_running = True
+    rules = {"spend_slack": "migrate a request with slack to spare off an instance slower than its readers",
+             "park_for_handoff": "park requests far ahead of their readers to admit a waiting hand-off",
+             "park_for_return": "park requests to make room at home for a parked request due back"}
 
     def __init__(self, seed: int = 0, mode: str = "live", moves_per_tick: int = 2, live_stall_s: float = 0.005,
                  park: bool = True, park_margin_s: float = 0.5, min_park_s: float = 2.0,
@@ -127,7 +130,7 @@ class SmoothGoodput(Policy):
                 break
             request = table.row(rows[moving[0]])
             target = int(headroom.decode[targets[moving[0]]])
-            actions.append(Migrate(request.id, headroom.give(target, request), self.mode))
+            actions.append(Migrate(request.id, headroom.give(target, request), self.mode, "spend_slack"))
             rows = rows[moving[0] + 1:]
         return actions
 
