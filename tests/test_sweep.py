@@ -35,7 +35,7 @@ ROW_COLUMNS = ("cluster", "policy", "rate", "seed", "throughput_tokens_per_s", "
                "ttft_p50_s", "ttft_p99_s", "tbt_p99_s", "tpot_p99_s", "idle_latency_mean_s", "idle_latency_p99_s",
                "rejected", *EVENT_COUNTS,
                *(f"{s}_{m}" for s in SCHEMES for m in ("attainment", "token_goodput", "request_goodput")))
-RATE_PLOTS = ("classic_goodput", "smooth_goodput", "attainment", "throughput", "ttft_p99", "tbt_p99", "counts")
+RATE_PLOTS = ("classic_goodput", "smooth_goodput", "attainment", "throughput", "ttft_p99", "tbt_p99", "counts", "harm")
 
 
 def write(folder, data, name="sweep.yaml"):

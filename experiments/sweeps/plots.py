@@ -78,6 +78,28 @@ def versus_rate(table, columns: list[tuple[str, str]], path: Path, xlabel: str =
     return _save(figure, path)
 
 
+def harm_versus_rate(table, path: Path, xlabel: str = "rate") -> list[Path]:
+    """Harmful moves (by attribution) per 1,000 requests against rate, one panel per
+    cluster, one line per policy (the mean over seeds) with the band from the lowest to
+    the highest end of the points' 95% intervals."""
+    clusters, policies = _in_order(table["cluster"]), _in_order(table["policy"])
+    figure, axes = plt.subplots(1, len(clusters), figsize=(4.4 * len(clusters), 3.2), squeeze=False)
+    for axis, cluster in zip(axes[0], clusters):
+        for policy in policies:
+            part = table[(table["cluster"] == cluster) & (table["policy"] == policy)]
+            stats = part.groupby("rate").agg(mean=("attributed_harmful_per_1k", "mean"),
+                                             low=("attributed_harmful_per_1k_low", "min"),
+                                             high=("attributed_harmful_per_1k_high", "max")).sort_index()
+            line, = axis.plot(stats.index, stats["mean"], marker="o", markersize=4, label=policy)
+            axis.fill_between(stats.index, stats["low"], stats["high"], color=line.get_color(), alpha=0.15)
+        axis.set_title(cluster)
+        axis.set_xlabel(xlabel)
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("harmful moves / 1,000 requests\n(attribution, 95% CI)")
+    axes[0][0].legend(fontsize=8)
+    return _save(figure, path)
+
+
 def counts_by_policy(table, columns: list[tuple[str, str]], path: Path) -> list[Path]:
     """Grouped bars of event counts per policy, summed over rates and seeds, one panel per cluster."""
     clusters, policies = _in_order(table["cluster"]), _in_order(table["policy"])

@@ -9,7 +9,7 @@ import pandas as pd
 
 from experiments.runs.runformat import read_run
 from experiments.scoring.ranges import KNIFE_EDGE
-from experiments.sweeps.plots import counts_by_policy, token_timelines, versus_rate
+from experiments.sweeps.plots import counts_by_policy, harm_versus_rate, token_timelines, versus_rate
 from experiments.sweeps.spec import MULTI_TENANT_RATE, Sweep, timeline_points
 from router.slo import SLO
 
@@ -66,6 +66,8 @@ def make_plots(sweep: Sweep, table: pd.DataFrame, stalled: dict[int, list], out:
              for name, (_, columns) in RATE_PLOTS.items()}
     counts = [(c, label) for c, label in COUNTS if c in table.columns]
     plots["counts"] = counts_by_policy(table, counts, out / "plots" / "counts")
+    if "attributed_harmful_per_1k" in table.columns:
+        plots["harm"] = harm_versus_rate(table, out / "plots" / "harm", rate_label(sweep))
     plots.update(timeline_plots(sweep, stalled, out))
     return plots
 
@@ -196,6 +198,7 @@ def reading(table: pd.DataFrame) -> list[str]:
 def report(sweep: Sweep, table: pd.DataFrame, plots: dict[str, list[Path]], out: Path) -> str:
     titles = {name: title for name, (title, _) in RATE_PLOTS.items()}
     titles["counts"] = "migrations and preemptions per policy"
+    titles["harm"] = "harmful moves per 1,000 requests (attribution, with the points' 95% intervals)"
     lines = [f"# Sweep `{sweep.name}`", "", "## Parameters", "", *parameters(sweep), "",
              "## Reading", "", *reading(table), "",
              "## Results", "", "Headline columns; every column is in `results.csv` and `results.parquet`.", "",
