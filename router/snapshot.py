@@ -163,6 +163,16 @@ class Snapshot:
     preempted: RequestTable = EMPTY
     running: Mapping[int, RequestTable] = field(default_factory=dict)
     """Decoding requests by instance (those with any), when the policy `needs_running`."""
+    slos: tuple[SLO, ...] = ()
+    """Every SLO a request of the run may have (empty: not known)."""
+
+    def steps_within(self, limit: str) -> bool:
+        """Whether every instance's decode step is within the SLO field `limit` (`v`, `tbt`,
+        `tpot`) of every request: then no decoding request need be looked at to know that
+        none runs slower than that. False when the SLOs are not known."""
+        if not self.slos:
+            return False
+        return bool((self.instances.step_time_s <= min(getattr(slo, limit) for slo in self.slos)).all())
 
     def __post_init__(self) -> None:
         for name in ("to_dispatch", "to_hand_off", "preempted"):

@@ -138,3 +138,25 @@ def test_who_goes_when_kv_runs_out():
     calm = snapshot(t, "preempting", running=(request(1, 0, arrival=-3.0, slack=3.0), request(3, 0, arrival=-1.0)))
     assert make_policy("classic_goodput").choose_victim(calm, 0) is None
     assert make_policy("smooth_goodput").choose_victim(calm, 0) == 1
+
+
+class Untouchable(dict):
+    """Running requests a policy must not read."""
+
+    def __getitem__(self, instance):
+        raise AssertionError(f"read the requests of instance {instance}")
+
+    def __iter__(self):
+        raise AssertionError("listed the running requests")
+
+
+@pytest.mark.parametrize("policy", ["smooth_goodput", "classic_goodput"])
+def test_a_tick_with_every_step_within_every_slo_reads_no_running_request(policy):
+    fast = table([PREFILL, DECODE, DECODE], running=[0, 10, 1], context=[0, 1_000, 100])
+    assert fast.step_time_s.max() < SLO_.tbt
+    quiet = Snapshot(0.0, "tick", fast.view, running=Untouchable(), slos=(SLO_,))
+    assert make_policy(policy).decide(quiet) == []
+    slow = table([PREFILL, DECODE, DECODE], running=[0, 900, 1], context=[0, 10_000, 100])
+    busy = Snapshot(0.0, "tick", slow.view, running=Untouchable(), slos=(SLO_,))
+    with pytest.raises(AssertionError, match="running requests"):
+        make_policy(policy).decide(busy)

@@ -200,7 +200,7 @@ class ControlPlane:
         table = self.views.table
         return Snapshot(self.rt.now(), event, self.table.view, table(self.to_dispatch.values()),
                         table(self.to_hand_off.values()), table(self.moves.preempted.values()),
-                        self._running() if self.policy.needs_running else {})
+                        self._running() if self.policy.needs_running else {}, self.views.slo.slos)
 
     def _running(self) -> Running:
         """Decoding requests by instance, those being moved left out (built when read)."""

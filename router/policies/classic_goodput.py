@@ -115,6 +115,8 @@ class ClassicGoodput(Policy):
         return int(headroom.decode[idle[0]]) if len(idle) else None
 
     def _rescue(self, snapshot: Snapshot, headroom: Headroom) -> list[Action]:
+        if snapshot.steps_within("tbt" if self.scheme == "ttft_tbt" else "tpot"):
+            return []
         ids, groups = busy_instances(snapshot)
         if not len(ids):
             return []
