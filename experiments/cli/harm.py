@@ -20,7 +20,7 @@ def _print(report: dict, console) -> None:
 
     table = Table(title="moves: harmful/neutral/helpful by attribution and by forked counterfactual")
     for column in ("move", "n", "attributed", "harmful CI", "forked", "same sign", "harm/1k", "visible", "stall s"):
-        table.add_column(column, justify="left" if column == "move" else "right")
+        table.add_column(column, justify="left" if column == "move" else "right", no_wrap=column == "move")
     for move, row in report.items():
         low, high = row["attributed"]["harmful"]["ci95"]
         agree = row["agreement"]
@@ -42,7 +42,7 @@ def _handle(args: argparse.Namespace) -> int:
     from experiments.scoring.metrics import run_slos
 
     run = read_any(args.run)
-    console = Console(width=max(Console().width, 120))
+    console = Console(width=max(Console().width, 140))
     options = HarmOptions(forks=args.forks, seed=args.seed, horizon=args.horizon, cap_s=args.cap_s, jobs=args.jobs)
     table = analyse(run, *run_slos(run.meta), options, console)
     report = summary(table, len(run.requests))
