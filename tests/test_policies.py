@@ -160,3 +160,18 @@ def test_a_tick_with_every_step_within_every_slo_reads_no_running_request(policy
     busy = Snapshot(0.0, "tick", slow.view, running=Untouchable(), slos=(SLO_,))
     with pytest.raises(AssertionError, match="running requests"):
         make_policy(policy).decide(busy)
+
+
+def test_smooth_holds_new_requests_while_prefill_is_busy_and_sends_the_shortest_first():
+    t = table([PREFILL, DECODE], queued_tokens=[0, 0])
+    waiting = (request(1, arrival=0.0, prompt=900), request(2, arrival=0.1, prompt=100), request(3, arrival=0.2,
+                                                                                               prompt=400))
+    policy = make_policy("smooth_goodput", {"prefill_order": "shortest", "hold_s": 0.05})
+    actions = policy.decide(snapshot(t, to_dispatch=waiting))
+    assert actions == [Dispatch(2, 0), Dispatch(3, 0)]    # shortest first, until 0.01 + 1e-4 * 500 s are queued
+    assert make_policy("smooth_goodput").decide(snapshot(t, to_dispatch=waiting)) == \
+        [Dispatch(1, 0), Dispatch(2, 0), Dispatch(3, 0)]          # by default: every one at once, by deadline
+    t.queued_tokens[0] = 5_000
+    assert policy.decide(snapshot(t, to_dispatch=waiting)) == []   # all held while the queue is long
+    with pytest.raises(ValueError, match="prefill_order: expected one of"):
+        make_policy("smooth_goodput", {"prefill_order": "random"})

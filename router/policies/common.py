@@ -89,6 +89,11 @@ class Headroom:
         own = request.prompt_tokens
         return np.where(ahead > 0, a + b * ahead, 0.0) + a + b * own + c * own * own
 
+    def queue_wait_s(self) -> np.ndarray:
+        """Predicted seconds each prefill instance needs for what is queued there."""
+        a, b, _, ahead = self._prefill_columns
+        return np.where(ahead > 0, a + b * ahead, 0.0)
+
     def fastest_prefill(self, request: RequestView) -> int | None:
         if not len(self.prefill):
             return None
@@ -158,11 +163,16 @@ def hand_off(snapshot: Snapshot, headroom: Headroom, order: np.ndarray, choose) 
     return actions
 
 
-def dispatch(snapshot: Snapshot, headroom: Headroom, order: np.ndarray | None = None) -> list[Dispatch]:
+def dispatch(snapshot: Snapshot, headroom: Headroom, order: np.ndarray | None = None,
+             hold_s: float | None = None) -> list[Dispatch]:
     """The rows of `snapshot.to_dispatch` in `order` (default: as listed), each to the
-    prefill instance that gives its first token soonest; none while none serves."""
+    prefill instance that gives its first token soonest; none while none serves. With
+    `hold_s`, only while some prefill instance would start it within `hold_s` (the rest
+    wait here for the next decision, to be ordered again)."""
     table, actions = snapshot.to_dispatch, []
     for k in range(len(table)) if order is None else order:
+        if hold_s is not None and len(headroom.prefill) and headroom.queue_wait_s().min() > hold_s:
+            break
         request = table.row(int(k))
         target = headroom.fastest_prefill(request)
         if target is not None:

@@ -34,6 +34,9 @@ from router.policy import Policy
 from router.snapshot import RequestView, Snapshot
 
 
+PREFILL_ORDERS = ("deadline", "shortest")
+
+
 def idle_rate(requests, step_s, v: float):
     """Seconds of reader idle per second across an instance's requests."""
     step = np.maximum(step_s, 1e-12)
@@ -50,8 +53,14 @@ class SmoothGoodput(Policy):
 
     def __init__(self, seed: int = 0, mode: str = "live", moves_per_tick: int = 2, live_stall_s: float = 0.005,
                  park: bool = True, park_margin_s: float = 0.5, min_park_s: float = 2.0,
-                 parks_per_decision: int = 4, early_resume_below: float = 0.5) -> None:
+                 parks_per_decision: int = 4, early_resume_below: float = 0.5, prefill_order: str = "deadline",
+                 hold_s: float | None = None) -> None:
         super().__init__(seed)
+        if prefill_order not in PREFILL_ORDERS:
+            raise ValueError(f"prefill_order: expected one of {list(PREFILL_ORDERS)}, got {prefill_order!r}")
+        if hold_s is not None and not hold_s >= 0:
+            raise ValueError(f"hold_s: expected a number of seconds >= 0 (or null), got {hold_s!r}")
+        self.prefill_order, self.hold_s = prefill_order, hold_s
         self.moves_per_tick, self.live_stall_s = moves_per_tick, live_stall_s
         self.mode = migration_mode(self.name, mode)
         self.parking = Parking(park_margin_s, min_park_s, parks_per_decision, early_resume_below) if park else None
@@ -68,8 +77,7 @@ class SmoothGoodput(Policy):
             target = headroom.fastest_prefill(request)
             if target is not None:
                 actions.append(Resume(request.id, target))
-        arriving = snapshot.to_dispatch
-        actions += dispatch(snapshot, headroom, by(arriving.arrival_s + arriving.slo_column("ttft"), arriving.id))
+        actions += dispatch(snapshot, headroom, self._prefill_order(snapshot.to_dispatch), self.hold_s)
         handed = hand_off(snapshot, headroom, by(-waiting.idle_s, waiting.id), self._decode_target)
         actions += handed
         if self.parking and len(handed) < len(waiting):
@@ -82,6 +90,12 @@ class SmoothGoodput(Policy):
             asked = self.parking.asked if self.parking else ()
             actions += [a for a in self._spend_slack(snapshot, headroom) if a.request not in asked]
         return actions
+
+    def _prefill_order(self, arriving) -> np.ndarray:
+        """New requests by first-token deadline, or shortest prompt first."""
+        if self.prefill_order == "shortest":
+            return by(arriving.prompt_tokens, arriving.arrival_s, arriving.id)
+        return by(arriving.arrival_s + arriving.slo_column("ttft"), arriving.id)
 
     def choose_victim(self, snapshot: Snapshot, instance: int) -> int | None:
         """Out of KV: stop the request whose reader has the most text left to read."""
