@@ -12,9 +12,9 @@ def _print(table, console) -> None:
     from rich.table import Table
 
     shown = Table(title=f"capacity at {table['target'].iloc[0]} (mean over {table['seeds'].iloc[0]} seeds)")
-    shown.add_column("policy", no_wrap=True)
+    shown.add_column("policy", overflow="fold")
     for column in ("req/s", "misses at", "attained", "worst seed", "rates"):
-        shown.add_column(column, justify="right")
+        shown.add_column(column, justify="right", no_wrap=True)
 
     def cell(value: float, spec: str) -> str:
         return "-" if value != value else format(value, spec)
