@@ -92,16 +92,22 @@ def test_layouts_compare_colocated_chunked_and_disaggregated(tmp_path):
     assert colocated["requests"] == chunked["requests"] == disaggregated["requests"]
 
 
-def test_quickstart_runs_both_routers_live_and_writes_the_report(tmp_path):
+def test_quickstart_sweeps_the_simulator_then_runs_every_policy_live(tmp_path):
     out = tmp_path / "qs"
     done = subprocess.run([sys.executable, "-m", "experiments.cli.main", "quickstart", "--out", str(out),
                            "--set", "workload.requests=40"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    results = pd.read_csv(out / "results.csv")
-    assert list(results["policy"]) == ["classic_goodput", "smooth_goodput"]
-    assert (results["finished"] == 40).all()
-    assert (out / "report.md").exists() and list((out / "plots").glob("*.png"))
-    for policy in ("classic_goodput", "smooth_goodput"):
-        run = json.loads(next((out / "runs").glob(f"*/{policy}/*/*/run.json")).read_text())
+    policies = ["least_loaded", "classic_goodput", "andes", "smooth_goodput"]
+    swept = pd.read_csv(out / "simulated" / "results.csv")
+    assert list(dict.fromkeys(swept["policy"])) == policies
+    assert sorted(swept["rate"].unique()) == [4, 6, 8, 10] and sorted(swept["seed"].unique()) == [0, 1, 2]
+    assert "attributed_harmful_per_1k" in swept and (out / "simulated" / "plots" / "harm.png").exists()
+    live = pd.read_csv(out / "live" / "results.csv")
+    assert list(live["policy"]) == policies and (live["finished"] == 40).all()
+    assert (out / "live" / "report.md").exists() and list((out / "live" / "plots").glob("timelines_*.png"))
+    for policy in policies:
+        run = json.loads(next((out / "live" / "runs").glob(f"*/{policy}/*/*/run.json")).read_text())
         assert run["runtime"] == "ray" and run["report_lag_s"]["p99"] > 0
-    assert "classic" in done.stdout and "smooth" in done.stdout
+    lines = done.stdout.splitlines()
+    assert max(map(len, lines)) <= 80                       # readable in an 80-column terminal
+    assert sum(line.strip().startswith(tuple(policies)) for line in lines) == 8   # both tables, every policy
