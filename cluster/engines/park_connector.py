@@ -44,6 +44,14 @@ class ParkMeta(KVConnectorMetadata):
     drops: list[int] = field(default_factory=list)
 
 
+def find(connector) -> ParkConnector | None:
+    """The park connector among an engine's connectors (a MultiConnector's or its only one)."""
+    for child in getattr(connector, "sub_connectors", None) or [connector]:
+        if isinstance(child, ParkConnector):
+            return child
+    return None
+
+
 class ParkConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config, role: KVConnectorRole, kv_cache_config=None) -> None:
         super().__init__(vllm_config, role, kv_cache_config)
@@ -88,9 +96,9 @@ class ParkConnector(KVConnectorBase_V1):
     # ---- scheduler side --------------------------------------------------------------
     def request_finished(self, request, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         key = self.expected.pop(request.request_id, None)
+        block_ids = list(block_ids[0] if block_ids and isinstance(block_ids[0], (list, tuple)) else block_ids)
         if key is None or not request.num_computed_tokens or len(block_ids) > self.free_blocks:
             return False, None
-        block_ids = list(block_ids[0] if block_ids and isinstance(block_ids[0], (list, tuple)) else block_ids)
         self.free_blocks -= len(block_ids)
         self.parked[key] = Parked(tuple(request.all_token_ids[:request.num_computed_tokens]), len(block_ids))
         self.saving[request.request_id] = key

@@ -27,7 +27,7 @@ from cluster.core.scheduling import HOST_FULL, InstanceSpec
 from cluster.engines.cpu import use_threads
 from cluster.engines.port import KVNotReady, StepResult, StepShape
 from cluster.engines.prompts import check_token_ids, request_prompt
-from cluster.engines.vllm_start import park_connector, start_vllm
+from cluster.engines.vllm_start import start_vllm
 from migration.transport import Packet, describe
 from router.snapshot import NO_LIMIT, PREFILL
 
@@ -61,7 +61,9 @@ class VLLMEngine:
         host = 0 if spec.role == PREFILL else NO_LIMIT if spec.host_blocks is None else spec.host_blocks
         self.llm = start_vllm(spec.id, spec.role, path, spec.scheduler, spec.total_blocks, threads, host)
         self.scheduler = self.llm.engine_core.engine_core.scheduler
-        self.park = park_connector(self.scheduler.connector)
+        from cluster.engines import park_connector
+
+        self.park = park_connector.find(self.scheduler.connector)
         self.shape: StepShape | None = None
         self.victim: int | None = None
         self.preempted: list[int] = []

@@ -14,16 +14,6 @@ from router.snapshot import COLOCATED
 KV_LEASE_S = 10
 
 
-def park_connector(connector):
-    """The park connector among an engine's connectors, if it has one."""
-    from cluster.engines.park_connector import ParkConnector
-
-    for child in getattr(connector, "sub_connectors", None) or [connector]:
-        if isinstance(child, ParkConnector):
-            return child
-    return None
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("", 0))
