@@ -93,6 +93,7 @@ def test_the_capacity_meets_the_target_and_the_next_rate_does_not(searched):
         assert mean[row.capacity_rate] >= 0.9 > mean[row.first_missing_rate]
         assert (row.first_missing_rate - row.capacity_rate) <= 0.05 * row.first_missing_rate
         assert row.attainment_mean == pytest.approx(mean[row.capacity_rate])
+        assert row.x_ceiling == pytest.approx(row.capacity_rate / row.ceiling_rate) and row.ceiling_binds
         assert row.rates_tried == mine["rate"].nunique() and len(mine) == 2 * row.rates_tried
     assert (out / "runs" / "base" / "least_loaded" / f"rate={table['capacity_rate'].iloc[1]:g}" / "seed=1").is_dir()
 
@@ -112,7 +113,17 @@ def test_the_command_prints_the_table_and_writes_the_plot(tmp_path):
                            "--no-runs", "--tolerance", "0.2"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "capacity at smooth:0.9" in done.stdout and "round_robin" in done.stdout
+    assert "steady-state ceiling" in done.stdout and "x ceiling" in done.stdout
     assert (tmp_path / "out" / "plots" / "capacity.png").is_file()
     assert len(pd.read_csv(tmp_path / "out" / "capacity.csv")) == 1
     bad = subprocess.run([pdlab, "capacity", str(path), "--target", "smooth:2"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--target" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_steady_target_judges_each_seed_by_the_lower_of_all_arrivals_and_the_last_quarter():
+    probes = pd.DataFrame({"smooth_attainment": [0.95, 0.99], "smooth_attainment_last_quarter": [0.70, 1.0]})
+    assert parse_target("smooth:0.9").met(probes) == (pytest.approx(0.97), True)
+    steady = parse_target("smooth:0.9", steady=True)
+    assert list(steady.per_seed(probes)) == [0.70, 0.99]
+    assert steady.met(probes) == (pytest.approx(0.845), False)
+    assert "last quarter" in str(steady)

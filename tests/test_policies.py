@@ -175,3 +175,15 @@ def test_smooth_holds_new_requests_while_prefill_is_busy_and_sends_the_shortest_
     assert policy.decide(snapshot(t, to_dispatch=waiting)) == []   # all held while the queue is long
     with pytest.raises(ValueError, match="prefill_order: expected one of"):
         make_policy("smooth_goodput", {"prefill_order": "random"})
+
+
+def test_response_ratio_sends_the_shortest_first_until_a_long_prompt_has_waited_its_turn():
+    t = table([PREFILL, DECODE], queued_tokens=[0, 0])
+    policy = make_policy("smooth_goodput", {"prefill_order": "response_ratio"})
+    long, short = request(1, arrival=0.0, prompt=2_000), request(2, arrival=0.0, prompt=100)
+    prefill_s = {1: 0.01 + 1e-4 * 2_000, 2: 0.01 + 1e-4 * 100}
+    assert policy.decide(snapshot(t, now=0.05, to_dispatch=(long, short))) == [Dispatch(2, 0), Dispatch(1, 0)]
+    fresh = request(3, arrival=1.0, prompt=100)
+    now = 1.0 + 1e-3
+    assert (now + prefill_s[1]) / prefill_s[1] > (now - 1.0 + prefill_s[2]) / prefill_s[2]
+    assert policy.decide(snapshot(t, now=now, to_dispatch=(long, fresh))) == [Dispatch(1, 0), Dispatch(3, 0)]

@@ -59,11 +59,12 @@ def parked(events: pd.DataFrame, end_s: float) -> tuple[int, float]:
     return len(parks), float((ends["back_s"].fillna(end_s) - ends["time_s"]).sum())
 
 
-def last_quarter(table: pd.DataFrame) -> float:
-    """Smooth attainment of the requests that arrived in the last quarter of arrivals:
+def last_quarter(table: pd.DataFrame, scheme: str = "smooth") -> float:
+    """`scheme`'s attainment of the requests that arrived in the last quarter of arrivals:
     below the run's own when a run ends before a backlog shows (readers' slack hides it)."""
     late = table[table["arrival_s"] >= table["arrival_s"].quantile(0.75)]
-    return float(late["meets_smooth"].mean()) if len(late) else float("nan")
+    column = "meets_slo" if scheme == "ttft_tbt" else f"meets_{scheme}"
+    return float(late[column].mean()) if len(late) else float("nan")
 
 
 def run_point(point: Point, window: Window, folder: Path | None, stalled: int, replays: int = 0,
@@ -88,6 +89,6 @@ def score_point(point: Point, run: Run, window: Window, stalled: int, replays: i
     worst = table.sort_values(["idle_latency_s", "request_id"], ascending=[False, True], kind="stable")
     row = {"cluster": point.cluster, "policy": point.policy, "rate": point.rate, "seed": point.seed,
            **({} if point.noise_seed is None else {"noise_seed": point.noise_seed}), **headline(run, summary),
-           "smooth_attainment_last_quarter": last_quarter(table),
+           **{f"{scheme}_attainment_last_quarter": last_quarter(table, scheme) for scheme in SCHEMES},
            **harm_counts(run, slo, tenants, replays)}
     return row, worst["request_id"].head(stalled).tolist()

@@ -89,6 +89,12 @@ class Headroom:
         own = request.prompt_tokens
         return np.where(ahead > 0, a + b * ahead, 0.0) + a + b * own + c * own * own
 
+    def prefill_s(self, prompt_tokens: np.ndarray) -> np.ndarray:
+        """Predicted seconds of each prompt's own prefill on the fastest prefill instance."""
+        a, b, c, _ = self._prefill_columns
+        n = np.asarray(prompt_tokens, dtype=np.float64)[:, None]
+        return (a + b * n + c * n * n).min(axis=1)
+
     def queue_wait_s(self) -> np.ndarray:
         """Predicted seconds each prefill instance needs for what is queued there."""
         a, b, _, ahead = self._prefill_columns

@@ -34,7 +34,7 @@ from router.policy import Policy
 from router.snapshot import RequestView, Snapshot
 
 
-PREFILL_ORDERS = ("deadline", "shortest")
+PREFILL_ORDERS = ("deadline", "shortest", "response_ratio")
 
 
 def idle_rate(requests, step_s, v: float):
@@ -77,7 +77,7 @@ class SmoothGoodput(Policy):
             target = headroom.fastest_prefill(request)
             if target is not None:
                 actions.append(Resume(request.id, target))
-        actions += dispatch(snapshot, headroom, self._prefill_order(snapshot.to_dispatch), self.hold_s)
+        actions += dispatch(snapshot, headroom, self._prefill_order(snapshot, headroom), self.hold_s)
         handed = hand_off(snapshot, headroom, by(-waiting.idle_s, waiting.id), self._decode_target)
         actions += handed
         if self.parking and len(handed) < len(waiting):
@@ -91,10 +91,17 @@ class SmoothGoodput(Policy):
             actions += [a for a in self._spend_slack(snapshot, headroom) if a.request not in asked]
         return actions
 
-    def _prefill_order(self, arriving) -> np.ndarray:
-        """New requests by first-token deadline, or shortest prompt first."""
+    def _prefill_order(self, snapshot: Snapshot, headroom: Headroom) -> np.ndarray:
+        """New requests by first-token deadline, shortest prompt first, or highest response
+        ratio first ((wait + prefill) / prefill: shortest first, but a long prompt's ratio
+        grows while it waits, so no stream of shorter ones starves it)."""
+        arriving = snapshot.to_dispatch
         if self.prefill_order == "shortest":
             return by(arriving.prompt_tokens, arriving.arrival_s, arriving.id)
+        if self.prefill_order == "response_ratio" and len(headroom.prefill):
+            own = np.maximum(headroom.prefill_s(arriving.prompt_tokens), 1e-9)
+            ratio = (snapshot.now - arriving.arrival_s + own) / own
+            return by(-ratio, arriving.arrival_s, arriving.id)
         return by(arriving.arrival_s + arriving.slo_column("ttft"), arriving.id)
 
     def choose_victim(self, snapshot: Snapshot, instance: int) -> int | None:
