@@ -18,6 +18,8 @@ import pandas as pd
 
 from cluster.core.scheduling import InstanceSpec
 from experiments.config.experiment import ExperimentConfig
+from experiments.runs.runner import build_setup
+from experiments.workloads.workload import generate
 from router.snapshot import COLOCATED, DECODE, PREFILL
 
 
@@ -73,8 +75,5 @@ def instance_ceiling(specs: list[InstanceSpec], workload: pd.DataFrame) -> Ceili
 
 def ceiling(config: ExperimentConfig) -> Ceiling:
     """The ceiling of `config`'s cluster under its workload (lengths drawn with its seed)."""
-    from experiments.runs.runner import build_setup
-    from experiments.workloads.workload import generate
-
     workload = generate(config.workload, config.seed)
     return instance_ceiling(build_setup(config, workload).instances, workload)
